@@ -1,0 +1,123 @@
+"""Joint multi-slice code choice (spec section 4): q* = argmin_q sum_r λ_r (x - ŵ_r(q))², ties -> lowest code.
+
+Two implementations that must agree exactly: `exhaustive` scores all 256 parent codes (rows in chunks), `windowed`
+searches only |q - q8(x)| <= 2^(8 - r_min) around the RTN code q8. Both score a candidate with the same fp32
+arithmetic (`objective`). Candidates are in ascending code order and torch.argmin returns the first minimum, which
+gives the lowest-code tie break.
+
+The window is not scanned code by code. Inside it, split the codes into segments on which every trained slice
+below 8 bits has a constant value; on a segment only the 8-bit term (t - q)² varies, which is minimised by the
+code nearest q8. So the candidates are: q8 - 1, q8, q8 + 1 (the nearest codes, ties included) and, for every other
+segment, its end nearest q8 (`SliceSet.candidates`, one row per q8). This is about 11-13 candidates instead of
+2·2^(8 - r_min) + 1 (65 for R = {8,4,3}), with the same minimum. If λ_8 is small next to the other weights
+(< SEGMENT_MIN_LAMBDA8 · max λ), fp32 absorbs the 8-bit term and the whole window is scanned instead.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from matq_compile.quant.grid import rtn_codes
+from matq_compile.slicing import check_rule, dequant_parent
+
+
+SEGMENT_MIN_LAMBDA8 = 0.05
+
+
+@dataclass(frozen=True)
+class SliceSet:
+    """Trained slices R with λ (selection) and μ (propagation), plus each slice's level table over 256 codes."""
+
+    bits: tuple[int, ...]
+    lambdas: tuple[float, ...]
+    mus: tuple[float, ...]
+    rule: str
+    levels: torch.Tensor  # fp32 [|R|, 256]: ŵ_r(q) = s * (levels[r, q] - z)
+    candidates: torch.Tensor  # int64 [256, k]: ascending candidate codes for each centre code q8
+
+    @classmethod
+    def make(cls, bits: tuple[int, ...], lambdas: tuple[float, ...], mus: tuple[float, ...],
+             rule: str = "round") -> SliceSet:
+        check_rule(rule)
+        if not (len(bits) == len(lambdas) == len(mus)) or not bits:
+            raise ValueError("bits, lambdas and mus must be non-empty and of equal length")
+        q = torch.arange(256, dtype=torch.int32)
+        # dequant with s = 1, z = 0: each code's integer level in parent units (exact in fp32)
+        levels = torch.stack([dequant_parent(q, torch.tensor(1.0, dtype=torch.float64), 0.0, r, rule).float()
+                              for r in bits])
+        lam = tuple(float(v) for v in lambdas)
+        # segments need the 8-bit term to break ties inside a segment; a tiny λ_8 is absorbed by fp32 rounding
+        has8 = any(r == 8 and w >= SEGMENT_MIN_LAMBDA8 * max(lam) for r, w in zip(bits, lam))
+        cand = _candidate_table(levels, bits, 2 ** (8 - min(bits)), has8)
+        return cls(tuple(bits), lam, tuple(float(v) for v in mus), rule, levels, cand)
+
+    @property
+    def window(self) -> int:
+        return 2 ** (8 - min(self.bits))
+
+
+def _candidate_table(levels: torch.Tensor, bits: tuple[int, ...], window: int, has8: bool) -> torch.Tensor:
+    """[256, k] ascending candidate codes per centre code c (rows padded by repeating their last entry)."""
+    low = levels[[j for j, r in enumerate(bits) if r < 8]]
+    new_seg = torch.ones(256, dtype=torch.bool)  # code b starts a segment: some low slice changes value at b
+    new_seg[1:] = (low[:, 1:] != low[:, :-1]).any(dim=0) if low.numel() else False
+    rows = []
+    for c in range(256):
+        lo, hi = max(0, c - window), min(255, c + window)
+        if not has8:
+            rows.append(list(range(lo, hi + 1)))
+            continue
+        seg_id = torch.cumsum(new_seg[lo:hi + 1].long(), 0).tolist()
+        segs: dict[int, list[int]] = {}
+        for code, sid in zip(range(lo, hi + 1), seg_id):
+            segs.setdefault(sid, []).append(code)
+        picks = set()
+        for codes in segs.values():
+            near = [q for q in codes if abs(q - c) <= 1]
+            picks.update(near if near else [min(codes, key=lambda q: abs(q - c))])
+        rows.append(sorted(picks))
+    k = max(len(r) for r in rows)
+    return torch.tensor([r + [r[-1]] * (k - len(r)) for r in rows], dtype=torch.int64)
+
+
+def objective(x: torch.Tensor, cand: torch.Tensor | None, s: torch.Tensor, z: torch.Tensor, ss: SliceSet
+              ) -> torch.Tensor:
+    """Σ_r λ_r (x - s (L_r[q] - z))² for x, s, z [n] and candidate codes cand [n, k] (None = all 256 codes)."""
+    x, s, z = x[:, None], s[:, None], z[:, None]
+    total = None
+    for j in range(len(ss.bits)):
+        lev = ss.levels[j][None, :] if cand is None else ss.levels[j][cand]
+        term = ss.lambdas[j] * (x - s * (lev - z)).square()
+        total = term if total is None else total + term
+    return total
+
+
+def exhaustive(x: torch.Tensor, s: torch.Tensor, z: torch.Tensor, ss: SliceSet, chunk: int = 4096) -> torch.Tensor:
+    """Reference argmin over all 256 codes; int64 codes [n]."""
+    out = torch.empty(x.shape[0], dtype=torch.int64)
+    for a in range(0, x.shape[0], chunk):
+        b = a + chunk
+        out[a:b] = objective(x[a:b], None, s[a:b], z[a:b], ss).argmin(dim=1)
+    return out
+
+
+def windowed(x: torch.Tensor, s: torch.Tensor, z: torch.Tensor, ss: SliceSet) -> torch.Tensor:
+    """Fast argmin over the window |q - q8(x)| <= 2^(8 - r_min) (segment candidates); int64 codes [n]."""
+    if ss.bits == (8,):
+        # a single 8-bit slice: the minimiser is the nearest code, i.e. plain GPTQ's rounding (exact, no fp ties)
+        return rtn_codes(x, s, z, 8).to(torch.int64)
+    cand = ss.candidates[rtn_codes(x, s, z, 8).to(torch.int64)]
+    best = objective(x, cand, s, z, ss).argmin(dim=1)
+    return cand.gather(1, best[:, None]).squeeze(1)
+
+
+def propagated_error(x: torch.Tensor, q: torch.Tensor, s: torch.Tensor, z: torch.Tensor, ss: SliceSet
+                     ) -> torch.Tensor:
+    """e = Σ_r μ_r (x - ŵ_r(q)): the residual GPTQ feeds back (fp32 [n])."""
+    e = None
+    for j in range(len(ss.bits)):
+        term = x - s * (ss.levels[j][q] - z)
+        term = term if ss.mus[j] == 1.0 else ss.mus[j] * term
+        e = term if e is None else e + term
+    return e
