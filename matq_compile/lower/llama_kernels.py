@@ -1,0 +1,234 @@
+"""Hand-written TIR for the non-linear parts of a Llama block: RoPE, the static KV cache, causal GQA attention.
+
+The linears go through the bit-slice kernels (lower/kernels.py); everything here is small but runs every token,
+so the loops are parallel over (token, head) and vectorised over a fixed tile: the llvm default pipeline
+schedules nothing, and a naive attention loop would cost more than the quantized linears.
+
+KV cache layout (one tensor per kind for the whole model, written in place by call_tir_inplace):
+    K^T cache  [layers, kv_heads, head_dim, max_seq]   keys transposed: the score loop is an axpy over positions
+    V cache    [layers, kv_heads, max_seq, head_dim]   the value loop is an axpy over head_dim
+Positions >= the written length may hold stale values; they are never read (scores are masked by length).
+"""
+from __future__ import annotations
+
+import math
+
+from matq_compile._tvm import tirx
+from tvm.script import tirx as T
+
+TILE = 16  # vector width (floats) of the position loops; max_seq must be a multiple of it
+
+
+def _loops(gpu: bool):
+    """(outer, vector, scratch scope): CPU parallel/vectorised loops, or on CUDA one thread block per outer
+    iteration with serial inner loops (simple and correct; the linears, not these kernels, dominate decode)."""
+    if gpu:
+        return (lambda e: T.thread_binding(e, thread="blockIdx.x")), T.serial, "local"
+    return T.parallel, T.vectorized, "global"
+
+
+def rope_table_func(head_dim: int, theta: float, gpu: bool = False) -> tirx.PrimFunc:
+    """cos/sin[i, d] of angle (pos + i) * theta^(-2d/D), computed once per forward for every layer's RoPE."""
+    D, half = head_dim, head_dim // 2
+    outer = _loops(gpu)[0] if gpu else T.serial
+
+    @T.prim_func(private=True, s_tir=True)
+    def rope_table(pos: T.int64, cos_h: T.handle, sin_h: T.handle):
+        n = T.int64()
+        cos = T.match_buffer(cos_h, (n, half), "float32")
+        sin = T.match_buffer(sin_h, (n, half), "float32")
+        with T.sblock("root"):
+            for i in outer(n):
+                for d in range(half):
+                    cos[i, d] = T.cos(T.Cast("float32", pos + i) * (T.float32(1.0) / T.pow(
+                        T.float32(theta), T.Cast("float32", d * 2) / T.float32(D))))
+                    sin[i, d] = T.sin(T.Cast("float32", pos + i) * (T.float32(1.0) / T.pow(
+                        T.float32(theta), T.Cast("float32", d * 2) / T.float32(D))))
+
+    return rope_table
+
+
+def rope_func(head_dim: int, gpu: bool = False) -> tirx.PrimFunc:
+    """y[i, h, :] = RoPE(x[i, h, :]) with the rope_table of the same positions (HF rotate_half convention).
+    Serial on CPU: a decode step rotates 9 x 64 values, less than a parallel launch costs."""
+    half = head_dim // 2
+    outer = _loops(gpu)[0] if gpu else T.serial
+
+    @T.prim_func(private=True, s_tir=True)
+    def rope(x_h: T.handle, cos_h: T.handle, sin_h: T.handle, y_h: T.handle):
+        n, h = T.int64(), T.int64()
+        x = T.match_buffer(x_h, (n, h, head_dim), "float32")
+        cos = T.match_buffer(cos_h, (n, half), "float32")
+        sin = T.match_buffer(sin_h, (n, half), "float32")
+        y = T.match_buffer(y_h, (n, h, head_dim), "float32")
+        with T.sblock("root"):
+            for t in outer(n * h):
+                for d in range(half):
+                    y[t // h, t % h, d] = x[t // h, t % h, d] * cos[t // h, d] - \
+                        x[t // h, t % h, d + half] * sin[t // h, d]
+                    y[t // h, t % h, d + half] = x[t // h, t % h, d + half] * cos[t // h, d] + \
+                        x[t // h, t % h, d] * sin[t // h, d]
+
+    return rope
+
+
+def k_write_func(layers: int, kv_heads: int, head_dim: int, max_seq: int, gpu: bool = False) -> tirx.PrimFunc:
+    """In place: kt[layer, h, :, pos + i] = k[i, h, :] (serial on CPU: a few hundred floats per step)."""
+    par = _loops(gpu)[0] if gpu else T.serial
+
+    @T.prim_func(private=True, s_tir=True)
+    def k_write(kt_h: T.handle, k_h: T.handle, layer: T.int64, pos: T.int64):
+        n = T.int64()
+        kt = T.match_buffer(kt_h, (layers, kv_heads, head_dim, max_seq), "float32")
+        k = T.match_buffer(k_h, (n, kv_heads, head_dim), "float32")
+        with T.sblock("root"):
+            for t in par(n * kv_heads):
+                for d in range(head_dim):
+                    kt[layer, t % kv_heads, d, pos + t // kv_heads] = k[t // kv_heads, t % kv_heads, d]
+
+    return k_write
+
+
+def v_write_func(layers: int, kv_heads: int, head_dim: int, max_seq: int, gpu: bool = False) -> tirx.PrimFunc:
+    """In place: vc[layer, h, pos + i, :] = v[i, h, :]."""
+    par = _loops(gpu)[0] if gpu else T.serial
+    vec = _loops(gpu)[1]
+
+    @T.prim_func(private=True, s_tir=True)
+    def v_write(vc_h: T.handle, v_h: T.handle, layer: T.int64, pos: T.int64):
+        n = T.int64()
+        vc = T.match_buffer(vc_h, (layers, kv_heads, max_seq, head_dim), "float32")
+        v = T.match_buffer(v_h, (n, kv_heads, head_dim), "float32")
+        with T.sblock("root"):
+            for t in par(n * kv_heads):
+                for d in vec(head_dim):
+                    vc[layer, t % kv_heads, pos + t // kv_heads, d] = v[t // kv_heads, t % kv_heads, d]
+
+    return v_write
+
+
+def attention_func(layers: int, heads: int, kv_heads: int, head_dim: int, max_seq: int,
+                   gpu: bool = False) -> tirx.PrimFunc:
+    """o[i, h*D:(h+1)*D] = softmax(q[i,h] . K[:L]^T / sqrt(D)) V[:L] with L = pos + i + 1 (causal, GQA)."""
+    if max_seq % TILE:
+        raise ValueError(f"max_seq_len must be a multiple of {TILE}, got {max_seq}")
+    H, KVH, D, S = heads, kv_heads, head_dim, max_seq
+    G, scale = heads // kv_heads, 1.0 / math.sqrt(head_dim)
+    par, vec, scope = _loops(gpu)
+
+    @T.prim_func(private=True, s_tir=True)
+    def attention(q_h: T.handle, kt_h: T.handle, v_h: T.handle, layer: T.int64, pos: T.int64, o_h: T.handle):
+        n = T.int64()
+        q = T.match_buffer(q_h, (n, H, D), "float32")
+        kt = T.match_buffer(kt_h, (layers, KVH, D, S), "float32")
+        v = T.match_buffer(v_h, (layers, KVH, S, D), "float32")
+        o = T.match_buffer(o_h, (n, H * D), "float32")
+        with T.sblock("root"):
+            for t in par(n * H):
+                s = T.decl_buffer((S,), "float32", scope=scope)
+                acc = T.decl_buffer((2,), "float32", scope=scope)
+                nt = (pos + t // H + TILE) // TILE  # tiles covering L = pos + i + 1 positions
+                for j0 in range(nt):
+                    for j1 in vec(TILE):
+                        s[j0 * TILE + j1] = T.float32(0)
+                for d in range(D):
+                    for j0 in range(nt):
+                        for j1 in vec(TILE):
+                            s[j0 * TILE + j1] = s[j0 * TILE + j1] + q[t // H, t % H, d] * kt[layer, t % H // G, d,
+                                                                                              j0 * TILE + j1]
+                acc[0] = T.float32(-3.0e38)
+                for j in range(pos + t // H + 1):
+                    acc[0] = T.max(acc[0], s[j])
+                acc[1] = T.float32(0)
+                for j in range(pos + t // H + 1):
+                    s[j] = T.exp((s[j] - acc[0]) * T.float32(scale))
+                    acc[1] = acc[1] + s[j]
+                for d in vec(D):
+                    o[t // H, t % H * D + d] = T.float32(0)
+                for j in range(pos + t // H + 1):
+                    for d in vec(D):
+                        o[t // H, t % H * D + d] = o[t // H, t % H * D + d] + s[j] * v[layer, t % H // G, j, d]
+                for d in vec(D):
+                    o[t // H, t % H * D + d] = o[t // H, t % H * D + d] / acc[1]
+
+    return attention
+
+
+def select_row_func(width: int, gpu: bool = False) -> tirx.PrimFunc:
+    """y[0, :] = x[row, :]: prefill only needs the logits of the last real token of its chunk."""
+    outer = _loops(gpu)[0] if gpu else T.serial
+
+    @T.prim_func(private=True, s_tir=True)
+    def select_row(x_h: T.handle, row: T.int64, y_h: T.handle):
+        n = T.int64()
+        x = T.match_buffer(x_h, (n, width), "float32")
+        y = T.match_buffer(y_h, (1, width), "float32")
+        with T.sblock("root"):
+            for d in outer(width):
+                y[0, d] = x[row, d]
+
+    return select_row
+
+
+def dense_func(N: int, K: int, w_dtype: str = "float32") -> tirx.PrimFunc:
+    """y[m, n] = sum_k x[m, k] * w[n, k] (fp32 accumulation) for the unquantized head: parallel over row blocks,
+    each weight row read once for all m and reduced in TILE vector lanes (a memory-bound GEMV at M = 1).
+    w_dtype "int8": w holds per-row symmetric int8 codes and y is scaled by s[n] (signature x, w, s, y)."""
+    if w_dtype == "int8":
+        return _dense_int8(N, K)
+    NB, KT = 16, K // TILE * TILE
+
+    @T.prim_func(private=True, s_tir=True)
+    def dense(x_h: T.handle, w_h: T.handle, y_h: T.handle):
+        m = T.int64()
+        x = T.match_buffer(x_h, (m, K), "float32")
+        w = T.match_buffer(w_h, (N, K), w_dtype)
+        y = T.match_buffer(y_h, (m, N), "float32")
+        with T.sblock("root"):
+            for t in T.parallel((N + NB - 1) // NB):
+                acc = T.decl_buffer((TILE + 1,), "float32")
+                for r, i in T.grid(NB, m):
+                    if t * NB + r < N:
+                        for j in T.vectorized(TILE):
+                            acc[j] = T.float32(0)
+                        for k0 in range(KT // TILE):
+                            for j in T.vectorized(TILE):
+                                acc[j] = acc[j] + x[i, k0 * TILE + j] * T.Cast("float32", w[t * NB + r, k0 * TILE + j])
+                        acc[TILE] = T.float32(0)
+                        for k in range(KT, K):
+                            acc[TILE] = acc[TILE] + x[i, k] * T.Cast("float32", w[t * NB + r, k])
+                        for j in range(TILE):
+                            acc[TILE] = acc[TILE] + acc[j]
+                        y[i, t * NB + r] = acc[TILE]
+
+    return dense
+
+
+def _dense_int8(N: int, K: int) -> tirx.PrimFunc:
+    NB, KT = 16, K // TILE * TILE
+
+    @T.prim_func(private=True, s_tir=True)
+    def dense(x_h: T.handle, w_h: T.handle, s_h: T.handle, y_h: T.handle):
+        m = T.int64()
+        x = T.match_buffer(x_h, (m, K), "float32")
+        w = T.match_buffer(w_h, (N, K), "int8")
+        s = T.match_buffer(s_h, (N,), "float32")
+        y = T.match_buffer(y_h, (m, N), "float32")
+        with T.sblock("root"):
+            for t in T.parallel((N + NB - 1) // NB):
+                acc = T.decl_buffer((TILE + 1,), "float32")
+                for r, i in T.grid(NB, m):
+                    if t * NB + r < N:
+                        for j in T.vectorized(TILE):
+                            acc[j] = T.float32(0)
+                        for k0 in range(KT // TILE):
+                            for j in T.vectorized(TILE):
+                                acc[j] = acc[j] + x[i, k0 * TILE + j] * T.Cast("float32", w[t * NB + r, k0 * TILE + j])
+                        acc[TILE] = T.float32(0)
+                        for k in range(KT, K):
+                            acc[TILE] = acc[TILE] + x[i, k] * T.Cast("float32", w[t * NB + r, k])
+                        for j in range(TILE):
+                            acc[TILE] = acc[TILE] + acc[j]
+                        y[i, t * NB + r] = acc[TILE] * s[t * NB + r]
+
+    return dense

@@ -1,0 +1,115 @@
+"""LowerDenseLinear (CPU): route the remaining float linears (the LM head) to a parallel, vectorised GEMV kernel.
+
+The llvm default pipeline leaves a legalized matmul unscheduled (one thread, scalar); for the LM head of a small
+model (SmolLM2: 49152 x 576) that alone would cost more than every quantized linear together. With
+`w_dtype="float16"` the head reads a float16 copy of its weight (a new parameter `<weight>.float16`), with
+"int8" per-row symmetric int8 codes `<weight>.int8` and scales `<weight>.scale` (head_arrays fills both at
+export): 1/2 and 1/4 of the largest single read per token. float32 keeps the head identical to the reference.
+CUDA builds skip this pass: the default CUDA pipeline schedules the matmul with dlight.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from matq_compile._tvm import tvm
+from matq_compile.lower import llama_kernels as lk
+from tvm import relax
+
+W_DTYPES = ("float32", "float16", "int8")
+
+MATMUL = "relax.matmul"
+PERMUTE = "relax.permute_dims"
+
+
+def head_param_name(weight: str, w_dtype: str) -> str:
+    return weight if w_dtype == "float32" else f"{weight}.{w_dtype}"
+
+
+def head_arrays(name: str, arrays: dict[str, np.ndarray]) -> np.ndarray | None:
+    """The array of a head parameter derived from a float weight in `arrays` (None: not a derived name)."""
+    base, _, kind = name.rpartition(".")
+    if kind not in ("float16", "int8", "scale") or base not in arrays:
+        return None
+    w = arrays[base].astype(np.float32)
+    if kind == "float16":
+        return w.astype(np.float16)
+    amax = np.abs(w).max(axis=1)
+    s = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
+    return s if kind == "scale" else np.clip(np.round(w / s[:, None]), -127, 127).astype(np.int8)
+
+
+@relax.expr_functor.mutator
+class _Rewriter(relax.PyExprMutator):
+    def __init__(self, mod: tvm.IRModule, w_dtype: str) -> None:
+        super().__init__(mod)
+        self.w_dtype = w_dtype
+        self.kernels: dict[str, tvm.ir.GlobalVar] = {}
+        self.params: dict[str, list[relax.Var]] = {}  # float weight name -> the parameters the kernel reads
+
+    def _weight(self, w: relax.Expr) -> relax.Var | None:
+        b = self.lookup_binding(w) if isinstance(w, relax.Var) else None
+        if not (isinstance(b, relax.Call) and isinstance(b.op, tvm.ir.Op) and b.op.name == PERMUTE):
+            return None
+        src = b.args[0]
+        return src if isinstance(src, relax.Var) and src.name in self.params else None
+
+    def visit_call_(self, call: relax.Call) -> relax.Expr:
+        call = self.visit_expr_post_order(call)
+        if not (isinstance(call.op, tvm.ir.Op) and call.op.name == MATMUL):
+            return call
+        x, w = call.args
+        src = self._weight(w)
+        if src is None or len(x.ty.shape) != 2 or x.ty.dtype != "float32":
+            return call
+        N, K = (int(s) for s in src.ty.shape)
+        name = f"dense_n{N}_k{K}_{self.w_dtype}"
+        if name not in self.kernels:
+            self.kernels[name] = self.builder_.add_func(lk.dense_func(N, K, self.w_dtype), name)
+        return relax.call_tir(self.kernels[name], [x, *self.params[src.name]],
+                              out_ty=relax.TensorType((x.ty.shape[0], N), "float32"))
+
+    def _head_params(self, p: relax.Var) -> list[relax.Var]:
+        if self.w_dtype == "float32":
+            return [p]
+        new = [relax.Var(head_param_name(p.name, self.w_dtype), relax.TensorType(p.ty.shape, self.w_dtype))]
+        if self.w_dtype == "int8":
+            new.append(relax.Var(f"{p.name}.scale", relax.TensorType((p.ty.shape[0],), "float32")))
+        return new
+
+    def rewrite(self, func: relax.Function) -> relax.Function:
+        self.params = {}
+        for p in func.params:
+            if p.name.endswith(".weight") and len(p.ty.shape) == 2 and str(p.ty.dtype) == "float32":
+                self.params[p.name] = self._head_params(p)
+        body = self.visit_expr(func)
+        used = {v.name for v in relax.analysis.free_vars(body.body)}
+        have = {p.name for p in func.params}
+        extra = [v for vs in self.params.values() for v in vs if v.name not in have and v.name in used]
+        return relax.Function(list(func.params) + extra, body.body, body.ret_ty, func.is_pure, func.attrs)
+
+
+def lower_dense_linear(w_dtype: str = "float32") -> tvm.transform.Pass:
+    """Module pass: every matmul(x, permute_dims(<float param>.weight)) -> call_tir(dense kernel)."""
+    if w_dtype not in W_DTYPES:
+        raise ValueError(f"head weight dtype must be one of {W_DTYPES}, got {w_dtype!r}")
+
+    @tvm.transform.module_pass(opt_level=0, name="LowerDenseLinear")
+    def _pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        rw = _Rewriter(mod, w_dtype)
+        for gv, func in mod.functions_items():
+            if isinstance(func, relax.Function):
+                rw.builder_.update_func(gv, rw.rewrite(func))
+        return _prune_weights(relax.transform.DeadCodeElimination()(rw.builder_.get()))
+
+    return _pass
+
+
+def _prune_weights(mod: tvm.IRModule) -> tvm.IRModule:
+    """Drop float weight parameters nothing reads any more (an untied head replaced by its float16 copy)."""
+    bb = relax.BlockBuilder(mod)
+    for gv, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            used = {v.name for v in relax.analysis.free_vars(func.body)}
+            params = [p for p in func.params if p.name in used or not p.name.endswith(".weight")]
+            bb.update_func(gv, relax.Function(params, func.body, func.ret_ty, func.is_pure, func.attrs))
+    return bb.get()

@@ -1,0 +1,129 @@
+"""LowerMatqLinear: rewrite each quantized linear into a call_tir of its slice's bit-slice kernel.
+
+Matches `matmul(x, permute_dims(W))` (relax.frontend.nn Linear) where W is the function parameter named
+`<layer>.weight` of a layer in the allocation. The float weight parameter is replaced, in place in the
+signature, by the packed arguments of that layer's slice (layout.pack_slice): `<layer>.P`, `<layer>.S`,
+`<layer>.Z`, and `<layer>.perm` for act-order checkpoints, where the kernel reads `take(x, perm, axis=1)`.
+Weights stay parameters (shipped as safetensors), so one compiled library serves any checkpoint of the same
+shapes and plan. The batch M picks the kernel: a tuned static bucket (layout.M_BUCKETS) or the dynamic-M kernel.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from matq_compile import layout
+from matq_compile._tvm import tirx, tvm
+from matq_compile.lower.kernels import linear_func
+from tvm import relax
+
+MATMUL = "relax.matmul"
+PERMUTE = "relax.permute_dims"
+
+
+@dataclass(frozen=True)
+class LinearSlice:
+    """What the rewrite of one layer needs: its weight shape [N, K], slice bits, group and act-order."""
+
+    N: int
+    K: int
+    bits: int
+    group: int = -1
+    act_order: bool = False
+    dtype: str = "float32"
+
+    def key(self, m_bucket: int | None) -> layout.KernelKey:
+        return layout.KernelKey(self.N, self.K, self.bits, self.group, m_bucket, self.dtype)
+
+    def arg_types(self) -> list[tuple[str, tuple[int, ...], str]]:
+        """(suffix, shape, dtype) of the packed parameters, in signature order."""
+        k = self.key(1)
+        out = [("P", (self.N, k.words_per_row), "uint32"), ("S", (self.N, k.n_groups), layout.SCALE_DTYPE),
+               ("Z", (self.N, k.n_groups), layout.SCALE_DTYPE)]
+        return out + ([("perm", (self.K,), "int32")] if self.act_order else [])
+
+
+def packed_names(layer: str, sl: LinearSlice) -> list[str]:
+    return [f"{layer}.{suffix}" for suffix, _, _ in sl.arg_types()]
+
+
+def _m_bucket(m: tirx.PrimExpr) -> int | None:
+    return layout.bucket_for(int(m)) if isinstance(m, tirx.IntImm) else None
+
+
+@relax.expr_functor.mutator
+class _Rewriter(relax.PyExprMutator):
+    def __init__(self, mod: tvm.IRModule, slices: Mapping[str, LinearSlice]) -> None:
+        super().__init__(mod)
+        self.slices = slices
+        self.kernels: dict[str, tvm.ir.GlobalVar] = {}
+        self.packed: dict[str, list[relax.Var]] = {}  # layer -> new params of the function being rewritten
+        self.rewritten: set[str] = set()
+
+    def _layer_of(self, w: relax.Expr) -> str | None:
+        b = self.lookup_binding(w) if isinstance(w, relax.Var) else None
+        if not (isinstance(b, relax.Call) and isinstance(b.op, tvm.ir.Op) and b.op.name == PERMUTE):
+            return None
+        src = b.args[0]
+        if not isinstance(src, relax.Var) or not src.name.endswith(".weight"):
+            return None
+        layer = src.name[: -len(".weight")]
+        return layer if layer in self.packed else None
+
+    def _kernel(self, key: layout.KernelKey) -> tvm.ir.GlobalVar:
+        if key.name not in self.kernels:
+            self.kernels[key.name] = self.builder_.add_func(linear_func(key), key.name)
+        return self.kernels[key.name]
+
+    def visit_call_(self, call: relax.Call) -> relax.Expr:
+        call = self.visit_expr_post_order(call)
+        if not (isinstance(call.op, tvm.ir.Op) and call.op.name == MATMUL):
+            return call
+        x, w = call.args
+        layer = self._layer_of(w)
+        if layer is None:
+            return call
+        sl, args = self.slices[layer], self.packed[layer]
+        if len(x.ty.shape) != 2 or x.ty.dtype != sl.dtype:
+            raise ValueError(f"{layer}: expected a 2-D {sl.dtype} input, got {x.ty}")
+        m = x.ty.shape[0]
+        if sl.act_order:
+            x = self.builder_.emit(relax.op.take(x, args[3], axis=1), name_hint=f"{layer}.x_perm")
+        gv = self._kernel(sl.key(_m_bucket(m)))
+        self.rewritten.add(layer)
+        return relax.call_tir(gv, [x, *args[:3]], out_ty=relax.TensorType((m, sl.N), sl.dtype))
+
+    def rewrite(self, func: relax.Function) -> relax.Function:
+        params: list[relax.Var] = []
+        self.packed = {}
+        for p in func.params:
+            layer = p.name[: -len(".weight")] if p.name.endswith(".weight") else None
+            if layer not in self.slices:
+                params.append(p)
+                continue
+            sl = self.slices[layer]
+            if tuple(int(s) for s in p.ty.shape) != (sl.N, sl.K):
+                raise ValueError(f"{layer}: graph weight shape {p.ty.shape} != checkpoint [{sl.N}, {sl.K}]")
+            new = [relax.Var(f"{layer}.{sfx}", relax.TensorType(shape, dt)) for sfx, shape, dt in sl.arg_types()]
+            self.packed[layer] = new
+            params.extend(new)
+        body = self.visit_expr(func)
+        return relax.Function(params, body.body, body.ret_ty, func.is_pure, func.attrs)
+
+
+def lower_matq_linear(slices: Mapping[str, LinearSlice]) -> tvm.transform.Pass:
+    """Module pass; every layer of `slices` must be found in at least one function (else ValueError)."""
+
+    @tvm.transform.module_pass(opt_level=0, name="LowerMatqLinear")
+    def _pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        rw = _Rewriter(mod, slices)
+        for gv, func in mod.functions_items():
+            if isinstance(func, relax.Function):
+                rw.builder_.update_func(gv, rw.rewrite(func))
+        missing = sorted(set(slices) - rw.rewritten)
+        if missing:
+            raise ValueError(f"quantized layers not found as linears in the graph: {missing[:5]}"
+                             f"{' ...' if len(missing) > 5 else ''}")
+        return relax.transform.DeadCodeElimination()(rw.builder_.get())
+
+    return _pass

@@ -1,0 +1,83 @@
+"""The matq compilation pipeline: one Sequential in named phases, with an optional IR dump after each phase.
+
+    1 lower-linears     quantized linears -> call_tir of their slice's bit-slice kernel (packed weights as params;
+                        for imported ONNX graphs: constant-weight MatMuls quantized in-process, packed constants)
+    2 lower-head        CPU only: remaining float linears (the LM head) -> parallel vectorised GEMV kernel
+    3 schedule-kernels  tuned database replayed onto every matq kernel (error on a miss unless allow_untuned);
+                        hand-scheduled kernels sealed against fusion and dlight
+    4 tvm-default       TVM's default Relax pipeline for the target (legalize, fuse, CUDA dlight, VM lowering)
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from matq_compile._tvm import tvm
+from matq_compile.lower.passes import dump_ir, lower_dense_linear, lower_matq_linear, schedule_kernels
+from matq_compile.lower.passes.lower_matq_linear import LinearSlice
+from tvm import relax
+
+
+@dataclass(frozen=True)
+class PipelineOptions:
+    """head_dtype: weight dtype of the CPU LM-head kernel; allow_untuned: default schedules (logged) on DB
+    misses; dump_dir: write each phase's IR there."""
+
+    head_dtype: str = "float32"
+    allow_untuned: bool = False
+    dump_dir: str | None = None
+
+
+Lowering = Mapping[str, LinearSlice] | list[tvm.transform.Pass]
+
+
+def phases(lowering: Lowering, spec, db_dir: str | Path | None,
+           opts: PipelineOptions) -> list[tuple[str, list[tvm.transform.Pass]]]:
+    """lowering: the checkpoint's {layer: LinearSlice} (LowerMatqLinear), or the phase-1 passes themselves."""
+    first = list(lowering) if isinstance(lowering, list) else [lower_matq_linear(lowering)]
+    return [
+        ("lower-linears", first),
+        ("lower-head", [] if spec.is_gpu else [lower_dense_linear(opts.head_dtype)]),
+        ("schedule-kernels", [schedule_kernels(spec, db_dir, opts.allow_untuned)]),
+        ("tvm-default", [relax.pipeline.get_default_pipeline(spec.to_tvm())]),
+    ]
+
+
+def matq_pipeline(slices: Lowering, spec, db_dir: str | Path | None,
+                  opts: PipelineOptions = PipelineOptions(), stop_before: str | None = None) -> tvm.transform.Pass:
+    """The phases as one Sequential (up to, not including, phase `stop_before` when given)."""
+    seq: list[tvm.transform.Pass] = []
+    for i, (name, passes) in enumerate(phases(slices, spec, db_dir, opts)):
+        if name == stop_before:
+            break
+        seq.extend(passes)
+        if opts.dump_dir:
+            seq.append(dump_ir(opts.dump_dir, i + 1, name))
+    return tvm.transform.Sequential(seq, name="matq_pipeline")
+
+
+def weight_params(mod: tvm.IRModule) -> list:
+    """The weight parameters (relax.Var) shared by every entry function (after its num_input activations)."""
+    found = None
+    for gv, func in mod.functions_items():
+        if not isinstance(func, relax.Function) or func.attrs is None or "num_input" not in func.attrs:
+            continue
+        params = list(func.params[int(func.attrs["num_input"]):])
+        sig = [(p.name, str(p.ty)) for p in params]
+        if found is not None and sig != found[1]:
+            raise ValueError(f"entry function {gv.name} has other weight parameters than the others")
+        found = found or (params, sig)
+    return [] if found is None else found[0]  # no num_input: every input is an activation (imported graphs)
+
+
+def compile_module(mod: tvm.IRModule, slices: Lowering, spec, db_dir: str | Path | None,
+                   opts: PipelineOptions = PipelineOptions()) -> tuple:
+    """Relax module of the float model -> (relax.VMExecutable for spec's target, its weight parameters)."""
+    target = spec.to_tvm()
+    last = phases(slices, spec, db_dir, opts)[-1][0]
+    with target:
+        lowered = matq_pipeline(slices, spec, db_dir, opts, stop_before=last)(mod)
+        params = weight_params(lowered)
+        rest = tvm.transform.Sequential([p for _, ps in phases(slices, spec, db_dir, opts)[-1:] for p in ps])
+        return tvm.compile(lowered, target=target, relax_pipeline=rest), params

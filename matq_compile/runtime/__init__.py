@@ -1,0 +1,236 @@
+"""Load an exported matq build and generate with the TVM runtime only (numpy, safetensors, tvm; never torch).
+
+    m = load("build/")                      # checks the manifest and file hashes, loads the library and weights
+    logits = m.prefill(ids)                 # [V] logits of the last prompt token (chunks of manifest["chunk"])
+    logits = m.decode(token)                # [V] next-token logits
+    out = m.generate(ids, 32, on_token=cb)  # greedy; Generation(tokens, prefill_tok_s, decode_tok_s, ...)
+    m.score(ids)                            # [n, V] logits of every position (perplexity)
+"""
+from __future__ import annotations
+
+import importlib.abc
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from matq_compile.io_utils import sha256_file
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+LIB_NAME, WEIGHTS_NAME, MANIFEST_NAME = "model.so", "weights.safetensors", "manifest.json"
+
+
+@dataclass(frozen=True)
+class Generation:
+    tokens: list[int]  # generated ids (without the prompt)
+    prompt_tokens: int
+    prefill_s: float
+    decode_s: float
+
+    @property
+    def prefill_tok_s(self) -> float:
+        return self.prompt_tokens / self.prefill_s if self.prefill_s > 0 else float("nan")
+
+    @property
+    def decode_tok_s(self) -> float:
+        steps = len(self.tokens) - 1  # the first new token comes from the prefill logits
+        return steps / self.decode_s if steps > 0 and self.decode_s > 0 else float("nan")
+
+
+class _NoTorch(importlib.abc.MetaPathFinder):
+    """Refuses `import torch`: tvm_ffi tries `import torch` at import time and tolerates an ImportError."""
+
+    def find_spec(self, name: str, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ModuleNotFoundError(f"{name} is blocked: the matq runtime runs without torch", name=name)
+        return None
+
+
+def block_torch() -> bool:
+    """Make this process run without torch (call before tvm is imported). False if torch is already loaded."""
+    if "torch" in sys.modules:
+        return False
+    if not any(isinstance(f, _NoTorch) for f in sys.meta_path):
+        sys.meta_path.insert(0, _NoTorch())
+    return True
+
+
+def read_manifest(build_dir: str | Path, verify: bool = True) -> dict[str, Any]:
+    """manifest.json of a build, with the library and weights checked against their recorded sha256."""
+    build_dir = Path(build_dir)
+    path = build_dir / MANIFEST_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{build_dir} is not a matq build: {MANIFEST_NAME} is missing")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"corrupt {path}: {e}") from None
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{path}: unknown format_version {manifest.get('format_version')!r}")
+    for name, sha in manifest["files"].items():
+        f = build_dir / name
+        if not f.is_file():
+            raise FileNotFoundError(f"{build_dir}: {name} is missing")
+        if verify and sha256_file(f) != sha:
+            raise ValueError(f"{f} is corrupt or was replaced (sha256 differs from {MANIFEST_NAME}); recompile")
+    return manifest
+
+
+class Model:
+    """One loaded build on one device; holds the KV cache and the number of cached tokens."""
+
+    def __init__(self, build_dir: str | Path, device: str = "cpu", verify: bool = True) -> None:
+        import tvm
+        from safetensors.numpy import load_file
+        from tvm import relax
+
+        self.dir = Path(build_dir)
+        self.manifest = read_manifest(self.dir, verify)
+        if self.manifest.get("kind", "llm") != "llm":
+            raise ValueError(f"{self.dir} is a {self.manifest['kind']} build; run it with runtime.run_graph")
+        self.dev = tvm.device(device, 0)
+        try:
+            lib = tvm.runtime.load_module(str(self.dir / LIB_NAME))
+        except Exception as e:  # noqa: BLE001 - TVM raises several error types for a bad shared object
+            raise ValueError(f"cannot load {self.dir / LIB_NAME}: {e}") from None
+        self.vm = relax.VirtualMachine(lib, self.dev)
+        arrays = load_file(str(self.dir / WEIGHTS_NAME))
+        self.params = [tvm.runtime.tensor(arrays[p["name"]], self.dev) for p in self.manifest["params"]]
+        self.chunk = int(self.manifest["chunk"])
+        self.max_seq_len = int(self.manifest["model"]["max_seq_len"])
+        self.vocab = int(self.manifest["model"]["vocab_size"])
+        self._shape = tvm.runtime.ShapeTuple
+        self._tensor = tvm.runtime.tensor
+        kt_shape, v_shape = self._cache_shapes()
+        self.kt = tvm.runtime.empty(kt_shape, "float32", self.dev)
+        self.vc = tvm.runtime.empty(v_shape, "float32", self.dev)
+        self.pos = 0
+
+    def _cache_shapes(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        m = self.manifest["model"]
+        L, KV, D, S = m["num_layers"], m["num_kv_heads"], m["head_dim"], m["max_seq_len"]
+        return (L, KV, D, S), (L, KV, S, D)
+
+    def reset(self) -> None:
+        """Forget the cached tokens (stale cache entries are never read: attention is masked by length)."""
+        self.pos = 0
+
+    def _ids(self, ids: Sequence[int]) -> np.ndarray:
+        a = np.asarray(ids, dtype=np.int64).reshape(-1)
+        if a.size and (a.min() < 0 or a.max() >= self.vocab):
+            raise ValueError(f"token ids must be in [0, {self.vocab}), got range [{a.min()}, {a.max()}]")
+        return a.astype(np.int32)
+
+    def _room(self, n: int) -> None:
+        if self.pos + n > self.max_seq_len:
+            raise ValueError(f"{self.pos} cached + {n} new tokens exceed max_seq_len {self.max_seq_len}")
+
+    def _chunks(self, ids: np.ndarray):
+        """(padded chunk [1, chunk], real length) pieces; the KV cache room includes the padding."""
+        self._room(-(-len(ids) // self.chunk) * self.chunk)
+        for s in range(0, len(ids), self.chunk):
+            piece = ids[s:s + self.chunk]
+            yield np.pad(piece, (0, self.chunk - len(piece)))[None, :], len(piece)
+
+    def prefill(self, ids: Sequence[int]) -> np.ndarray:
+        """Append a prompt to the cache; [V] float32 logits of its last token."""
+        ids = self._ids(ids)
+        if ids.size == 0:
+            raise ValueError("prefill needs at least one token")
+        out = None
+        for chunk, n in self._chunks(ids):
+            out = self.vm["prefill"](self._tensor(chunk, self.dev), self._shape([self.pos]), self._shape([n - 1]),
+                                     self.kt, self.vc, *self.params)
+            self.pos += n
+        return out[0].numpy()[0]
+
+    def decode(self, token: int) -> np.ndarray:
+        """Append one token; [V] logits of the next one."""
+        ids = self._ids([token])
+        self._room(1)
+        out = self.vm["decode"](self._tensor(ids[None, :], self.dev), self._shape([self.pos]), self.kt, self.vc,
+                                *self.params)
+        self.pos += 1
+        return out[0].numpy()[0]
+
+    def score(self, ids: Sequence[int]) -> np.ndarray:
+        """Append tokens; [n, V] logits of every position."""
+        ids = self._ids(ids)
+        rows = []
+        for chunk, n in self._chunks(ids):
+            out = self.vm["score"](self._tensor(chunk, self.dev), self._shape([self.pos]), self.kt, self.vc,
+                                   *self.params)
+            rows.append(out[0].numpy()[:n])
+            self.pos += n
+        return np.concatenate(rows)
+
+    def generate(self, ids: Sequence[int], max_new_tokens: int,
+                 on_token: Callable[[int], None] | None = None, stop_at_eos: bool = True) -> Generation:
+        """Greedy generation from a fresh cache; on_token is called with each new id as soon as it exists."""
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        eos = set(self.manifest.get("eos_token_ids", [])) if stop_at_eos else set()
+        self.reset()
+        t0 = time.perf_counter()
+        tok = int(np.argmax(self.prefill(ids)))
+        t1 = time.perf_counter()
+        tokens = [tok]
+        if on_token:
+            on_token(tok)
+        while len(tokens) < max_new_tokens and tok not in eos:
+            tok = int(np.argmax(self.decode(tok)))
+            tokens.append(tok)
+            if on_token:
+                on_token(tok)
+        return Generation(tokens, len(ids), t1 - t0, time.perf_counter() - t1)
+
+
+def run_graph(build_dir: str | Path, *inputs: np.ndarray, device: str = "cpu") -> list[np.ndarray]:
+    """Run an imported-graph build (`matq compile --onnx`): inputs in the manifest's order -> outputs."""
+    import tvm
+    from tvm import relax
+
+    manifest = read_manifest(build_dir)
+    if manifest.get("kind") != "onnx":
+        raise ValueError(f"{build_dir} is not an imported-graph build (kind {manifest.get('kind')!r})")
+    if len(inputs) != len(manifest["inputs"]):
+        raise ValueError(f"{build_dir} takes {len(manifest['inputs'])} inputs, got {len(inputs)}")
+    dev = tvm.device(device, 0)
+    vm = relax.VirtualMachine(tvm.runtime.load_module(str(Path(build_dir) / LIB_NAME)), dev)
+    out = vm["main"](*(tvm.runtime.tensor(np.ascontiguousarray(a), dev) for a in inputs))
+    return [out.numpy()] if isinstance(out, tvm.runtime.Tensor) else [o.numpy() for o in out]
+
+
+def perplexity(model: Model, windows: np.ndarray) -> float:
+    """exp(mean NLL) of next-token prediction over independent windows [n, T] (float64 log-softmax)."""
+    nll, count = 0.0, 0
+    for w in np.asarray(windows):
+        model.reset()
+        logits = model.score(w).astype(np.float64)[:-1]
+        m = logits.max(axis=-1, keepdims=True)
+        logz = (m + np.log(np.exp(logits - m).sum(axis=-1, keepdims=True)))[:, 0]
+        nll += float((logz - logits[np.arange(len(w) - 1), w[1:]]).sum())
+        count += len(w) - 1
+    return float(np.exp(nll / count))
+
+
+def load(build_dir: str | Path, device: str = "cpu", verify: bool = True) -> Model:
+    return Model(build_dir, device, verify)
+
+
+def load_tokenizer(build_dir: str | Path):
+    """The build's tokenizer (the `tokenizers` package: no torch, no transformers)."""
+    from tokenizers import Tokenizer
+
+    path = Path(build_dir) / "tokenizer.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{build_dir} has no tokenizer.json")
+    return Tokenizer.from_file(str(path))

@@ -1,0 +1,251 @@
+// matq_run: greedy generation from a `matq compile` build with the TVM runtime alone (no Python).
+//
+//   matq_run BUILD_DIR --ids 1,2,3 [--max-new-tokens N] [--device cpu|cuda]
+//
+// Reads BUILD_DIR/manifest.json (parameter order, chunk, cache shapes), the weights from
+// BUILD_DIR/weights.safetensors, loads BUILD_DIR/model.so into a Relax VM, runs the chunked prefill and N-1 decode
+// steps (argmax) and prints one JSON object: {"prompt_tokens", "tokens", "prefill_s", "decode_s",
+// "prefill_tok_s", "decode_tok_s"}. Token ids in and out: tokenization stays in Python (`tokenizers`).
+#include <tvm/ffi/extra/json.h>
+#include <tvm/ffi/extra/module.h>
+#include <tvm/ffi/container/tensor.h>
+#include <tvm/ffi/function.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <iostream>
+#include <map>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace ffi = tvm::ffi;
+using ffi::Tensor;
+
+namespace {
+
+// Tensor allocation and host copies through the TVM runtime's registered functions (the wheel ships the
+// tvm-ffi headers complete, but not every header tvm/runtime/tensor.h includes).
+Tensor Empty(const std::vector<int64_t>& shape, DLDataType dtype, DLDevice dev) {
+  static ffi::Function alloc = ffi::Function::GetGlobalRequired("runtime.TVMTensorAllocWithScope");
+  return alloc(ffi::Shape(shape.begin(), shape.end()), dtype, dev, ffi::Optional<ffi::String>()).cast<Tensor>();
+}
+
+void CopyFromBytes(const Tensor& t, const void* data, size_t nbytes) {
+  static ffi::Function copy = ffi::Function::GetGlobalRequired("runtime.TVMTensorCopyFromBytes");
+  copy(t, const_cast<void*>(data), static_cast<int64_t>(nbytes));
+}
+
+void CopyToBytes(const Tensor& t, void* data, size_t nbytes) {
+  static ffi::Function copy = ffi::Function::GetGlobalRequired("runtime.TVMTensorCopyToBytes");
+  copy(t, data, static_cast<int64_t>(nbytes));
+}
+
+constexpr int kPooledAllocator = 2;  // tvm.runtime.vm.VirtualMachine.POOLED_ALLOCATOR
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) throw std::runtime_error("cannot open " + path);
+  std::ostringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+ffi::Map<ffi::Any, ffi::Any> ParseObject(const std::string& text, const std::string& what) {
+  ffi::String err;
+  ffi::json::Value v = ffi::json::Parse(text, &err);
+  if (!err.empty()) throw std::runtime_error("corrupt " + what + ": " + std::string(err));
+  return v.cast<ffi::Map<ffi::Any, ffi::Any>>();
+}
+
+std::vector<int64_t> IntList(const ffi::Any& v) {
+  std::vector<int64_t> out;
+  for (const ffi::Any& x : v.cast<ffi::Array<ffi::Any>>()) out.push_back(x.cast<int64_t>());
+  return out;
+}
+
+DLDataType SafetensorsDtype(const std::string& s) {
+  static const std::map<std::string, DLDataType> kTypes = {
+      {"F32", {kDLFloat, 32, 1}}, {"F16", {kDLFloat, 16, 1}}, {"U32", {kDLUInt, 32, 1}},
+      {"I32", {kDLInt, 32, 1}},   {"U8", {kDLUInt, 8, 1}},    {"I8", {kDLInt, 8, 1}},
+      {"I64", {kDLInt, 64, 1}}};
+  auto it = kTypes.find(s);
+  if (it == kTypes.end()) throw std::runtime_error("unsupported safetensors dtype " + s);
+  return it->second;
+}
+
+// Every tensor of a safetensors file (8-byte little-endian header size, JSON header, raw data) on `dev`.
+std::map<std::string, Tensor> LoadSafetensors(const std::string& path, DLDevice dev) {
+  std::string bytes = ReadFile(path);
+  if (bytes.size() < 8) throw std::runtime_error(path + " is truncated");
+  uint64_t n = 0;
+  std::memcpy(&n, bytes.data(), 8);  // x86-64 / aarch64: little endian like the format
+  if (8 + n > bytes.size()) throw std::runtime_error(path + " has a header larger than the file");
+  auto header = ParseObject(bytes.substr(8, n), path + " header");
+  const char* data = bytes.data() + 8 + n;
+  std::map<std::string, Tensor> out;
+  for (const auto& kv : header) {
+    std::string name = kv.first.cast<ffi::String>();
+    if (name == "__metadata__") continue;
+    auto info = kv.second.cast<ffi::Map<ffi::Any, ffi::Any>>();
+    std::vector<int64_t> shape = IntList(info["shape"]), off = IntList(info["data_offsets"]);
+    if (off[1] > static_cast<int64_t>(bytes.size() - 8 - n)) throw std::runtime_error(path + ": bad offsets");
+    Tensor t = Empty(shape, SafetensorsDtype(info["dtype"].cast<ffi::String>()), dev);
+    CopyFromBytes(t, data + off[0], static_cast<size_t>(off[1] - off[0]));
+    out.emplace(name, t);
+  }
+  return out;
+}
+
+struct Options {
+  std::string build, device = "cpu";
+  std::vector<int32_t> ids;
+  int max_new_tokens = 16;
+};
+
+Options ParseArgs(int argc, char** argv) {
+  Options o;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    auto next = [&]() -> std::string {
+      if (i + 1 >= argc) throw std::runtime_error(a + " needs a value");
+      return argv[++i];
+    };
+    if (a == "--ids") {
+      std::stringstream ss(next());
+      for (std::string tok; std::getline(ss, tok, ',');) o.ids.push_back(std::stoi(tok));
+    } else if (a == "--max-new-tokens") {
+      o.max_new_tokens = std::stoi(next());
+    } else if (a == "--device") {
+      o.device = next();
+    } else if (o.build.empty() && a.rfind("--", 0) != 0) {
+      o.build = a;
+    } else {
+      throw std::runtime_error("unknown argument " + a);
+    }
+  }
+  if (o.build.empty() || o.ids.empty() || o.max_new_tokens < 1)
+    throw std::runtime_error("usage: matq_run BUILD_DIR --ids 1,2,3 [--max-new-tokens N] [--device cpu|cuda]");
+  return o;
+}
+
+class Runner {
+ public:
+  Runner(const Options& o) : dev_{o.device == "cuda" ? kDLCUDA : kDLCPU, 0} {
+    auto manifest = ParseObject(ReadFile(o.build + "/manifest.json"), "manifest.json");
+    auto model = manifest["model"].cast<ffi::Map<ffi::Any, ffi::Any>>();
+    chunk_ = manifest["chunk"].cast<int64_t>();
+    max_seq_ = model["max_seq_len"].cast<int64_t>();
+    int64_t L = model["num_layers"].cast<int64_t>(), KV = model["num_kv_heads"].cast<int64_t>();
+    int64_t D = model["head_dim"].cast<int64_t>();
+    auto weights = LoadSafetensors(o.build + "/weights.safetensors", dev_);
+    for (const ffi::Any& p : manifest["params"].cast<ffi::Array<ffi::Any>>()) {
+      std::string name = p.cast<ffi::Map<ffi::Any, ffi::Any>>()["name"].cast<ffi::String>();
+      auto it = weights.find(name);
+      if (it == weights.end()) throw std::runtime_error("weights.safetensors lacks " + name);
+      params_.push_back(it->second);
+    }
+    DLDataType f32{kDLFloat, 32, 1};
+    kt_ = Empty({L, KV, D, max_seq_}, f32, dev_);
+    vc_ = Empty({L, KV, max_seq_, D}, f32, dev_);
+    ffi::Module lib = ffi::Module::LoadFromFile(o.build + "/model.so");
+    ffi::Module vm = lib->GetFunction("vm_load_executable", false).value()().cast<ffi::Module>();
+    if (dev_.device_type == kDLCPU) {
+      vm->GetFunction("vm_initialization", false).value()(static_cast<int>(kDLCPU), 0, kPooledAllocator);
+    } else {  // the VM runs shape functions on the CPU
+      vm->GetFunction("vm_initialization", false).value()(static_cast<int>(dev_.device_type), 0, kPooledAllocator,
+                                                          static_cast<int>(kDLCPU), 0, kPooledAllocator);
+    }
+    prefill_ = vm->GetFunction("prefill", false).value();
+    decode_ = vm->GetFunction("decode", false).value();
+    vm_ = vm;
+  }
+
+  // Appends ids to the cache in chunks (the last one zero-padded); argmax of the last real token's logits.
+  int32_t Prefill(const std::vector<int32_t>& ids) {
+    if (pos_ + (ids.size() + chunk_ - 1) / chunk_ * chunk_ > static_cast<size_t>(max_seq_))
+      throw std::runtime_error("prompt exceeds max_seq_len");
+    int32_t next = -1;
+    for (size_t s = 0; s < ids.size(); s += chunk_) {
+      size_t n = std::min<size_t>(chunk_, ids.size() - s);
+      std::vector<int32_t> piece(chunk_, 0);
+      std::copy(ids.begin() + s, ids.begin() + s + n, piece.begin());
+      next = Argmax(Call(prefill_, Ids(piece), {ffi::Shape({pos_}), ffi::Shape({static_cast<int64_t>(n) - 1})}));
+      pos_ += static_cast<int64_t>(n);
+    }
+    return next;
+  }
+
+  int32_t Decode(int32_t tok) {
+    if (pos_ + 1 > max_seq_) throw std::runtime_error("generation exceeds max_seq_len");
+    int32_t next = Argmax(Call(decode_, Ids({tok}), {ffi::Shape({pos_})}));
+    pos_ += 1;
+    return next;
+  }
+
+ private:
+  Tensor Ids(const std::vector<int32_t>& ids) {
+    Tensor t = Empty({1, static_cast<int64_t>(ids.size())}, DLDataType{kDLInt, 32, 1}, dev_);
+    CopyFromBytes(t, ids.data(), ids.size() * sizeof(int32_t));
+    return t;
+  }
+
+  // f(ids, *shapes, kt_cache, v_cache, *params) -> logits [1, V] (first element of the returned tuple).
+  Tensor Call(const ffi::Function& f, Tensor ids, const std::vector<ffi::Shape>& shapes) {
+    std::vector<ffi::AnyView> args;
+    args.emplace_back(ids);
+    for (const ffi::Shape& s : shapes) args.emplace_back(s);
+    args.emplace_back(kt_);
+    args.emplace_back(vc_);
+    for (const Tensor& p : params_) args.emplace_back(p);
+    ffi::Any ret;
+    f.CallPacked(args.data(), static_cast<int32_t>(args.size()), &ret);
+    return ret.cast<ffi::Array<ffi::Any>>()[0].cast<Tensor>();
+  }
+
+  static int32_t Argmax(const Tensor& logits) {
+    std::vector<float> v(logits.shape()[logits.ndim() - 1]);
+    CopyToBytes(logits, v.data(), v.size() * sizeof(float));
+    return static_cast<int32_t>(std::max_element(v.begin(), v.end()) - v.begin());
+  }
+
+  DLDevice dev_;
+  int64_t chunk_ = 16, max_seq_ = 0, pos_ = 0;
+  std::vector<Tensor> params_;
+  Tensor kt_, vc_;
+  ffi::Optional<ffi::Module> vm_;  // owns the functions below
+  ffi::Function prefill_, decode_;
+};
+
+double Seconds(std::chrono::steady_clock::time_point a, std::chrono::steady_clock::time_point b) {
+  return std::chrono::duration<double>(b - a).count();
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    Options o = ParseArgs(argc, argv);
+    Runner runner(o);
+    auto t0 = std::chrono::steady_clock::now();
+    std::vector<int32_t> tokens{runner.Prefill(o.ids)};
+    auto t1 = std::chrono::steady_clock::now();
+    while (static_cast<int>(tokens.size()) < o.max_new_tokens) tokens.push_back(runner.Decode(tokens.back()));
+    auto t2 = std::chrono::steady_clock::now();
+    double prefill_s = Seconds(t0, t1), decode_s = Seconds(t1, t2);
+    std::printf("{\"prompt_tokens\": %zu, \"tokens\": [", o.ids.size());
+    for (size_t i = 0; i < tokens.size(); ++i) std::printf("%s%d", i ? ", " : "", tokens[i]);
+    std::printf("], \"prefill_s\": %.6f, \"decode_s\": %.6f, \"prefill_tok_s\": %.3f, \"decode_tok_s\": %.3f}\n",
+                prefill_s, decode_s, o.ids.size() / prefill_s,
+                tokens.size() > 1 ? (tokens.size() - 1) / decode_s : 0.0);
+    return 0;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "matq_run: %s\n", e.what());
+    return 1;
+  }
+}

@@ -1,0 +1,84 @@
+"""`matq compile` and `matq run` through the CLI on a tiny Llama with a byte-level tokenizer; run never imports
+torch and streams the generated text."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def byte_tokenizer(path: Path) -> Path:
+    """A 256-token byte-level tokenizer (no merges) matching the tiny model's vocabulary."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    tok = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(alphabet)}, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.save(str(path))
+    return path
+
+
+def matq(*args: str, check_no_torch: bool = False, timeout: int = 300) -> subprocess.CompletedProcess:
+    code = ("import sys; from matq_compile.cli import main; rc = main(sys.argv[1:]); "
+            + ("assert 'torch' not in sys.modules, 'torch was imported'; " if check_no_torch else "")
+            + "sys.exit(rc)")
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def ckpt(tiny_llama_dir, tmp_path_factory) -> Path:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from matq_compile.ckpt import save_checkpoint
+    from matq_compile.config import QuantSpec
+    from matq_compile.quant.sequential import quantize_model
+
+    tmp = tmp_path_factory.mktemp("cli")
+    spec = QuantSpec(method="rtn", bits=8, group_size=32)
+    qm = quantize_model(AutoModelForCausalLM.from_pretrained(tiny_llama_dir).eval(),
+                        torch.randint(0, 256, (1, 16), generator=torch.Generator().manual_seed(2)), spec)
+    return save_checkpoint(tmp / "ckpt", layers=qm.layers, tensors=qm.tensors, spec=spec,
+                           sensitivity=qm.sensitivity, source={"model": "tiny"},
+                           extra_files={"config.json": tiny_llama_dir / "config.json",
+                                        "tokenizer.json": byte_tokenizer(tmp / "tokenizer.json")})
+
+
+def test_compile_then_run_without_torch(ckpt, tmp_path):
+    out = tmp_path / "build"
+    res = matq("compile", "--checkpoint", str(ckpt), "--bits", "4", "--target", "host", "--out", str(out),
+               "--allow-untuned", "--max-seq-len", "64")
+    assert res.returncode == 0, res.stderr
+    assert {"model.so", "weights.safetensors", "manifest.json", "tokenizer.json", "config.json"} <= \
+        {p.name for p in out.iterdir()}
+    res = matq("run", str(out), "--prompt", "hello matq", "--max-new-tokens", "6", "--ignore-eos",
+               "--json", str(tmp_path / "gen.json"), check_no_torch=True)
+    assert res.returncode == 0, res.stderr
+    gen = json.loads((tmp_path / "gen.json").read_text())
+    assert gen["prompt_tokens"] == len("hello matq") and gen["new_tokens"] == 6
+    assert gen["prefill_tok_s"] > 0 and gen["decode_tok_s"] > 0
+    from tokenizers import Tokenizer
+
+    assert res.stdout.rstrip("\n") == Tokenizer.from_file(str(out / "tokenizer.json")).decode(gen["tokens"])
+
+
+def test_compile_rejects_bad_bits_and_missing_choice(ckpt, tmp_path):
+    res = matq("compile", "--checkpoint", str(ckpt), "--bits", "9", "--out", str(tmp_path / "o"), "--allow-untuned")
+    assert res.returncode == 2 and "bits must be an integer in 2..8" in res.stderr
+    assert not (tmp_path / "o").exists()
+    res = matq("compile", "--checkpoint", str(ckpt), "--out", str(tmp_path / "o"))
+    assert res.returncode != 0 and "--bits" in res.stderr
+
+
+def test_compile_rejects_unknown_target(ckpt, tmp_path):
+    res = matq("compile", "--checkpoint", str(ckpt), "--bits", "4", "--target", "tpu-v9", "--out", str(tmp_path / "o"))
+    assert res.returncode == 2 and "unknown target 'tpu-v9'" in res.stderr
+
+
+def test_run_on_a_missing_build(tmp_path):
+    res = matq("run", str(tmp_path / "nope"), "--prompt", "x", check_no_torch=True)
+    assert res.returncode == 2 and "manifest.json is missing" in res.stderr

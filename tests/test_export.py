@@ -1,0 +1,260 @@
+"""compile_model end to end on a tiny random Llama: compiled logits == the torch fake-quantized model's, uniform
+and mixed plans, act-order; reload in a fresh process; bad inputs give clear errors and write nothing."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+IDS = [1, 5, 9, 20, 33, 7, 100, 200, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 250, 17]  # 21 tokens: 2 prefill chunks
+
+
+def make_checkpoint(model_dir: Path, out: Path, method: str = "rtn", act_order: bool = False) -> Path:
+    """A sliceable checkpoint of model_dir (RTN-8, or GPTQ-8 with act-order), with its config.json."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from matq_compile.ckpt import save_checkpoint
+    from matq_compile.config import QuantSpec
+    from matq_compile.quant.sequential import quantize_model
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    spec = QuantSpec(method=method, bits=8, group_size=32, act_order=act_order)
+    calib = torch.randint(0, 256, (2, 32), generator=torch.Generator().manual_seed(0))
+    qm = quantize_model(model, calib, spec)
+    return save_checkpoint(out, layers=qm.layers, tensors=qm.tensors, spec=spec, sensitivity=qm.sensitivity,
+                           source={"model": "tiny"}, extra_files={"config.json": model_dir / "config.json"})
+
+
+def compile_tiny(ckpt: Path, out: Path, **kw):
+    from matq_compile.export import CompileOptions, compile_model
+
+    bits, plan = kw.pop("bits", None), kw.pop("plan", None)
+    opts = CompileOptions(**({"allow_untuned": True, "require_tokenizer": False, "max_seq_len": 64} | kw))
+    return compile_model(ckpt, out, bits=bits, plan=plan, opts=opts)
+
+
+def torch_logits(ckpt_dir: Path, bits) -> np.ndarray:
+    import torch
+
+    from matq_compile.ckpt import load_checkpoint
+    from matq_compile.evaluate import model_from_checkpoint
+
+    model = model_from_checkpoint(load_checkpoint(ckpt_dir), bits)
+    with torch.no_grad():
+        return model(torch.tensor([IDS])).logits[0].double().numpy()
+
+
+def write_plan(path: Path, ckpt_dir: Path, layers: dict[str, int] | None = None, ckpt_hash: str | None = None):
+    from matq_compile.ckpt import load_checkpoint
+
+    ck = load_checkpoint(ckpt_dir)
+    layers = layers or {n: (2, 3, 4, 5, 6, 7, 8)[i % 7] for i, n in enumerate(ck.layer_names)}
+    path.write_text(json.dumps({"format_version": 1, "layers": layers, "checkpoint_hash": ckpt_hash or ck.hash,
+                                "levels": [2, 3, 4, 5, 6, 7, 8], "solver": "test"}))
+    return path, layers
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tiny_llama_dir, tmp_path_factory) -> Path:
+    return make_checkpoint(tiny_llama_dir, tmp_path_factory.mktemp("ckpt") / "rtn")
+
+
+@pytest.fixture(scope="module")
+def build4(tiny_ckpt, tmp_path_factory) -> Path:
+    return compile_tiny(tiny_ckpt, tmp_path_factory.mktemp("b") / "int4", bits=4)
+
+
+def check_against_torch(build: Path, ref: np.ndarray) -> None:
+    from matq_compile import runtime
+
+    model = runtime.load(build)
+    np.testing.assert_allclose(model.score(IDS), ref, rtol=1e-4, atol=1e-4)
+    model.reset()  # prefill (chunked, padded) + decode reach the same logits
+    np.testing.assert_allclose(model.prefill(IDS[:18]), ref[17], rtol=1e-4, atol=1e-4)
+    for i in (18, 19):
+        np.testing.assert_allclose(model.decode(IDS[i]), ref[i], rtol=1e-4, atol=1e-4)
+
+
+def test_uniform_int4_matches_torch_fake_quant(build4, tiny_ckpt):
+    check_against_torch(build4, torch_logits(tiny_ckpt, 4))
+
+
+def test_mixed_plan_matches_torch_fake_quant(tiny_ckpt, tmp_path):
+    plan, layers = write_plan(tmp_path / "plan.json", tiny_ckpt)
+    build = compile_tiny(tiny_ckpt, tmp_path / "mixed", plan=plan)
+    manifest = json.loads((build / "manifest.json").read_text())
+    assert manifest["bits"] == layers and manifest["plan"]["kind"] == "plan"
+    check_against_torch(build, torch_logits(tiny_ckpt, layers))
+
+
+def test_act_order_checkpoint_matches_torch(tiny_llama_dir, tmp_path):
+    ckpt = make_checkpoint(tiny_llama_dir, tmp_path / "gptq", method="gptq", act_order=True)
+    build = compile_tiny(ckpt, tmp_path / "b3", bits=3, head_dtype="float16")
+    manifest = json.loads((build / "manifest.json").read_text())
+    assert any(p["name"].endswith(".perm") for p in manifest["params"])
+    from matq_compile import runtime
+
+    logits = runtime.load(build).score(IDS)  # float16 head: looser, still far below the slice error
+    np.testing.assert_allclose(logits, torch_logits(ckpt, 3), rtol=2e-3, atol=2e-3)
+
+
+def test_manifest_records_provenance(build4, tiny_ckpt):
+    from matq_compile._tvm import TVM_VERSION
+    from matq_compile.ckpt import load_checkpoint
+    from matq_compile.io_utils import sha256_file
+
+    m = json.loads((build4 / "manifest.json").read_text())
+    assert m["checkpoint"]["hash"] == load_checkpoint(tiny_ckpt).hash
+    assert m["tvm_version"] == TVM_VERSION and m["target"]["kind"] == "llvm"
+    assert m["plan"] == {"kind": "uniform", "bits": 4} and set(m["bits"].values()) == {4}
+    assert m["files"]["model.so"] == sha256_file(build4 / "model.so")
+    assert not any(p["name"].endswith("proj.weight") for p in m["params"])  # float linears replaced
+
+
+def test_reload_in_fresh_process(build4):
+    from matq_compile import runtime
+
+    expect = runtime.load(build4).score(IDS)
+    code = ("import sys, numpy as np; from matq_compile import runtime; runtime.block_torch(); "
+            f"np.save(sys.argv[2], runtime.load(sys.argv[1]).score({IDS})); assert 'torch' not in sys.modules")
+    out = build4.parent / "fresh.npy"
+    subprocess.run([sys.executable, "-c", code, str(build4), str(out)], check=True, timeout=120)
+    np.testing.assert_array_equal(np.load(out), expect)
+
+
+def test_plan_for_another_checkpoint_is_refused(tiny_ckpt, tmp_path):
+    plan, _ = write_plan(tmp_path / "plan.json", tiny_ckpt, ckpt_hash="0" * 64)
+    with pytest.raises(ValueError, match="plan was made for checkpoint"):
+        compile_tiny(tiny_ckpt, tmp_path / "out", plan=plan)
+    assert not (tmp_path / "out").exists()
+
+
+def test_target_without_records_needs_the_flag(tiny_ckpt, tmp_path):
+    with pytest.raises(ValueError, match=r"no tun(ed|ing) records.*allow-untuned"):
+        compile_tiny(tiny_ckpt, tmp_path / "out", bits=4, allow_untuned=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_tokenizer_is_refused(tiny_ckpt, tmp_path):
+    with pytest.raises(FileNotFoundError, match="tokenizer.json"):
+        compile_tiny(tiny_ckpt, tmp_path / "out", bits=4, require_tokenizer=True)
+    assert not (tmp_path / "out").exists()
+
+
+def test_corrupt_library_is_refused(build4, tmp_path):
+    from matq_compile import runtime
+
+    bad = tmp_path / "bad"
+    shutil.copytree(build4, bad)
+    lib = bad / "model.so"
+    lib.write_bytes(lib.read_bytes()[: lib.stat().st_size // 2])
+    with pytest.raises(ValueError, match="corrupt"):  # hash check before dlopen (a truncated ELF can SIGBUS)
+        runtime.load(bad)
+    lib.write_bytes(b"not a shared object\n" * 64)
+    with pytest.raises(ValueError, match="cannot load"):  # and a clear error when the check is skipped
+        runtime.load(bad, verify=False)
+
+
+def test_out_dir_that_is_not_a_build_is_not_replaced(tiny_ckpt, tmp_path):
+    keep = tmp_path / "precious"
+    keep.mkdir()
+    (keep / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="not a matq build"):
+        compile_tiny(tiny_ckpt, keep, bits=4)
+    assert (keep / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("target, arch", [("cuda-sm80", "sm_80"), ("cuda-sm90", "sm_90")])
+def test_cuda_build_without_a_gpu(tiny_ckpt, tmp_path, target, arch):
+    """The CUDA build exports a library holding CUDA source; nvcc (when present) compiles it to PTX."""
+    from matq_compile import targets
+    from matq_compile._tvm import nvcc_compile
+
+    build = compile_tiny(tiny_ckpt, tmp_path / arch, bits=4, target=target)
+    m = json.loads((build / "manifest.json").read_text())
+    assert "cuda" in m["modules"] and m["target"]["target"]["arch"] == arch
+    src = (build / "kernels.cu").read_text()
+    assert "matq_linear_" in src and "attention_kernel" in src
+    if shutil.which("nvcc") is None:
+        pytest.skip("nvcc not installed: CUDA source checked, PTX not built")
+    with targets.load(target).to_tvm():
+        ptx = nvcc_compile(src, arch)
+    assert f".target {arch}".encode() in ptx
+
+
+def test_onnx_mlp_matmuls_are_quantized_and_lowered(tmp_path, rng):
+    """MatMul on constant weights -> r-bit slices of an RTN-8 parent; bad inputs are clear errors."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from matq_compile import layout, runtime
+    from matq_compile.export import CompileOptions, compile_onnx
+    from matq_compile.lower.passes.quantize_const_matmul import pick_group, rtn8_parent
+
+    W1, b1, W2 = (rng.standard_normal(s).astype(np.float32) for s in ((64, 96), (96,), (96, 10)))
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W1"], ["h"]), helper.make_node("Add", ["h", "b1"], ["h1"]),
+         helper.make_node("Relu", ["h1"], ["h2"]), helper.make_node("MatMul", ["h2", "W2"], ["y"])], "mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3, 10])],
+        [numpy_helper.from_array(a, n) for a, n in ((W1, "W1"), (b1, "b1"), (W2, "W2"))])
+    path = tmp_path / "mlp.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    x = rng.standard_normal((2, 3, 64)).astype(np.float32)
+
+    def deq(W, bits):  # float64 reference: RTN-8 parent (spec section 2), its r-bit slice via layout.dequant
+        g = pick_group(W.shape[0])
+        q, s = rtn8_parent(W.T, g)
+        err = np.abs(q.astype(np.float64) - 128 - W.T / np.repeat(s.astype(np.float64), g, 1))
+        assert err[q < 255].max() <= 0.5 + 1e-9 and err.max() <= 1.0  # nearest code; +absmax clamps at 255
+        return layout.dequant(layout.pack_slice(q, s, None, bits, "round", g), bits, W.shape[0], g)
+
+    for bits in (8, 3):
+        build = compile_onnx(path, tmp_path / f"b{bits}", bits, CompileOptions(allow_untuned=True))
+        (y,) = runtime.run_graph(build, x)
+        ref = np.maximum(x.astype(np.float64) @ deq(W1, bits).T + b1, 0) @ deq(W2, bits).T
+        np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-3)
+    float_ref = np.maximum(x @ W1 + b1, 0) @ W2
+    (y8,) = runtime.run_graph(tmp_path / "b8", x)
+    assert np.abs(y8 - float_ref).max() < 0.05 * np.abs(float_ref).max()  # 8 bits ~ the float model
+    with pytest.raises(ValueError, match="not a valid ONNX model"):
+        (tmp_path / "bad.onnx").write_bytes(b"garbage")
+        compile_onnx(tmp_path / "bad.onnx", tmp_path / "nope", 4, CompileOptions(allow_untuned=True))
+    assert not (tmp_path / "nope").exists()
+
+
+@pytest.mark.slow
+def test_smollm2_ppl_equals_fake_quant_torch(tmp_path, data_dir):
+    """SmolLM2-135M at int4 and at a mixed plan: TVM-runtime PPL within 0.5 % of the fake-quantized torch model
+    on 2 WikiText-2 windows of 1024 tokens. Checkpoint: $MATQ_SMOLLM2_CKPT, else an RTN-8 one made here."""
+    import os
+
+    import torch
+
+    from matq_compile import data, runtime
+    from matq_compile.ckpt import load_checkpoint
+    from matq_compile.evaluate import load_tokenizer, model_from_checkpoint, perplexity
+
+    ckpt_dir = Path(os.environ.get("MATQ_SMOLLM2_CKPT", tmp_path / "ckpt"))
+    if not ckpt_dir.exists():
+        cmd = ["quantize", "--method", "rtn", "--bits", "8", "--group-size", "64", "--calibration", "self",
+               "--calibration-samples", "2", "--calibration-seq-len", "32", "--eval-windows", "0",
+               "--out", str(ckpt_dir)]
+        subprocess.run([sys.executable, "-m", "matq_compile.cli", *cmd], check=True, timeout=1800)
+    ck = load_checkpoint(ckpt_dir)
+    tokens = data.tokenize(load_tokenizer(ckpt_dir), data.read_text(data_dir / data.WIKITEXT_TEST))
+    windows = data.eval_windows(tokens, 1024, 2)
+    plan, layers = write_plan(tmp_path / "plan.json", ckpt_dir,
+                              {n: (4, 3, 8)[i % 3] for i, n in enumerate(ck.layer_names)})
+    for name, kw, bits in (("int4", {"bits": 4}, 4), ("plan", {"plan": plan}, layers)):
+        build = compile_tiny(ckpt_dir, tmp_path / name, max_seq_len=1024, require_tokenizer=True, **kw)
+        ppl_tvm = runtime.perplexity(runtime.load(build), windows.numpy())
+        with torch.no_grad():
+            ppl_torch = perplexity(model_from_checkpoint(ck, bits), windows).ppl
+        assert abs(ppl_tvm - ppl_torch) <= 0.005 * ppl_torch, (name, ppl_tvm, ppl_torch)
