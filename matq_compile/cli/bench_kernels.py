@@ -1,0 +1,34 @@
+"""`matq bench-kernels`: cold-cache latency table of tuned kernels (JSON, stored beside the database)."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from matq_compile.cli.tune import add_key_arguments, keys_from_args
+
+log = logging.getLogger(__name__)
+
+
+def register(sub) -> None:
+    p = sub.add_parser("bench-kernels", help="measure the latency table of tuned kernels on this machine")
+    add_key_arguments(p)
+    p.add_argument("--db-dir", type=Path, default=None, help="tuning database (default: ./tuning/<target>)")
+    p.add_argument("--out", type=Path, default=None, help="table path (default: <db-dir>/latency.json)")
+    p.add_argument("--repeat", type=int, default=50)
+    p.add_argument("--allow-untuned", action="store_true", help="default schedule for kernels without records")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from matq_compile import bench, targets
+
+    spec = targets.load(args.target)
+    db_dir = args.db_dir or Path("tuning") / spec.name
+    table = bench.measure(keys_from_args(args), spec, db_dir, args.repeat, args.allow_untuned)
+    out = args.out or db_dir / "latency.json"
+    table.save(out)
+    print(f"{'kernel':<52} {'median_us':>10} {'GB/s':>7}")
+    for row in table.rows:
+        print(f"{row.key:<52} {row.median_s * 1e6:>10.1f} {row.gbps:>7.2f}")
+    log.info("wrote %s", out)
+    return 0

@@ -1,0 +1,215 @@
+"""Packed kernel layout of an r-bit slice: the numpy truth that lower/kernels.py mirrors (pinned by tests).
+
+Codes (r = 2..8) are packed densely, r bits per weight, into uint32 words, row by row:
+
+    row n, code k  ->  bits [k*r, k*r + r) of the row's little-endian bit stream
+    stream bit b   ->  bit (b % 32) of word P[n, b // 32]
+
+    r = 3, one 32-code block = 3 words (96 bits):
+    word 0: |c10:1..0|c9|c8|c7|c6|c5|c4|c3|c2|c1|c0|     c0 in bits 0..2, c10 straddles into word 1
+    word 1: |c21:0|c20| ... |c11|c10:2|
+    word 2: |c31|c30| ... |c22|c21:2..1|
+
+A block of 32 codes fills exactly r words, so rows are padded with zero codes to a multiple of 32 (any K is
+accepted; the padding is < 32 codes per row) and a code never straddles past the end of its block. For r in
+{2, 4, 8} no code straddles; for r in {3, 5, 6, 7} a code may span two neighbouring words. Bytes per weight are
+exactly r/8, so weight traffic scales with r.
+
+Why this and not per-r word-aligned groupings (e.g. 10 x 3-bit per word): those waste 2..4 bits per word for r in
+{3, 5, 6, 7} (3 bits -> 3.2 bits) and need a different index law per r; one law (bit k*r) serves every r.
+
+Dequantization (every slice is affine in its own code, see slicing.py):
+
+    w[n, k] = (code[n, k] - Z[n, k // g]) * S[n, k // g]
+    S = s * 2^(8-r)                     effective scale (slicing.slice_scale), float16
+    Z = slicing.slice_zero_point(z, r)  effective zero in code units, float16 (exact: <= 8 significant bits)
+
+Symmetric checkpoints use z = 128. Scales and zeros are float16 for every activation dtype (fp16 scales are the
+checkpoint's own, multiplying by 2^d is exact, so the kernel arrays lose nothing).
+Act-order: the kernel consumes activations already in processing order; the caller gathers x[:, perm] first
+(a Relax `take` along axis 1) - the weight groups are formed over the permuted order, so W cannot be un-permuted.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from matq_compile import slicing
+
+BLOCK: int = 32  # codes per packed block; a block fills exactly `bits` uint32 words
+ACT_DTYPES: tuple[str, ...] = ("float32", "float16", "bfloat16")
+M_BUCKETS: tuple[int, ...] = (1, 16)  # tuned static batch sizes: decode (1) and prefill chunk (16)
+SCALE_DTYPE: str = "float16"
+
+
+@dataclass(frozen=True)
+class KernelKey:
+    """One kernel: Y[M, N] = X[M, K] @ dequant(W_r)[N, K]^T.
+
+    N, K: output / input features; bits: slice width r; group: -1 (per channel) or a divisor of K;
+    m_bucket: static M (tunable) or None for the dynamic-M kernel; dtype: activation = output dtype.
+    """
+
+    N: int
+    K: int
+    bits: int
+    group: int = -1
+    m_bucket: int | None = 1
+    dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        for f in ("N", "K"):
+            v = getattr(self, f)
+            if not isinstance(v, int) or v <= 0:
+                raise ValueError(f"KernelKey.{f} must be a positive int, got {v!r}")
+        slicing.check_bits(self.bits)
+        check_group(self.group, self.K)
+        if self.m_bucket is not None and (not isinstance(self.m_bucket, int) or self.m_bucket <= 0):
+            raise ValueError(f"KernelKey.m_bucket must be a positive int or None (dynamic), got {self.m_bucket!r}")
+        if self.dtype not in ACT_DTYPES:
+            raise ValueError(f"KernelKey.dtype must be one of {ACT_DTYPES}, got {self.dtype!r}")
+
+    @property
+    def group_size(self) -> int:
+        return self.K if self.group == -1 else self.group
+
+    @property
+    def n_groups(self) -> int:
+        return self.K // self.group_size
+
+    @property
+    def words_per_row(self) -> int:
+        return words_per_row(self.K, self.bits)
+
+    @property
+    def name(self) -> str:
+        """Stable, unique symbol name, e.g. matq_linear_n576_k576_b4_g64_m1_float32 (gc = per channel)."""
+        g = "c" if self.group == -1 else str(self.group)
+        m = "dyn" if self.m_bucket is None else str(self.m_bucket)
+        return f"matq_linear_n{self.N}_k{self.K}_b{self.bits}_g{g}_m{m}_{self.dtype}"
+
+    @property
+    def shape_key(self) -> "KernelKey":
+        """The bits-independent tuning key (records tuned at r=4 serve every r): bits set to 4."""
+        return KernelKey(self.N, self.K, 4, self.group, self.m_bucket, self.dtype)
+
+    def with_bits(self, bits: int) -> "KernelKey":
+        return KernelKey(self.N, self.K, bits, self.group, self.m_bucket, self.dtype)
+
+    def with_m(self, m_bucket: int | None) -> "KernelKey":
+        return KernelKey(self.N, self.K, self.bits, self.group, m_bucket, self.dtype)
+
+    def weight_bytes(self) -> int:
+        """Bytes the kernel reads for the weight: packed codes + fp16 scale + fp16 zero per group."""
+        return self.N * self.words_per_row * 4 + 2 * self.N * self.n_groups * 2
+
+    @classmethod
+    def parse(cls, name: str) -> "KernelKey":
+        """Inverse of .name."""
+        parts = name.split("_")
+        if len(parts) != 8 or parts[:2] != ["matq", "linear"]:
+            raise ValueError(f"not a KernelKey name: {name!r}")
+        try:
+            n, k, b = int(parts[2][1:]), int(parts[3][1:]), int(parts[4][1:])
+            g = -1 if parts[5] == "gc" else int(parts[5][1:])
+            m = None if parts[6] == "mdyn" else int(parts[6][1:])
+        except ValueError as e:
+            raise ValueError(f"not a KernelKey name: {name!r}") from e
+        return cls(n, k, b, g, m, parts[7])
+
+
+def bucket_for(m: int) -> int | None:
+    """The static kernel serving batch M (M equal to a tuned bucket), else None: the dynamic-M kernel."""
+    if m <= 0:
+        raise ValueError(f"batch size must be positive, got {m}")
+    return m if m in M_BUCKETS else None
+
+
+def check_group(group: int, K: int) -> int:
+    if not isinstance(group, int) or not (group == -1 or (group > 0 and K % group == 0)):
+        raise ValueError(f"group must be -1 (per channel) or a positive divisor of K={K}, got {group!r}")
+    return K if group == -1 else group
+
+
+def words_per_row(K: int, bits: int) -> int:
+    """uint32 words per packed row: ceil(K / 32) blocks of `bits` words."""
+    return -(-K // BLOCK) * slicing.check_bits(bits)
+
+
+def pack(codes: np.ndarray, bits: int) -> np.ndarray:
+    """[..., K] r-bit codes (any unsigned/signed int dtype, values < 2^r) -> [..., words_per_row(K, r)] uint32."""
+    bits = slicing.check_bits(bits)
+    codes = np.asarray(codes)
+    if codes.dtype.kind not in "ui":
+        raise ValueError(f"codes must be integers, got dtype {codes.dtype}")
+    if codes.size and (codes.min() < 0 or codes.max() >= (1 << bits)):
+        raise ValueError(f"codes must lie in [0, {(1 << bits) - 1}] for bits={bits}")
+    K = codes.shape[-1]
+    nblk = -(-K // BLOCK)
+    padded = np.zeros(codes.shape[:-1] + (nblk * BLOCK,), np.uint64)
+    padded[..., :K] = codes
+    blocks = padded.reshape(codes.shape[:-1] + (nblk, BLOCK))
+    words = np.zeros(codes.shape[:-1] + (nblk, bits + 1), np.uint64)  # +1 spare word absorbs the last carry
+    for j in range(BLOCK):  # 32 vectorised steps: code j of every block
+        w, off = divmod(j * bits, 32)
+        v = blocks[..., j] << np.uint64(off)
+        words[..., w] |= v & np.uint64(0xFFFFFFFF)
+        words[..., w + 1] |= v >> np.uint64(32)
+    return words[..., :bits].astype(np.uint32).reshape(codes.shape[:-1] + (nblk * bits,))
+
+
+def unpack(words: np.ndarray, bits: int, K: int) -> np.ndarray:
+    """Inverse of pack: [..., words_per_row(K, r)] uint32 -> [..., K] uint8 codes."""
+    bits = slicing.check_bits(bits)
+    words = np.asarray(words)
+    if words.dtype != np.uint32 or words.shape[-1] != words_per_row(K, bits):
+        raise ValueError(f"expected uint32 [..., {words_per_row(K, bits)}] for K={K}, bits={bits}; "
+                         f"got {words.dtype} {words.shape}")
+    k = np.arange(K)
+    b = k * bits
+    lo = words[..., b // 32].astype(np.uint64)
+    nxt = np.minimum(b // 32 + 1, words.shape[-1] - 1)  # same clamp as the TIR kernel (never used unclamped)
+    hi = words[..., nxt].astype(np.uint64)
+    both = lo | (hi << np.uint64(32))
+    return ((both >> (b % 32).astype(np.uint64)) & np.uint64((1 << bits) - 1)).astype(np.uint8)
+
+
+def pack_slice(qweight: np.ndarray, scales: np.ndarray, zeros: np.ndarray | None, bits: int,
+               rule: slicing.SliceRule = "round", group: int = -1, dtype: str = "float32") -> dict[str, np.ndarray]:
+    """Kernel arguments for the r-bit slice of a stored parent (spec section 1).
+
+    qweight uint8 [N, K] parent codes; scales fp16 [N, K/g]; zeros uint8 [N, K/g] or None (symmetric, z = 128).
+    Returns {"P": uint32 [N, words_per_row], "S": float16 [N, K/g], "Z": float16 [N, K/g]}; the arrays are the
+    same for every activation dtype (dtype is validated only).
+    """
+    bits, rule = slicing.check_bits(bits), slicing.check_rule(rule)
+    if dtype not in ACT_DTYPES:
+        raise ValueError(f"dtype must be one of {ACT_DTYPES}, got {dtype!r}")
+    qweight = np.asarray(qweight)
+    if qweight.dtype != np.uint8 or qweight.ndim != 2:
+        raise ValueError(f"qweight must be uint8 [N, K], got {qweight.dtype} {qweight.shape}")
+    N, K = qweight.shape
+    g = check_group(group, K)
+    gshape = (N, K // g)
+    scales = np.asarray(scales)
+    if scales.shape != gshape:
+        raise ValueError(f"scales must have shape {gshape} for group={group}, got {scales.shape}")
+    if zeros is None:
+        zeros = np.full(gshape, 128, np.uint8)
+    zeros = np.asarray(zeros)
+    if zeros.shape != gshape or zeros.dtype != np.uint8:
+        raise ValueError(f"zeros must be uint8 {gshape}, got {zeros.dtype} {zeros.shape}")
+    codes = slicing.slice_codes(qweight, bits, rule)
+    s_eff = slicing.slice_scale(scales.astype(np.float64), bits)
+    z_eff = slicing.slice_zero_point(zeros, bits, rule)
+    return {"P": pack(codes, bits), "S": s_eff.astype(np.float16), "Z": np.asarray(z_eff).astype(np.float16)}
+
+
+def dequant(arrays: dict[str, np.ndarray], bits: int, K: int, group: int = -1) -> np.ndarray:
+    """float64 [N, K] weights from kernel arrays: the reference every kernel is tested against."""
+    g = check_group(group, K)
+    codes = unpack(arrays["P"], bits, K).astype(np.float64)
+    s = np.repeat(arrays["S"].astype(np.float64), g, axis=1)
+    z = np.repeat(arrays["Z"].astype(np.float64), g, axis=1)
+    return (codes - z) * s

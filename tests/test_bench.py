@@ -1,0 +1,42 @@
+"""bench.py: latency table round trip and refusals; positive cold-cache times on llvm."""
+from __future__ import annotations
+
+import pytest
+
+from matq_compile import layout, targets
+
+pytest.importorskip("tvm")
+from matq_compile import bench, tune  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def host():
+    return targets.load("host")
+
+
+def test_measure_save_load_and_refusals(tmp_path, host):
+    db = tmp_path / host.name
+    tune.check_database(db, host, create=True)  # empty database: every kernel takes the default schedule
+    keys = [layout.KernelKey(64, 128, b, 64, 1) for b in (2, 4)]
+    with pytest.raises(ValueError, match="no tuning records"):
+        bench.measure(keys, host, db, repeat=3)
+    table = bench.measure(keys, host, db, repeat=5, fallback=True)
+    assert [r.key for r in table.rows] == [k.name for k in keys]
+    assert all(0 < r.min_s <= r.median_s < 1 and r.gbps > 0 for r in table.rows)
+    path = tmp_path / "latency.json"
+    table.save(path)
+    assert bench.load_table(path, host, db) == table
+    assert table.latency(keys[0]) == table.rows[0].median_s
+    with pytest.raises(KeyError, match="not in the latency table"):
+        table.latency(keys[0].with_bits(3))
+    with pytest.raises(ValueError, match="measured on target"):
+        bench.load_table(path, targets.load("llvm-x86-avx2"))
+    (db / "database_workload.json").write_text("[]\n")  # the database changed after measuring
+    with pytest.raises(ValueError, match="another tuning database"):
+        bench.load_table(path, host, db)
+
+
+def test_traffic_scales_with_bits():
+    sizes = [bench.traffic_bytes(layout.KernelKey(4096, 4096, b, 64, 1), 1) for b in range(2, 9)]
+    steps = {b - a for a, b in zip(sizes, sizes[1:])}
+    assert steps == {4096 * 4096 // 8}  # exactly one more bit per weight per step of r
