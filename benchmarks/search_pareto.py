@@ -1,0 +1,319 @@
+"""Pareto front of the bit-width search on SmolLM2-135M: predicted vs re-measured latency, and perplexity.
+
+    flock /tmp/matq_cpu.lock python benchmarks/search_pareto.py --checkpoint CKPT --target host
+
+For every budget (>= 8 decode-latency budgets between uniform int2 and int8, plus the uniform int3/int4/int6
+latencies) it solves the MILP, writes the plan under benchmarks/results/plans/, re-measures the plan by running
+all its kernels back to back in one compiled Relax function (each layer with its own weights, so the weights
+stream from memory as in decode), and measures WikiText-2 perplexity of the fake-quantized model (the quantizer's
+protocol: windows of 1024 tokens from token 0). Writes benchmarks/results/search_smollm2_<target>.json, a front
+CSV and a PNG, and prints the README table.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import hashlib
+import json
+import logging
+import os
+import platform
+import shlex
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from matq_compile.io_utils import write_json
+from matq_compile.search.allocation import Plan, save_plan
+from matq_compile.search.budget import Budget, predicted
+from matq_compile.search.front import FrontRow, bits_histogram, write_front
+from matq_compile.search.milp import solve
+from matq_compile.search.tables import ByteModel, SearchTable, build_table, parse_levels
+
+log = logging.getLogger("matq_compile.benchmarks.search_pareto")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def machine() -> dict:
+    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                if ln.startswith("model name")), platform.processor())
+    return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}
+
+
+# ---- re-measurement: every layer's kernel of one plan, back to back, in one compiled function ----
+
+def build_chain(allocation: dict[str, int], table: SearchTable, spec, db_dir: Path, fallback: bool = False):
+    """VM executable with one function `chain(x_K..., P_i, S_i, Z_i ...)` calling each layer's tuned kernel."""
+    from matq_compile import layout, tune
+    from matq_compile._tvm import tvm
+    from matq_compile.lower.kernels import arg_shapes, linear_func
+    from tvm import relax
+
+    bb = relax.BlockBuilder()
+    keys = [layout.KernelKey(la.out_features, la.in_features, allocation[la.name], la.group, table.m_bucket)
+            for la in table.layers]
+    xs = {k: relax.Var(f"x{k}", relax.TensorType((table.m_bucket, k), "float32")) for k in sorted({k.K for k in keys})}
+    params, shapes = [], []
+    for i, key in enumerate(keys):
+        for part, (shape, dtype) in zip("PSZ", arg_shapes(key, table.m_bucket)[1:4]):
+            params.append(relax.Var(f"{part}{i}", relax.TensorType(shape, dtype)))
+            shapes.append((shape, dtype))
+    with bb.function("chain", [*xs.values(), *params]):
+        with bb.dataflow():
+            gvs = {key: bb.add_func(linear_func(key), key.name) for key in dict.fromkeys(keys)}
+            outs = [bb.emit(relax.call_tir(gvs[key], [xs[key.K], *params[3 * i: 3 * i + 3]],
+                                           out_ty=relax.TensorType((table.m_bucket, key.N), "float32")))
+                    for i, key in enumerate(keys)]
+            result = bb.emit_output(relax.Tuple(outs))
+        bb.emit_func_output(result)
+    mod = tune.apply_database(bb.get(), spec, db_dir, fallback=fallback)
+    target = spec.to_tvm()
+    with target:
+        ex = tvm.compile(mod, target=target)
+    return ex, sorted(xs), shapes
+
+
+def measure_chain(allocation: dict[str, int], table: SearchTable, spec, db_dir: Path,
+                  repeat: int) -> tuple[float, float]:
+    """Median seconds of one call of every layer kernel back to back (weights distinct per layer): with every
+    buffer flushed from the cache before each repeat (cold, as the per-kernel table is timed), and without."""
+    from matq_compile._tvm import tvm
+    from tvm import relax
+
+    ex, ks, shapes = build_chain(allocation, table, spec, db_dir)
+    dev = tvm.cpu()
+    rng = np.random.default_rng(0)
+    args = [tvm.runtime.tensor(rng.standard_normal((table.m_bucket, k)).astype("float32"), dev) for k in ks]
+    for shape, dtype in shapes:
+        if dtype == "uint32":
+            arr = rng.integers(0, 2**32, size=shape, dtype=np.uint32)
+        else:
+            arr = rng.uniform(0.5, 1.5, size=shape).astype(dtype)
+        args.append(tvm.runtime.tensor(arr, dev))
+    vm = relax.VirtualMachine(ex, dev)
+    vm["chain"](*args)  # warm-up: code pages, VM allocator pools
+    cold = vm.time_evaluator("chain", dev, number=1, repeat=repeat, min_repeat_ms=0,
+                             f_preproc="cache_flush_cpu_non_first_arg")(*args)
+    warm = vm.time_evaluator("chain", dev, number=1, repeat=repeat, min_repeat_ms=0)(*args)
+    return float(np.median(cold.results)), float(np.median(warm.results))
+
+
+# ---- perplexity of the fake-quantized model ----
+
+class PPLRunner:
+    """Perplexity per allocation, memoised in a JSON file keyed by checkpoint hash, protocol and allocation."""
+
+    def __init__(self, ckpt, windows: int, seq_len: int, cache_path: Path | None = None):
+        from matq_compile import evaluate
+        from matq_compile.model_source import resolve_model
+
+        self.ckpt, self.protocol = ckpt, f"{windows}x{seq_len}"
+        self.model, tokenizer = evaluate.load_model(resolve_model(ckpt.source["model"]))
+        self.windows = evaluate.eval_windows(tokenizer, evaluate.EvalSpec(seq_len=seq_len, n_windows=windows))
+        self.cache_path = cache_path
+        self.cache: dict[str, float] = json.loads(cache_path.read_text()) if cache_path and cache_path.is_file() else {}
+
+    def key(self, allocation: dict[str, int]) -> str:
+        body = json.dumps(sorted(allocation.items())).encode()
+        return f"{self.ckpt.hash}:{self.protocol}:{hashlib.sha256(body).hexdigest()}"
+
+    def __call__(self, allocation: dict[str, int]) -> float:
+        from matq_compile import evaluate
+
+        key = self.key(allocation)
+        if key not in self.cache:
+            evaluate.fake_quantize(self.model, self.ckpt, dict(allocation))
+            self.cache[key] = evaluate.perplexity(self.model, self.windows).ppl
+            log.info("ppl %.3f (mean bits %.3f)", self.cache[key], np.mean(list(allocation.values())))
+            if self.cache_path:
+                write_json(self.cache_path, self.cache)
+        return self.cache[key]
+
+
+# ---- the front ----
+
+def budgets_for(table: SearchTable, points: int) -> list[float]:
+    """`points` decode latencies from uniform int2 to uniform int8, plus the uniform int3/int4 latencies."""
+    uni = {b: float(table.latency_s[:, i].sum()) for i, b in enumerate(table.levels)}
+    lo, hi = uni[min(table.levels)], uni[max(table.levels)]
+    extra = [uni[b] for b in (3, 4) if b in uni]
+    return sorted(set(np.linspace(lo, hi, points).tolist()) | set(extra))
+
+
+def solve_front(table: SearchTable, ckpt, target: str, latency, values: list[float], plans_dir: Path,
+                tag: str) -> list[tuple[Budget, Plan, Path]]:
+    out = []
+    for i, value in enumerate(values):
+        budget = Budget("latency", value)
+        sol = solve(table, [budget])
+        plan = Plan(layers=sol.allocation, checkpoint_hash=ckpt.hash, levels=table.levels, solver=sol.solver,
+                    budgets=(budget,), predicted=predicted(table, sol.problem.expand(sol.choice)), target=target,
+                    seed=0, meta={"proxy": table.proxy_kind, "ties": "fused", "m_bucket": table.m_bucket,
+                                  "db_hash": latency.db_hash, "tvm_version": latency.tvm_version})
+        path, _ = save_plan(plans_dir / f"{tag}_{i:02d}.json", plan)
+        out.append((budget, plan, path))
+    return out
+
+
+def refine_points(table: SearchTable, ckpt, target: str, latency, args, plans_dir: Path, tag: str, model=None):
+    """KL-refined plans (EvoPress-style, seeded by the MILP) at the uniform int3 and int4 latencies."""
+    from matq_compile.cli.search_steps import evolution_config, kl_fitness
+    from matq_compile.search.evolution import evolve
+    from matq_compile.search.problem import build_problem
+
+    ns = argparse.Namespace(model=None, calibration=None, refine_tokens=args.refine_tokens, refine_seq_len=256,
+                            seed=args.seed, refine_generations=args.refine_generations,
+                            refine_offspring=args.refine_offspring)
+    fitness = kl_fitness(ckpt, ns)
+    out = []
+    for bits in (3, 4):
+        budget = Budget("latency", float(table.latency_s[:, table.levels.index(bits)].sum()))
+        problem = build_problem(table, [budget])
+        res = evolve(problem, solve(table, [budget]).choice, fitness, evolution_config(ns))
+        sol = res.solution
+        pred = predicted(table, problem.expand(sol.choice)) | {"kl_calib": res.solution.fitness,
+                                                              "kl_calib_milp_seed": res.seed_fitness}
+        plan = Plan(layers=sol.allocation, checkpoint_hash=ckpt.hash, levels=table.levels, solver=sol.solver,
+                    budgets=(budget,), predicted=pred, target=target, seed=args.seed,
+                    meta={"proxy": table.proxy_kind, "ties": "fused", "m_bucket": table.m_bucket,
+                          "db_hash": latency.db_hash, "tvm_version": latency.tvm_version,
+                          "generations": args.refine_generations, "history": res.history})
+        path, _ = save_plan(plans_dir / f"{tag}_refined_int{bits}.json", plan)
+        out.append((budget, plan, path))
+    return out
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--target", default="host")
+    p.add_argument("--db-dir", default=None, help="default: the committed schedules/db/<target>")
+    p.add_argument("--latency-table", default=None)
+    p.add_argument("--levels", default="2,3,4,6,8")
+    p.add_argument("--points", type=int, default=10, help="latency budgets between uniform int2 and int8")
+    p.add_argument("--windows", type=int, default=8, help="perplexity windows (0 = skip perplexity)")
+    p.add_argument("--seq-len", type=int, default=1024)
+    p.add_argument("--repeat", type=int, default=30, help="timed repeats of each plan's kernel chain")
+    p.add_argument("--results-dir", default=str(ROOT / "benchmarks" / "results"))
+    p.add_argument("--refine-generations", type=int, default=0,
+                   help="also refine the int3/int4-latency plans on KL for this many generations")
+    p.add_argument("--refine-offspring", type=int, default=6)
+    p.add_argument("--refine-tokens", default="255,1020", help="KL tokens per selection stage")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ppl-cache", default="/tmp/matq_search_ppl_cache.json",
+                   help="JSON memo of perplexities (checkpoint hash + protocol + allocation); '' to disable")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from matq_compile import targets
+    from matq_compile._log import enable_logging, progress
+    from matq_compile.ckpt import load_checkpoint
+    from matq_compile.cli.search_steps import committed_db_dir
+
+    args = parse_args(argv)
+    enable_logging()
+    ckpt = load_checkpoint(args.checkpoint)
+    spec = targets.load(args.target)
+    levels = parse_levels(args.levels)
+    db_dir = Path(args.db_dir) if args.db_dir else committed_db_dir(spec)
+    latency = get_latency(args, ckpt, spec, levels, db_dir)
+    table = build_table(ckpt.sensitivity, levels, latency=latency, byte_model=ByteModel(bool(ckpt.spec.act_order)),
+                        layer_names=ckpt.layer_names)
+    results = Path(args.results_dir)
+    tag = f"smollm2_{spec.name}"
+    front = solve_front(table, ckpt, spec.name, latency, budgets_for(table, args.points), results / "plans", tag)
+    if args.refine_generations > 0:
+        front += refine_points(table, ckpt, spec.name, latency, args, results / "plans", tag)
+    uniform = {b: {n: b for n in table.names} for b in levels}
+    points = [(f"int{b}", a) for b, a in uniform.items()] + [(p.name, dict(plan.layers)) for _, plan, p in front]
+    measured, back_to_back = {}, {}
+    for name, alloc in progress(points, desc="re-measure"):
+        measured[name], back_to_back[name] = measure_chain(alloc, table, spec, db_dir, args.repeat)
+        log.info("%s: measured %.4f ms cold, %.4f ms without flush", name, measured[name] * 1e3,
+                 back_to_back[name] * 1e3)
+    ppl: dict[str, float] = {}
+    outputs = (args, ckpt, spec, latency, table, uniform, front, (measured, back_to_back))
+    write_outputs(*outputs, ppl, results, tag, show=args.windows == 0)
+    if args.windows > 0:
+        runner = PPLRunner(ckpt, args.windows, args.seq_len, Path(args.ppl_cache) if args.ppl_cache else None)
+        for name, alloc in progress(ppl_order(points, front, table), desc="perplexity"):
+            ppl[name] = runner(alloc)
+            write_outputs(*outputs, ppl, results, tag, show=len(ppl) == len(points))  # partial results survive
+    return 0
+
+
+def ppl_order(points, front, table: SearchTable) -> list:
+    """Uniform slices and the plans at the uniform int3/int4 latencies first (the comparison that matters)."""
+    key_budgets = {float(table.latency_s[:, table.levels.index(b)].sum()) for b in (3, 4) if b in table.levels}
+    first = {p.name for budget, _, p in front if budget.value in key_budgets} | {n for n, _ in points if "int" in n[:4]}
+    return sorted(points, key=lambda t: t[0] not in first)
+
+
+def get_latency(args, ckpt, spec, levels, db_dir: Path):
+    """bench's cold-cache latency of every kernel key (measured once, kept beside the tuning database)."""
+    from matq_compile.cli.search_steps import latency_for
+
+    ns = argparse.Namespace(target=args.target, db_dir=str(db_dir), latency_table=args.latency_table,
+                            no_measure=False, m_bucket=1)
+    return latency_for(ckpt, levels, ns)
+
+
+def write_outputs(args, ckpt, spec, latency, table, uniform, front, timings, ppl, results: Path, tag: str,
+                  show: bool = True) -> None:
+    from matq_compile.search.plot import plot_front
+
+    measured, back_to_back = timings
+    rows, uni_json, pareto = [], {}, []
+    for b, alloc in uniform.items():
+        i = table.levels.index(b)
+        pred = float(table.latency_s[:, i].sum())
+        uni_json[str(b)] = {"predicted_s": pred, "measured_s": measured[f"int{b}"], "ppl": ppl.get(f"int{b}"),
+                            "measured_no_flush_s": back_to_back[f"int{b}"],
+                            "avg_bits": float(b), "proxy": float(table.proxy[:, i].sum())}
+        rows.append(FrontRow("uniform", b, "uniform", None, float(b), float(table.bytes[:, i].sum()),
+                             float(table.proxy[:, i].sum()), pred, measured[f"int{b}"], ppl=ppl.get(f"int{b}"),
+                             bits_hist=f"all={b}"))
+    for budget, plan, path in front:
+        p = plan.predicted
+        rel = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+        pareto.append({"budget": str(budget), "budget_s": budget.value, "solver": plan.solver, "avg_bits": p["avg_bits"],
+                       "predicted_s": p["latency_s"], "measured_s": measured[path.name], "ppl": ppl.get(path.name),
+                       "measured_no_flush_s": back_to_back[path.name],
+                       "proxy": p["proxy"], "bytes": p["bytes"], "plan": str(rel)})
+        rows.append(FrontRow("latency", budget.value, plan.solver, plan.seed, p["avg_bits"], p["bytes"], p["proxy"],
+                             p["latency_s"], measured[path.name], ppl=ppl.get(path.name),
+                             bits_hist=bits_histogram(plan.layers), plan=str(rel)))
+    pred = np.array([r.predicted_latency_s for r in rows])
+    meas = np.array([r.measured_latency_s for r in rows])
+    alpha, c0 = np.polyfit(pred, meas, 1)
+    obj = {"command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
+           "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+           "machine": machine(), "target": spec.name, "tvm_version": latency.tvm_version, "db_hash": latency.db_hash,
+           "checkpoint": {"path": str(args.checkpoint), "hash": ckpt.hash, "spec": ckpt.spec.to_dict()},
+           "eval": {"text": "wikitext-2-raw test", "seq_len": args.seq_len, "windows": args.windows},
+           "levels": list(table.levels), "latency_regime": "decode M=1, sum of linear-layer kernels",
+           "uniform": uni_json, "pareto": pareto,
+           "fit_measured_vs_predicted": {"alpha": float(alpha), "c0_s": float(c0),
+                                         "max_rel_err": float(np.max(np.abs(meas / pred - 1)))}}
+    write_json(results / f"search_{tag}.json", obj)
+    write_front(results / f"search_{tag}_front.csv", rows)
+    plot_front(rows, results / f"search_{tag}.png", quality="ppl" if ppl else "proxy",
+               title=f"SmolLM2-135M bit-width search on {spec.name}")
+    if show:
+        print_table(uni_json, pareto)
+
+
+def print_table(uni: dict, pareto: list[dict]) -> None:
+    print("| point | avg bits | predicted ms | measured ms (cold) | measured/predicted | no-flush ms | PPL |")
+    print("|---|---|---|---|---|---|---|")
+    rows = [(f"uniform int{b}", u) for b, u in uni.items()] + [(f"{p['solver']} {p['budget']}", p) for p in pareto]
+    for name, r in sorted(rows, key=lambda t: t[1]["predicted_s"]):
+        ppl = "–" if r["ppl"] is None else f"{r['ppl']:.2f}"
+        print(f"| {name} | {r['avg_bits']:.3f} | {r['predicted_s'] * 1e3:.3f} | {r['measured_s'] * 1e3:.3f} | "
+              f"{r['measured_s'] / r['predicted_s']:.3f} | {r['measured_no_flush_s'] * 1e3:.3f} | {ppl} |")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

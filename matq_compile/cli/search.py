@@ -1,0 +1,71 @@
+"""`matq search`: choose bits per layer of a checkpoint within budgets, on measured kernel latency.
+
+    matq search --checkpoint ckpt/ --target host --budget latency:1.2ms --out search/
+    matq search --checkpoint ckpt/ --target host --sweep 12 --out search/        # Pareto front
+    matq search --checkpoint ckpt/ --budget avg-bits:3.5 --refine-generations 8 --out search/   # + KL refinement
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("search", help="per-layer bit-widths within a latency / bytes / avg-bits budget",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="sliceable checkpoint directory (matq quantize)")
+    p.add_argument("--out", required=True, help="output directory (allocation.json/.txt, front.csv, front.png)")
+    p.add_argument("--budget", action="append", default=[], metavar="KIND:VALUE",
+                   help="latency:1.2ms | bytes:40MB | avg-bits:3.5; repeat to impose several at once")
+    p.add_argument("--levels", default="2,3,4,6,8", help="bit-widths the search may pick (default 2,3,4,6,8)")
+    p.add_argument("--proxy", default="nmse", choices=("nmse", "loss", "rel_mse"), help="additive quality proxy")
+    p.add_argument("--ties", default="fused", choices=("fused", "none"),
+                   help="fused: q/k/v of a block share bits, gate/up share bits (default); none: all free")
+    p.add_argument("--target", default=None, help="target name (see targets/); needed for latency")
+    p.add_argument("--db-dir", default=None, help="tuning database (default: the committed schedules/db/<target>)")
+    p.add_argument("--latency-table", default=None,
+                   help="latency table file (default: latency_m<M>.json beside the tuning database)")
+    p.add_argument("--no-measure", action="store_true", help="fail instead of measuring missing kernel latencies")
+    p.add_argument("--m-bucket", type=int, default=1, help="M of the latency regime: 1 = decode (default)")
+    p.add_argument("--sweep", type=int, default=0, metavar="N",
+                   help="solve N budgets from the cheapest to the dearest (the Pareto front)")
+    p.add_argument("--sweep-kind", default="latency", choices=("latency", "bytes", "avg_bits"),
+                   help="budget kind the sweep varies; --budget values stay fixed alongside")
+    p.add_argument("--refine-generations", type=int, default=0,
+                   help="EvoPress-style generations on KL to the floating-point model (0 = MILP only)")
+    p.add_argument("--refine-offspring", type=int, default=6, help="children per generation")
+    p.add_argument("--refine-tokens", default="255,1020",
+                   help="calibration tokens per selection stage, increasing (survivors 2,..,1)")
+    p.add_argument("--refine-seq-len", type=int, default=256, help="tokens per KL window")
+    p.add_argument("--model", default=None, help="floating-point reference model (default: the checkpoint's source)")
+    p.add_argument("--calibration", default=None, help="KL text (default <data>/wikitext-2/valid.txt)")
+    p.add_argument("--seed", type=int, default=0, help="seed for the evolution and the KL windows")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from matq_compile.ckpt import load_checkpoint
+    from matq_compile.cli import search_steps
+    from matq_compile.search.budget import parse_budget
+    from matq_compile.search.tables import ByteModel, build_table, parse_levels
+
+    levels = parse_levels(args.levels)
+    budgets = [parse_budget(b) for b in args.budget]
+    if not budgets and args.sweep == 0:
+        raise ValueError("give at least one --budget, or --sweep N")
+    ckpt = load_checkpoint(args.checkpoint)
+    needs_latency = args.target is not None or any(b.kind == "latency" for b in budgets) or (
+        args.sweep and args.sweep_kind == "latency")
+    latency = search_steps.latency_for(ckpt, levels, args) if needs_latency else None
+    table = build_table(ckpt.sensitivity, levels, latency=latency, m_bucket=args.m_bucket, proxy=args.proxy,
+                        byte_model=ByteModel(act_order=bool(ckpt.spec.act_order)), layer_names=ckpt.layer_names)
+    fitness = search_steps.kl_fitness(ckpt, args) if args.refine_generations > 0 else None
+    out = Path(args.out)
+    if args.sweep:
+        search_steps.run_sweep(table, budgets, ckpt, latency, fitness, args, out)
+    else:
+        search_steps.run_single(table, budgets, ckpt, latency, fitness, args, out)
+    return 0
