@@ -154,25 +154,6 @@ def _tied_keys(model) -> set[str]:
     return {k for k, v in model.state_dict(keep_vars=True).items() if v is inp.weight}
 
 
-def load_plan(path: str | os.PathLike, ckpt) -> dict[str, int]:
-    """{layer: bits} from a plan JSON ({"layers": {...}, "checkpoint_hash": ...}) made for this checkpoint."""
-    import json
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"plan {path} not found")
-    try:
-        plan = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"plan {path} is not valid JSON: {e}") from None
-    if not isinstance(plan, dict) or not isinstance(plan.get("layers"), dict):
-        raise ValueError(f"plan {path} must be a JSON object with a 'layers' mapping")
-    if plan.get("checkpoint_hash") != ckpt.hash:
-        raise ValueError(f"plan {path} was made for checkpoint {plan.get('checkpoint_hash')!r}, "
-                         f"not for {ckpt.path} ({ckpt.hash})")
-    return _bits_plan(list(ckpt.layer_names), plan["layers"])
-
-
 def _bits_plan(names: list[str], bits: int | dict[str, int]) -> dict[str, int]:
     if isinstance(bits, dict):
         unknown = sorted(set(bits) - set(names))

@@ -76,6 +76,12 @@ def test_eval_of_a_slice_matches_the_quantize_table(quantized):
     assert result["result"]["ppl"] == pytest.approx(table["ppl"]["4"], rel=1e-5)
 
 
+def _plan(layers: dict[str, int], checkpoint_hash: str) -> dict:
+    """A plan as `matq search` writes it (search/allocation.py)."""
+    return {"format_version": 1, "layers": layers, "checkpoint_hash": checkpoint_hash, "levels": [2, 3, 4, 6, 8],
+            "solver": "milp"}
+
+
 def test_eval_plan_and_float_model(quantized, tmp_path):
     from matq_compile.ckpt import load_checkpoint
 
@@ -83,7 +89,7 @@ def test_eval_plan_and_float_model(quantized, tmp_path):
     ckpt = load_checkpoint(out)
     common = ["--text", str(root / "test.txt"), "--seq-len", "64", "--windows", "2"]
     plan = tmp_path / "plan.json"
-    plan.write_text(json.dumps({"layers": {n: 4 for n in ckpt.layer_names}, "checkpoint_hash": ckpt.hash}))
+    plan.write_text(json.dumps(_plan({n: 4 for n in ckpt.layer_names}, ckpt.hash)))
     args = ["eval", "--checkpoint", str(out), "--plan", str(plan), "--out", str(tmp_path / "p.json"), *common]
     assert main(args) == 0
     by_plan = json.loads((tmp_path / "p.json").read_text())["result"]["ppl"]
@@ -99,9 +105,10 @@ def test_eval_rejects_foreign_or_incomplete_plans(quantized, tmp_path):
     root, _, out, _ = quantized
     ckpt = load_checkpoint(out)
     common = ["--text", str(root / "test.txt"), "--seq-len", "64", "--windows", "1"]
-    cases = {"foreign": {"layers": {n: 4 for n in ckpt.layer_names}, "checkpoint_hash": "0" * 64},
-             "incomplete": {"layers": {ckpt.layer_names[0]: 4}, "checkpoint_hash": ckpt.hash},
-             "bad_bits": {"layers": {n: 1 for n in ckpt.layer_names}, "checkpoint_hash": ckpt.hash}}
+    cases = {"foreign": _plan({n: 4 for n in ckpt.layer_names}, "0" * 64),
+             "incomplete": _plan({ckpt.layer_names[0]: 4}, ckpt.hash),
+             "bad_bits": _plan({n: 1 for n in ckpt.layer_names}, ckpt.hash),
+             "no_version": {"layers": {n: 4 for n in ckpt.layer_names}, "checkpoint_hash": ckpt.hash}}
     for name, plan in cases.items():
         path = tmp_path / f"{name}.json"
         path.write_text(json.dumps(plan))

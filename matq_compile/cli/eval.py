@@ -48,14 +48,15 @@ def run(args: argparse.Namespace) -> int:
 
 def _checkpoint_model(args: argparse.Namespace):
     from matq_compile.ckpt import load_checkpoint
-    from matq_compile.evaluate import load_plan, load_tokenizer, model_from_checkpoint
+    from matq_compile.evaluate import load_tokenizer, model_from_checkpoint
+    from matq_compile.search.allocation import load_plan
     from matq_compile.slicing import check_bits
 
     if args.bits is None and args.plan is None:
         raise ValueError("--checkpoint needs --bits or --plan")
     ckpt = load_checkpoint(args.checkpoint)
     if args.plan is not None:
-        bits = load_plan(args.plan, ckpt)
+        bits = dict(load_plan(args.plan, ckpt.layer_names, ckpt.hash).layers)
         what = f"plan {args.plan}"
     else:
         bits = check_bits(args.bits)
