@@ -1,4 +1,5 @@
-"""Shared fixtures: seeds, a tiny random Llama, the shared data directory, tolerance table, gpu/slow gating."""
+"""Shared fixtures: seeds, a tiny random Llama (with or without a byte-level tokenizer), the shared data directory,
+tolerance table, gpu/slow gating."""
 from __future__ import annotations
 
 import os
@@ -56,6 +57,40 @@ def make_tiny_llama(path: Path, seed: int = 0, hidden: int = 128, inter: int = 2
 @pytest.fixture(scope="session")
 def tiny_llama_dir(tmp_path_factory) -> Path:
     return make_tiny_llama(tmp_path_factory.mktemp("tiny_llama") / "model")
+
+
+def save_byte_tokenizer(path: Path) -> Path:
+    """Write tokenizer.json + tokenizer_config.json of a byte-level BPE with no merges (token id = byte order)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    byte_chars = sorted(alphabet, key=lambda c: _byte_of(c))
+    vocab = {c: i for i, c in enumerate(byte_chars)}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=byte_chars[1], eos_token=byte_chars[2])
+    fast.save_pretrained(path)
+    return path
+
+
+def _byte_of(char: str) -> int:
+    """Inverse of GPT-2's bytes_to_unicode for one character."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + \
+        list(range(ord("®"), ord("ÿ") + 1))
+    if ord(char) in printable:
+        return ord(char)
+    others = [b for b in range(256) if b not in printable]
+    return others[ord(char) - 256]
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_tok_dir(tiny_llama_dir, tmp_path_factory) -> Path:
+    """The tiny Llama plus a real byte-level tokenizer (read-only: tests copy it before writing into it)."""
+    out = tmp_path_factory.mktemp("tiny_llama_tok") / "model"
+    shutil.copytree(tiny_llama_dir, out)
+    return save_byte_tokenizer(out)
 
 
 @pytest.fixture

@@ -10,18 +10,6 @@ from pathlib import Path
 import pytest
 
 
-def byte_tokenizer(path: Path) -> Path:
-    """A 256-token byte-level tokenizer (no merges) matching the tiny model's vocabulary."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    tok = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(alphabet)}, merges=[]))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.save(str(path))
-    return path
-
-
 def matq(*args: str, check_no_torch: bool = False, timeout: int = 300) -> subprocess.CompletedProcess:
     code = ("import sys; from matq_compile.cli import main; rc = main(sys.argv[1:]); "
             + ("assert 'torch' not in sys.modules, 'torch was imported'; " if check_no_torch else "")
@@ -30,7 +18,7 @@ def matq(*args: str, check_no_torch: bool = False, timeout: int = 300) -> subpro
 
 
 @pytest.fixture(scope="module")
-def ckpt(tiny_llama_dir, tmp_path_factory) -> Path:
+def ckpt(tiny_llama_dir, tiny_llama_tok_dir, tmp_path_factory) -> Path:
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -45,7 +33,7 @@ def ckpt(tiny_llama_dir, tmp_path_factory) -> Path:
     return save_checkpoint(tmp / "ckpt", layers=qm.layers, tensors=qm.tensors, spec=spec,
                            sensitivity=qm.sensitivity, source={"model": "tiny"},
                            extra_files={"config.json": tiny_llama_dir / "config.json",
-                                        "tokenizer.json": byte_tokenizer(tmp / "tokenizer.json")})
+                                        "tokenizer.json": tiny_llama_tok_dir / "tokenizer.json"})
 
 
 def test_compile_then_run_without_torch(ckpt, tmp_path):

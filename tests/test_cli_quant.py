@@ -1,7 +1,6 @@
 """`matq quantize` and `matq eval` on the tiny model: one real subprocess run, then bad inputs in process."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -16,17 +15,10 @@ TEXT = ("= Valkyria Chronicles =\n Senjō no Valkyria 3 is a tactical role-playi
         "The game began development in 2010, carrying over a large portion of the work done on its predecessor. ")
 
 
-def _tiny():
-    spec = importlib.util.spec_from_file_location("matq_tests_tiny", Path(__file__).resolve().parent / "_tiny.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
-def setup(tiny_llama_dir, tmp_path_factory):
+def setup(tiny_llama_tok_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
-    model = _tiny().tiny_model_with_tokenizer(tiny_llama_dir, root / "model")
+    model = tiny_llama_tok_dir
     (root / "calib.txt").write_text(TEXT * 10, encoding="utf-8")
     (root / "test.txt").write_text(TEXT * 3, encoding="utf-8")
     return root, model

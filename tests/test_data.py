@@ -1,8 +1,6 @@
 """Windows, seeds, calibration sources and the shared data files."""
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,16 +10,9 @@ from matq_compile import data
 from matq_compile.io_utils import sha256_file
 
 
-def _tiny():
-    spec = importlib.util.spec_from_file_location("matq_tests_tiny", Path(__file__).resolve().parent / "_tiny.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
-def tiny_dir(tiny_llama_dir, tmp_path_factory):
-    return _tiny().tiny_model_with_tokenizer(tiny_llama_dir, tmp_path_factory.mktemp("tiny_tok") / "model")
+def tiny_dir(tiny_llama_tok_dir):
+    return tiny_llama_tok_dir
 
 
 def test_eval_windows_are_consecutive_and_drop_the_tail():

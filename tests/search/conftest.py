@@ -52,19 +52,8 @@ def synthetic():
     return synthetic_sensitivity, synthetic_latency
 
 
-def _tiny_helper():
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "_tiny.py"
-    spec = importlib.util.spec_from_file_location("matq_tests_tiny", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="session")
-def tiny_search_ckpt(tmp_path_factory, tiny_llama_dir):
+def tiny_search_ckpt(tmp_path_factory, tiny_llama_tok_dir):
     """(checkpoint dir, model dir with a byte tokenizer): RTN-8 parents of the tiny Llama, group 32, with a
     sensitivity table from a random-activation Hessian."""
     import torch
@@ -76,7 +65,7 @@ def tiny_search_ckpt(tmp_path_factory, tiny_llama_dir):
     from matq_compile.quant.sensitivity import layer_sensitivity
 
     root = tmp_path_factory.mktemp("search_ckpt")
-    model_dir = _tiny_helper().tiny_model_with_tokenizer(tiny_llama_dir, root / "model")
+    model_dir = tiny_llama_tok_dir
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
     spec = QuantSpec(method="rtn", bits=8, group_size=32, sym=True, levels=(2, 3, 4, 5, 6, 7, 8))
     gen = torch.Generator().manual_seed(0)
