@@ -1,7 +1,7 @@
 """ScheduleKernels: schedule every matq bit-slice kernel from the target's tuned database, then seal all
 hand-scheduled kernels against later fusion and default scheduling.
 
-The database replay is the kernel owner's `tune.apply_database` (trace replay onto each kernel's own function;
+The database replay is `matq_compile.tune.apply_database` (trace replay onto each kernel's own function;
 a kernel without records is a ValueError naming it unless `allow_untuned`, which logs and uses the default rule).
 Sealing sets `op_pattern = kOpaque` (FuseOps must not merge a scheduled kernel into a new, unscheduled fused
 function) and `tirx.is_scheduled` (dlight on CUDA leaves it alone) on the matq kernels and on the Llama kernels.
