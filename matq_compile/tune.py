@@ -10,13 +10,14 @@ Database directory layout: database_workload.json, database_tuning_record.json (
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from matq_compile import layout
-from matq_compile._log import progress
 from matq_compile.io_utils import sha256_file, write_json
 
 log = logging.getLogger(__name__)
@@ -185,12 +186,28 @@ def tune(keys: list[layout.KernelKey], spec, db_dir: str | Path, trials: int, ru
         return {name: 0 for name in todo}
     log.info("tuning %d task(s) on %s: %s", len(run), spec.name, run)
     mod = tvm.IRModule({name: todo[name][0] for name in run})
-    ms.tune_tir(mod, spec.to_tvm(), work_dir=str(Path(db_dir) / "logs"), max_trials_global=sum(run.values()),
-                max_trials_per_task=max(run.values()), num_trials_per_iter=min(trials_per_iter, max(run.values())),
-                builder=make_builder(builder), runner=make_runner(spec, runner, rpc), database=db,
-                cost_model="xgb", task_scheduler="round-robin", seed=seed, module_equality=EQUALITY,
-                space=schedules.space(spec), strategy=schedules.strategy(spec))
+    with _unnamed_handlers_detached(logging.getLogger(ms.__name__)):
+        ms.tune_tir(mod, spec.to_tvm(), work_dir=str(Path(db_dir) / "logs"), max_trials_global=sum(run.values()),
+                    max_trials_per_task=max(run.values()),
+                    num_trials_per_iter=min(trials_per_iter, max(run.values())),
+                    builder=make_builder(builder), runner=make_runner(spec, runner, rpc), database=db,
+                    cost_model="xgb", task_scheduler="round-robin", seed=seed, module_equality=EQUALITY,
+                    space=schedules.space(spec), strategy=schedules.strategy(spec))
     return {name: run.get(name, 0) for name in todo}
+
+
+@contextlib.contextmanager
+def _unnamed_handlers_detached(logger: logging.Logger) -> Iterator[None]:
+    """MetaSchedule rebuilds its logging config from `handler.get_name()` of its logger's handlers and crashes on a
+    handler without a name (e.g. pytest >= 9.2 attaches its capture handler to every non-propagating logger)."""
+    unnamed = [h for h in logger.handlers if h.get_name() is None]
+    for h in unnamed:
+        logger.removeHandler(h)
+    try:
+        yield
+    finally:
+        for h in unnamed:
+            logger.addHandler(h)
 
 
 def _replay(db, func, query_func, target):
