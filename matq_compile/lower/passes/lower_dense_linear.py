@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from matq_compile._tvm import tvm
+from matq_compile.lower.passes._rewrite import rewrite_relax_functions
 from matq_compile.lower import llama_kernels as lk
 from tvm import relax
 
@@ -96,10 +97,8 @@ def lower_dense_linear(w_dtype: str = "float32") -> tvm.transform.Pass:
     @tvm.transform.module_pass(opt_level=0, name="LowerDenseLinear")
     def _pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         rw = _Rewriter(mod, w_dtype)
-        for gv, func in mod.functions_items():
-            if isinstance(func, relax.Function):
-                rw.builder_.update_func(gv, rw.rewrite(func))
-        return _prune_weights(relax.transform.DeadCodeElimination()(rw.builder_.get()))
+        new = rewrite_relax_functions(mod, rw.builder_, rw.rewrite)
+        return _prune_weights(relax.transform.DeadCodeElimination()(new))
 
     return _pass
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from matq_compile import layout
 from matq_compile._tvm import tirx, tvm
+from matq_compile.lower.passes._rewrite import rewrite_relax_functions
 from matq_compile.lower.kernels import linear_func
 from tvm import relax
 
@@ -117,13 +118,11 @@ def lower_matq_linear(slices: Mapping[str, LinearSlice]) -> tvm.transform.Pass:
     @tvm.transform.module_pass(opt_level=0, name="LowerMatqLinear")
     def _pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         rw = _Rewriter(mod, slices)
-        for gv, func in mod.functions_items():
-            if isinstance(func, relax.Function):
-                rw.builder_.update_func(gv, rw.rewrite(func))
+        new = rewrite_relax_functions(mod, rw.builder_, rw.rewrite)
         missing = sorted(set(slices) - rw.rewritten)
         if missing:
             raise ValueError(f"quantized layers not found as linears in the graph: {missing[:5]}"
                              f"{' ...' if len(missing) > 5 else ''}")
-        return relax.transform.DeadCodeElimination()(rw.builder_.get())
+        return relax.transform.DeadCodeElimination()(new)
 
     return _pass

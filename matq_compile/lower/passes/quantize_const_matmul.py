@@ -12,6 +12,7 @@ import numpy as np
 
 from matq_compile import layout
 from matq_compile._tvm import tirx, tvm
+from matq_compile.lower.passes._rewrite import rewrite_relax_functions
 from matq_compile.lower.kernels import linear_func
 from tvm import relax
 
@@ -89,11 +90,9 @@ def quantize_const_matmul(bits: int) -> tvm.transform.Pass:
     @tvm.transform.module_pass(opt_level=0, name="QuantizeConstMatmul")
     def _pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         rw = _Rewriter(mod, bits)
-        for gv, func in mod.functions_items():
-            if isinstance(func, relax.Function):
-                rw.builder_.update_func(gv, rw.visit_expr(func))
+        new = rewrite_relax_functions(mod, rw.builder_, rw.visit_expr)
         if rw.count == 0:
             raise ValueError("the model has no MatMul with a constant 2-D float32 weight to quantize")
-        return relax.transform.DeadCodeElimination()(rw.builder_.get())
+        return relax.transform.DeadCodeElimination()(new)
 
     return _pass
