@@ -91,17 +91,20 @@ def ort_s(N: int, K: int, M: int, bits: int, repeat: int = 50, block: int = 64) 
         return None
 
 
-def reuse_study(spec, db_dir: Path, shape: tuple[int, int], trials: int, bits_list: list[int]) -> dict:
-    """Latency of each r from the r=4 records (zero new trials) vs a dedicated tune of that r."""
+def reuse_study(spec, db_dir: Path, shape: tuple[int, int], trials: int, bits_list: list[int],
+                rounds: int = 5) -> dict:
+    """Latency of each r from the r=4 records (zero new trials) vs a dedicated tune of that r. The two are timed
+    alternately for `rounds` rounds (median of the per-round medians): one timing each swings by 20 % here."""
     N, K = shape
     out = {}
     for bits in bits_list:
         key = layout.KernelKey(N, K, bits, 64, 1)
-        reused = bench.measure([key], spec, db_dir).rows[0].median_s
         with tempfile.TemporaryDirectory() as tmp:
             ded_db = Path(tmp) / spec.name
             ran = tune.tune([key], spec, ded_db, trials, at_bits=None)
-            dedicated = bench.measure([key], spec, ded_db).rows[0].median_s
+            pairs = [(bench.measure([key], spec, db_dir, repeat=20).rows[0].median_s,
+                      bench.measure([key], spec, ded_db, repeat=20).rows[0].median_s) for _ in range(rounds)]
+        reused, dedicated = (float(np.median(v)) for v in zip(*pairs))
         out[str(bits)] = {"shape": [N, K, 1], "trials_reused": 0, "trials_dedicated": sum(ran.values()),
                           "latency_reused_s": reused, "latency_dedicated_s": dedicated,
                           "reused_over_dedicated": reused / dedicated}

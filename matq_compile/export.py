@@ -254,7 +254,7 @@ def compile_onnx(onnx_path: str | Path, out_dir: str | Path, bits: int,
     spec = targets.load(opts.target)
     db = _db_dir(spec, opts)
     mod = from_onnx(model, keep_params_in_input=False)
-    ex, _ = compile_module(mod, [quantize_const_matmul(b)], spec, db,
+    ex, _ = compile_module(mod, [quantize_const_matmul(b, spec.is_gpu)], spec, db,
                            PipelineOptions(opts.head_dtype, opts.allow_untuned, opts.dump_dir))
     init = {i.name for i in model.graph.initializer}
     inputs = [{"name": i.name, "shape": [d.dim_value or d.dim_param for d in i.type.tensor_type.shape.dim],

@@ -1,22 +1,27 @@
 """Packed kernel layout of an r-bit slice: the numpy truth that lower/kernels.py mirrors (pinned by tests).
 
-Codes (r = 2..8) are packed densely, r bits per weight, into uint32 words, row by row:
+Codes (r = 2..8) are packed densely, r bits per weight, into uint32 words, in blocks of 32 codes per row.
+A code is split into bit planes of power-of-two widths, the binary digits of r (planes(r), high bits first):
 
-    row n, code k  ->  bits [k*r, k*r + r) of the row's little-endian bit stream
-    stream bit b   ->  bit (b % 32) of word P[n, b // 32]
+    r = 8: [8]   r = 7: [4, 2, 1]   r = 6: [4, 2]   r = 5: [4, 1]   r = 4: [4]   r = 3: [2, 1]   r = 2: [2]
 
-    r = 3, one 32-code block = 3 words (96 bits):
-    word 0: |c10:1..0|c9|c8|c7|c6|c5|c4|c3|c2|c1|c0|     c0 in bits 0..2, c10 straddles into word 1
-    word 1: |c21:0|c20| ... |c11|c10:2|
-    word 2: |c31|c30| ... |c22|c21:2..1|
+A block of 32 codes fills exactly r words: the w-bit plane of every code fills w words, planes in that order.
 
-A block of 32 codes fills exactly r words, so rows are padded with zero codes to a multiple of 32 (any K is
-accepted; the padding is < 32 codes per row) and a code never straddles past the end of its block. For r in
-{2, 4, 8} no code straddles; for r in {3, 5, 6, 7} a code may span two neighbouring words. Bytes per weight are
-exactly r/8, so weight traffic scales with r.
+    row n, code k -> block k // 32, kl = k % 32; the block's words are P[n, (k // 32) * r : (k // 32 + 1) * r]
+    plane w at word offset o (sum of the widths before it), bit shift s (sum of the widths after it):
+        bits [kl*w, kl*w + w) of the block's words o .. o+w-1 (little-endian) hold (code >> s) & (2^w - 1)
 
-Why this and not per-r word-aligned groupings (e.g. 10 x 3-bit per word): those waste 2..4 bits per word for r in
-{3, 5, 6, 7} (3 bits -> 3.2 bits) and need a different index law per r; one law (bit k*r) serves every r.
+    r = 3, one block = 3 words:
+    word 0: |c15:hi2|c14:hi2| ... |c1:hi2|c0:hi2|       top 2 bits of codes 0..15
+    word 1: |c31:hi2| ... |c16:hi2|                     top 2 bits of codes 16..31
+    word 2: |c31:lo1|c30:lo1| ... |c0:lo1|              low bit of codes 0..31
+
+Why planes and not one bit stream (bit k*r): a w-bit plane with w | 32 never straddles a word and eight
+neighbouring codes share one word, so a vector unit decodes eight codes of a plane with one broadcast, one
+shift and one mask; a plain r-bit stream makes codes of r in {3, 5, 6, 7} straddle words at lane-dependent
+offsets, which the CPU decodes lane by lane (measured 2-4x slower at r = 3, 5, 6 on 4096 x 4096).
+Rows are padded with zero codes to a multiple of 32 (any K is accepted); bytes per weight are exactly r/8,
+so weight traffic scales with r.
 
 Dequantization (every slice is affine in its own code, see slicing.py):
 
@@ -132,6 +137,17 @@ def check_group(group: int, K: int) -> int:
     return K if group == -1 else group
 
 
+def planes(bits: int) -> tuple[tuple[int, int, int], ...]:
+    """(width, word offset in the block, bit shift in the code) of each bit plane of an r-bit code, high first."""
+    bits = slicing.check_bits(bits)
+    widths = [w for w in (8, 4, 2, 1) if bits & w]
+    out, off = [], 0
+    for i, w in enumerate(widths):
+        out.append((w, off, sum(widths[i + 1:])))
+        off += w
+    return tuple(out)
+
+
 def words_per_row(K: int, bits: int) -> int:
     """uint32 words per packed row: ceil(K / 32) blocks of `bits` words."""
     return -(-K // BLOCK) * slicing.check_bits(bits)
@@ -147,16 +163,16 @@ def pack(codes: np.ndarray, bits: int) -> np.ndarray:
         raise ValueError(f"codes must lie in [0, {(1 << bits) - 1}] for bits={bits}")
     K = codes.shape[-1]
     nblk = -(-K // BLOCK)
-    padded = np.zeros(codes.shape[:-1] + (nblk * BLOCK,), np.uint64)
+    padded = np.zeros(codes.shape[:-1] + (nblk * BLOCK,), np.uint32)
     padded[..., :K] = codes
     blocks = padded.reshape(codes.shape[:-1] + (nblk, BLOCK))
-    words = np.zeros(codes.shape[:-1] + (nblk, bits + 1), np.uint64)  # +1 spare word absorbs the last carry
-    for j in range(BLOCK):  # 32 vectorised steps: code j of every block
-        w, off = divmod(j * bits, 32)
-        v = blocks[..., j] << np.uint64(off)
-        words[..., w] |= v & np.uint64(0xFFFFFFFF)
-        words[..., w + 1] |= v >> np.uint64(32)
-    return words[..., :bits].astype(np.uint32).reshape(codes.shape[:-1] + (nblk * bits,))
+    words = np.zeros(codes.shape[:-1] + (nblk, bits), np.uint32)
+    for w, off, shift in planes(bits):
+        plane = (blocks >> np.uint32(shift)) & np.uint32((1 << w) - 1)
+        per_word = 32 // w  # codes per word of this plane: never straddles
+        for j in range(BLOCK):
+            words[..., off + j // per_word] |= plane[..., j] << np.uint32((j % per_word) * w)
+    return words.reshape(codes.shape[:-1] + (nblk * bits,))
 
 
 def unpack(words: np.ndarray, bits: int, K: int) -> np.ndarray:
@@ -167,12 +183,13 @@ def unpack(words: np.ndarray, bits: int, K: int) -> np.ndarray:
         raise ValueError(f"expected uint32 [..., {words_per_row(K, bits)}] for K={K}, bits={bits}; "
                          f"got {words.dtype} {words.shape}")
     k = np.arange(K)
-    b = k * bits
-    lo = words[..., b // 32].astype(np.uint64)
-    nxt = np.minimum(b // 32 + 1, words.shape[-1] - 1)  # same clamp as the TIR kernel (never used unclamped)
-    hi = words[..., nxt].astype(np.uint64)
-    both = lo | (hi << np.uint64(32))
-    return ((both >> (b % 32).astype(np.uint64)) & np.uint64((1 << bits) - 1)).astype(np.uint8)
+    base, kl = (k // BLOCK) * bits, k % BLOCK
+    codes = np.zeros(words.shape[:-1] + (K,), np.uint32)
+    for w, off, shift in planes(bits):
+        per_word = 32 // w
+        v = (words[..., base + off + kl // per_word] >> ((kl % per_word) * w).astype(np.uint32)) & np.uint32((1 << w) - 1)
+        codes |= v << np.uint32(shift)
+    return codes.astype(np.uint8)
 
 
 def pack_slice(qweight: np.ndarray, scales: np.ndarray, zeros: np.ndarray | None, bits: int,

@@ -177,7 +177,7 @@ def tune(keys: list[layout.KernelKey], spec, db_dir: str | Path, trials: int, ru
     db = open_database(db_dir, spec, create=True)
     todo = {}
     for key in tuning_keys(keys, at_bits):
-        func = linear_func(key)
+        func = linear_func(key, gpu=spec.is_gpu)
         todo[key.name] = (func, trials - records_for(db, func))
     run = {name: n for name, (_, n) in todo.items() if n > 0}
     for name in set(todo) - set(run):
@@ -234,7 +234,7 @@ def schedule_kernel(db, func, key: layout.KernelKey, spec):
     if key.m_bucket is not None:
         return _replay(db, func, func, target)
     for m in sorted(layout.M_BUCKETS, reverse=True):
-        sched = _replay(db, func, linear_func(key.with_m(m)), target)
+        sched = _replay(db, func, linear_func(key.with_m(m), gpu=spec.is_gpu), target)
         if sched is not None:
             return sched
     return None

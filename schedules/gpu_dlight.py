@@ -1,7 +1,9 @@
 """CUDA default rules: dlight GEMV (M = 1), LowBatchGEMV (small M), Matmul, Fallback; first that applies wins.
 
-dlight's GEMV analysis asserts single-element read regions; the straddling codes of r in {3, 5, 6, 7} read two
-neighbouring words, so GEMV refuses those kernels and a later rule takes them (errors count as "does not apply").
+dlight's GEMV analysis asserts single-element read regions; the codes of r in {3, 5, 6, 7} are read from two or
+three bit planes (two or three words of P), so GEMV refuses those kernels and a later rule takes them (errors count
+as "does not apply"): at M = 1 that is Fallback (correct, builds to PTX, not a tuned GEMV; MetaSchedule's CUDA
+space is the way to a fast one).
 """
 from __future__ import annotations
 

@@ -10,17 +10,31 @@ BITS = range(2, 9)
 
 
 def _pack_bitwise(codes: np.ndarray, bits: int) -> np.ndarray:
-    """Independent reference: build each row's bit stream one bit at a time."""
+    """Independent reference, one bit at a time: per 32-code block, the binary digits of r as bit planes (high
+    first); plane w fills w words, code kl's plane bits at [kl*w, kl*w + w) of them."""
+    widths = [w for w in (8, 4, 2, 1) if bits & w]
     K = codes.shape[-1]
     wpr = layout.words_per_row(K, bits)
     flat = codes.reshape(-1, K)
     out = np.zeros((flat.shape[0], wpr), np.uint32)
     for r, row in enumerate(flat):
         for k, c in enumerate(row):
-            for t in range(bits):
-                b = k * bits + t
-                out[r, b // 32] |= np.uint32(((int(c) >> t) & 1) << (b % 32))
+            blk, kl = divmod(k, 32)
+            off, shift = 0, bits
+            for w in widths:
+                shift -= w
+                for t in range(w):
+                    b = kl * w + t
+                    out[r, blk * bits + off + b // 32] |= np.uint32(((int(c) >> (shift + t)) & 1) << (b % 32))
+                off += w
     return out.reshape(codes.shape[:-1] + (wpr,))
+
+
+def test_planes_are_the_binary_digits_of_r():
+    assert layout.planes(3) == ((2, 0, 1), (1, 2, 0))
+    assert layout.planes(7) == ((4, 0, 3), (2, 4, 1), (1, 6, 0))
+    for bits in BITS:
+        assert sum(w for w, _, _ in layout.planes(bits)) == bits
 
 
 @pytest.mark.parametrize("bits", BITS)

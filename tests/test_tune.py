@@ -28,8 +28,8 @@ def host():
 @pytest.fixture(scope="module")
 def tuned_db(tmp_path_factory, host):
     db = tmp_path_factory.mktemp("db") / host.name
-    ran = tune.tune([KEY, KEY.with_bits(3)], host, db, trials=2, trials_per_iter=2)
-    assert ran == {KEY.name: 2}  # one task: bits 3 and 4 share it
+    ran = tune.tune([KEY, KEY.with_bits(3), KEY.with_m(16)], host, db, trials=2, trials_per_iter=2)
+    assert ran == {KEY.name: 2, KEY.with_m(16).name: 2}  # bits 3 and 4 share a task
     return db
 
 
@@ -52,16 +52,17 @@ def test_every_bits_compiles_from_the_r4_records(tuned_db, host, rng):
         key = KEY.with_bits(bits)
         assert tune.records_for(db, kernels.linear_func(key)) == 2  # anchor-block: same workload for every r
         mod = tune.apply_database(kernels.linear_func(key, "main"), host, tuned_db)
-        assert "gemm_rf" in mod["main"].script()  # the tuned rule's structure, not the naive loop nest
+        assert "scale_rf" in mod["main"].script()  # the tuned (grouped) rule's structure, not the naive loop nest
         _check_numerics(mod, key, host, rng)
-    dyn = KEY.with_bits(6).with_m(None)  # no M=16 record here: the dynamic kernel replays the M=1 trace
+    dyn = KEY.with_bits(6).with_m(None)  # the dynamic kernel (flat form) replays the M=16 trace
     mod = tune.apply_database(kernels.linear_func(dyn, "main"), host, tuned_db)
     assert "gemm_rf" in mod["main"].script()
     _check_numerics(mod, dyn, host, rng)
 
 
 def test_tune_resumes_without_new_trials(tuned_db, host):
-    assert tune.tune([KEY.with_bits(5)], host, tuned_db, trials=2) == {KEY.name: 0}
+    assert tune.tune([KEY.with_bits(5), KEY.with_m(16)], host, tuned_db, trials=2) == {KEY.name: 0,
+                                                                                      KEY.with_m(16).name: 0}
 
 
 def test_missing_record_is_a_clear_error(tuned_db, host):

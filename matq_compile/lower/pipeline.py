@@ -35,7 +35,7 @@ Lowering = Mapping[str, LinearSlice] | list[tvm.transform.Pass]
 def phases(lowering: Lowering, spec, db_dir: str | Path | None,
            opts: PipelineOptions) -> list[tuple[str, list[tvm.transform.Pass]]]:
     """lowering: the checkpoint's {layer: LinearSlice} (LowerMatqLinear), or the phase-1 passes themselves."""
-    first = list(lowering) if isinstance(lowering, list) else [lower_matq_linear(lowering)]
+    first = list(lowering) if isinstance(lowering, list) else [lower_matq_linear(lowering, spec.is_gpu)]
     return [
         ("lower-linears", first),
         ("lower-head", [] if spec.is_gpu else [lower_dense_linear(opts.head_dtype)]),

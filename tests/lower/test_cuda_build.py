@@ -20,7 +20,7 @@ def test_cuda_source_and_ptx(target, key):
     from matq_compile.lower import kernels
 
     spec = targets.load(target)
-    func = schedules.default_schedule(kernels.linear_func(key), spec)
+    func = schedules.default_schedule(kernels.linear_func(key, gpu=True), spec)
     ex = tvm.compile(tvm.IRModule({key.name: func}), target=spec.to_tvm())
     assert [m.kind for m in ex.mod.imports] == ["cuda"]  # unscheduled kernels silently become host code
     src = ex.mod.imports[0].inspect_source("cuda")

@@ -52,19 +52,34 @@ CASES = [(b, GROUPS[(b + i) % 6], (b + i) % 2 == 0, ("round", "midpoint")[b % 2]
 CASES += [(5, g, False, "round", "float32") for g in GROUPS]
 
 
+@pytest.mark.parametrize("form", ["grouped", "flat"])
 @pytest.mark.parametrize("bits,group,sym,rule,dtype", CASES)
-def test_kernel_matches_float64_reference(bits, group, sym, rule, dtype, cpu, rng, tol):
-    key = layout.KernelKey(24, 384, bits, group, None, dtype)  # dynamic M: one build serves M = 1, 3, 16
+def test_kernel_matches_float64_reference(bits, group, sym, rule, dtype, form, cpu, rng, tol):
+    """grouped: the CPU decode form (M = 1); flat: dynamic M, one build serves M = 1, 3, 16."""
+    key = layout.KernelKey(24, 384, bits, group, 1 if form == "grouped" else None, dtype)
+    assert kernels.is_grouped(key) == (form == "grouped")
     arr = _case(rng, key, sym, rule)
     w = layout.dequant(arr, bits, key.K, group)
     ex = _build(kernels.linear_func(key, "main"), cpu[0])
     rtol, atol = tol(dtype, bits)
-    for m in (1, 3, 16):
+    for m in (1,) if form == "grouped" else (1, 3, 16):
         x = rng.standard_normal((m, key.K)).astype(dtype)
         y = _run(ex, key, arr, x, cpu[1])
         assert y.dtype == np.dtype(dtype)
         ref = x.astype(np.float64) @ w.T
         np.testing.assert_allclose(y.astype(np.float64), ref, rtol=rtol, atol=atol * np.abs(ref).max())
+
+
+@pytest.mark.parametrize("K,group", [(200, -1), (96, 48), (80, 16)])
+def test_groups_that_are_not_whole_blocks_use_the_flat_form(K, group, cpu, rng, tol):
+    key = layout.KernelKey(9, K, 3, group, 1)
+    assert not kernels.is_grouped(key)
+    arr = _case(rng, key, False, "round")
+    x = rng.standard_normal((1, K)).astype(np.float32)
+    y = _run(_build(kernels.linear_func(key, "main"), cpu[0]), key, arr, x, cpu[1])
+    ref = x.astype(np.float64) @ layout.dequant(arr, 3, K, group).T
+    rtol, atol = tol("float32", 3)
+    np.testing.assert_allclose(y, ref, rtol=rtol, atol=atol * np.abs(ref).max())
 
 
 def test_static_m_kernel_and_signature(cpu, rng, tol):

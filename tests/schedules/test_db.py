@@ -11,7 +11,7 @@ from matq_compile import layout
 
 pytest.importorskip("tvm")
 from matq_compile import tune  # noqa: E402
-from matq_compile.lower.kernels import KEY_ATTR, linear_func  # noqa: E402
+from matq_compile.lower.kernels import KEY_ATTR, is_grouped, linear_func  # noqa: E402
 from matq_compile.targets.spec import TargetSpec  # noqa: E402
 
 DB_ROOT = Path(__file__).resolve().parents[2] / "schedules" / "db"
@@ -52,6 +52,6 @@ def test_records_replay_on_every_bits(db):
         if key.N * key.K > 1536 * 576:
             continue  # large benchmark shapes: replay is the same code path, skip for test time
         for bits in (2, 3, 5, 6, 8):
-            mod = tune.apply_database(linear_func(key.with_bits(bits)), spec, db)
-            assert "gemm_rf" in mod.script()
+            mod = tune.apply_database(linear_func(key.with_bits(bits), gpu=spec.is_gpu), spec, db)
+            assert ("scale_rf" if is_grouped(key) and not spec.is_gpu else "gemm_rf") in mod.script()
     assert np.all([k.m_bucket in layout.M_BUCKETS for k in _keys(db, spec)])

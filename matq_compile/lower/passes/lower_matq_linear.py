@@ -54,9 +54,9 @@ def _m_bucket(m: tirx.PrimExpr) -> int | None:
 
 @relax.expr_functor.mutator
 class _Rewriter(relax.PyExprMutator):
-    def __init__(self, mod: tvm.IRModule, slices: Mapping[str, LinearSlice]) -> None:
+    def __init__(self, mod: tvm.IRModule, slices: Mapping[str, LinearSlice], gpu: bool) -> None:
         super().__init__(mod)
-        self.slices = slices
+        self.slices, self.gpu = slices, gpu
         self.kernels: dict[str, tvm.ir.GlobalVar] = {}
         self.packed: dict[str, list[relax.Var]] = {}  # layer -> new params of the function being rewritten
         self.rewritten: set[str] = set()
@@ -73,7 +73,7 @@ class _Rewriter(relax.PyExprMutator):
 
     def _kernel(self, key: layout.KernelKey) -> tvm.ir.GlobalVar:
         if key.name not in self.kernels:
-            self.kernels[key.name] = self.builder_.add_func(linear_func(key), key.name)
+            self.kernels[key.name] = self.builder_.add_func(linear_func(key, gpu=self.gpu), key.name)
         return self.kernels[key.name]
 
     def visit_call_(self, call: relax.Call) -> relax.Expr:
@@ -112,12 +112,13 @@ class _Rewriter(relax.PyExprMutator):
         return relax.Function(params, body.body, body.ret_ty, func.is_pure, func.attrs)
 
 
-def lower_matq_linear(slices: Mapping[str, LinearSlice]) -> tvm.transform.Pass:
-    """Module pass; every layer of `slices` must be found in at least one function (else ValueError)."""
+def lower_matq_linear(slices: Mapping[str, LinearSlice], gpu: bool = False) -> tvm.transform.Pass:
+    """Module pass; every layer of `slices` must be found in at least one function (else ValueError).
+    gpu: emit the kernels' GPU form (lower/kernels.py)."""
 
     @tvm.transform.module_pass(opt_level=0, name="LowerMatqLinear")
     def _pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        rw = _Rewriter(mod, slices)
+        rw = _Rewriter(mod, slices, gpu)
         new = rewrite_relax_functions(mod, rw.builder_, rw.rewrite)
         missing = sorted(set(slices) - rw.rewritten)
         if missing:

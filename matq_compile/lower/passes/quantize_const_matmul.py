@@ -43,9 +43,9 @@ def _const(e: relax.Expr) -> np.ndarray | None:
 
 @relax.expr_functor.mutator
 class _Rewriter(relax.PyExprMutator):
-    def __init__(self, mod: tvm.IRModule, bits: int) -> None:
+    def __init__(self, mod: tvm.IRModule, bits: int, gpu: bool) -> None:
         super().__init__(mod)
-        self.bits, self.kernels, self.count = bits, {}, 0
+        self.bits, self.gpu, self.kernels, self.count = bits, gpu, {}, 0
 
     def _bound(self, e: relax.Expr) -> relax.Expr:
         b = self.lookup_binding(e) if isinstance(e, relax.Var) else None
@@ -75,7 +75,7 @@ class _Rewriter(relax.PyExprMutator):
         key = layout.KernelKey(N, K, self.bits, group,
                                layout.bucket_for(int(m)) if isinstance(m, tirx.IntImm) else None)
         if key.name not in self.kernels:
-            self.kernels[key.name] = self.builder_.add_func(linear_func(key), key.name)
+            self.kernels[key.name] = self.builder_.add_func(linear_func(key, gpu=self.gpu), key.name)
         args = [x2] + [relax.const(packed[k]) for k in ("P", "S", "Z")]
         y = relax.call_tir(self.kernels[key.name], args, out_ty=relax.TensorType((m, N), "float32"))
         self.count += 1
@@ -84,12 +84,13 @@ class _Rewriter(relax.PyExprMutator):
         return relax.op.reshape(self.builder_.emit(y), shape[:-1] + [N])
 
 
-def quantize_const_matmul(bits: int) -> tvm.transform.Pass:
-    """Module pass; ValueError when the graph has no matmul on a constant float weight."""
+def quantize_const_matmul(bits: int, gpu: bool = False) -> tvm.transform.Pass:
+    """Module pass; ValueError when the graph has no matmul on a constant float weight.
+    gpu: emit the kernels' GPU form (lower/kernels.py)."""
 
     @tvm.transform.module_pass(opt_level=0, name="QuantizeConstMatmul")
     def _pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        rw = _Rewriter(mod, bits)
+        rw = _Rewriter(mod, bits, gpu)
         new = rewrite_relax_functions(mod, rw.builder_, rw.visit_expr)
         if rw.count == 0:
             raise ValueError("the model has no MatMul with a constant 2-D float32 weight to quantize")
