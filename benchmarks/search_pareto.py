@@ -299,7 +299,7 @@ def write_outputs(args, ckpt, spec, latency, table, uniform, front, timings, ppl
                                          "max_rel_err": float(np.max(np.abs(meas / pred - 1)))}}
     write_json(results / f"search_{tag}.json", obj)
     write_front(results / f"search_{tag}_front.csv", rows)
-    plot_front(rows, results / f"search_{tag}.png", quality="ppl" if ppl else "proxy",
+    plot_front(rows, results / f"search_{tag}.png", quality="ppl" if ppl else "proxy", x_axis="predicted_latency",
                title=f"SmolLM2-135M bit-width search on {spec.name}")
     if show:
         print_table(uni_json, pareto)
