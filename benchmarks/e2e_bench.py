@@ -32,7 +32,8 @@ def machine_info() -> dict:
     cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                 if ln.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {"cpu": cpu, "cores": cores, "platform": platform.platform(), "python": platform.python_version()}
+    return {"cpu": cpu, "cores": cores, "platform": platform.platform(), "python": platform.python_version(),
+            "tvm_threads": int(os.environ.get("TVM_NUM_THREADS", "0")) or None}
 
 
 def timed(fn, repeats: int) -> tuple[float, object]:

@@ -5,15 +5,19 @@ in a future TVM release is fixed in one file. Importing this module costs ~2 s (
 """
 from __future__ import annotations
 
-import tvm
-import tvm_ffi
-from tvm import te, tirx
-from tvm import s_tir
-from tvm.s_tir import dlight
-from tvm.s_tir import meta_schedule as ms
-from tvm.s_tir.meta_schedule.trace_apply import schedule_using_anchor_trace
-from tvm.target import Target
-from tvm.target.codegen import llvm_get_system_cpu
+from matq_compile._threads import configure_tvm_threads
+
+configure_tvm_threads()  # before TVM's thread pool exists (see _threads.py)
+
+import tvm  # noqa: E402
+import tvm_ffi  # noqa: E402
+from tvm import te, tirx  # noqa: E402
+from tvm import s_tir  # noqa: E402
+from tvm.s_tir import dlight  # noqa: E402
+from tvm.s_tir import meta_schedule as ms  # noqa: E402
+from tvm.s_tir.meta_schedule.trace_apply import schedule_using_anchor_trace  # noqa: E402
+from tvm.target import Target  # noqa: E402
+from tvm.target.codegen import llvm_get_system_cpu  # noqa: E402
 
 Schedule = s_tir.Schedule
 structural_hash = tvm_ffi.structural_hash

@@ -118,7 +118,8 @@ def measure(keys: list[layout.KernelKey], spec, db_dir: str | Path, repeat: int 
 def machine_info() -> dict:
     import os
 
-    return {"platform": platform.platform(), "processor": _cpu_model(), "cores": len(os.sched_getaffinity(0))}
+    return {"platform": platform.platform(), "processor": _cpu_model(), "cores": len(os.sched_getaffinity(0)),
+            "tvm_threads": int(os.environ.get("TVM_NUM_THREADS", "0")) or None}
 
 
 def _cpu_model() -> str:

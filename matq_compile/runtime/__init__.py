@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from matq_compile._threads import configure_tvm_threads
 from matq_compile.io_utils import sha256_file
 
 log = logging.getLogger(__name__)
@@ -88,6 +89,7 @@ class Model:
     """One loaded build on one device; holds the KV cache and the number of cached tokens."""
 
     def __init__(self, build_dir: str | Path, device: str = "cpu", verify: bool = True) -> None:
+        configure_tvm_threads()
         import tvm
         from safetensors.numpy import load_file
         from tvm import relax
@@ -195,6 +197,7 @@ class Model:
 
 def run_graph(build_dir: str | Path, *inputs: np.ndarray, device: str = "cpu") -> list[np.ndarray]:
     """Run an imported-graph build (`matq compile --onnx`): inputs in the manifest's order -> outputs."""
+    configure_tvm_threads()
     import tvm
     from tvm import relax
 

@@ -15,6 +15,7 @@
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <iostream>
@@ -22,6 +23,7 @@
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace ffi = tvm::ffi;
@@ -229,6 +231,9 @@ double Seconds(std::chrono::steady_clock::time_point a, std::chrono::steady_cloc
 }  // namespace
 
 int main(int argc, char** argv) {
+  // TVM's CPU pool defaults to half the logical cores on x86 (it assumes SMT); use them all unless the user chose
+  // (read once, when the first parallel kernel runs; same rule as matq_compile/_threads.py)
+  setenv("TVM_NUM_THREADS", std::to_string(std::max(1u, std::thread::hardware_concurrency())).c_str(), 0);
   try {
     Options o = ParseArgs(argc, argv);
     Runner runner(o);
