@@ -187,8 +187,8 @@ def unpack(words: np.ndarray, bits: int, K: int) -> np.ndarray:
     codes = np.zeros(words.shape[:-1] + (K,), np.uint32)
     for w, off, shift in planes(bits):
         per_word = 32 // w
-        v = (words[..., base + off + kl // per_word] >> ((kl % per_word) * w).astype(np.uint32)) & np.uint32((1 << w) - 1)
-        codes |= v << np.uint32(shift)
+        word = words[..., base + off + kl // per_word]
+        codes |= ((word >> ((kl % per_word) * w).astype(np.uint32)) & np.uint32((1 << w) - 1)) << np.uint32(shift)
     return codes.astype(np.uint8)
 
 

@@ -86,7 +86,7 @@ def _grouped(sch, knobs: dict[str, int], cast: bool) -> None:
     # xs[i, q, :] = sum_b X[i, k] (M*K adds): scheduled here, or trace replay gives it a generic schedule that
     # tries to parallelise its reduction loop and fails
     xsum = sch.get_sblock("xsum")
-    *outer, lane, bx = sch.get_loops(xsum)
+    *_, lane, bx = sch.get_loops(xsum)
     sch.reorder(bx, lane)
     _vectorize_lanes(sch, lane)
     sch.decompose_reduction(xsum, bx)
