@@ -15,7 +15,6 @@ import argparse
 import datetime
 import json
 import logging
-import os
 import platform
 import statistics
 import sys
@@ -24,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from matq_compile._threads import configure_tvm_threads, usable_cores
+
 log = logging.getLogger("e2e_bench")
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,9 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def machine_info() -> dict:
     cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                 if ln.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {"cpu": cpu, "cores": cores, "platform": platform.platform(), "python": platform.python_version(),
-            "tvm_threads": int(os.environ.get("TVM_NUM_THREADS", "0")) or None}
+    return {"cpu": cpu, "cores": usable_cores(), "platform": platform.platform(), "python": platform.python_version(),
+            "tvm_threads": configure_tvm_threads()}
 
 
 def timed(fn, repeats: int) -> tuple[float, object]:

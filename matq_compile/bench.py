@@ -116,10 +116,10 @@ def measure(keys: list[layout.KernelKey], spec, db_dir: str | Path, repeat: int 
 
 
 def machine_info() -> dict:
-    import os
+    from matq_compile._threads import configure_tvm_threads, usable_cores
 
-    return {"platform": platform.platform(), "processor": _cpu_model(), "cores": len(os.sched_getaffinity(0)),
-            "tvm_threads": int(os.environ.get("TVM_NUM_THREADS", "0")) or None}
+    return {"platform": platform.platform(), "processor": _cpu_model(), "cores": usable_cores(),
+            "tvm_threads": configure_tvm_threads()}
 
 
 def _cpu_model() -> str:

@@ -232,7 +232,8 @@ double Seconds(std::chrono::steady_clock::time_point a, std::chrono::steady_cloc
 
 int main(int argc, char** argv) {
   // TVM's CPU pool defaults to half the logical cores on x86 (it assumes SMT); use them all unless the user chose
-  // (read once, when the first parallel kernel runs; same rule as matq_compile/_threads.py)
+  // (read once, when the first parallel kernel runs; matq_compile/_threads.py does the same from Python, counting the
+  // process's CPU affinity where this counts the machine's hardware threads)
   setenv("TVM_NUM_THREADS", std::to_string(std::max(1u, std::thread::hardware_concurrency())).c_str(), 0);
   try {
     Options o = ParseArgs(argc, argv);
