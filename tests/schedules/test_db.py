@@ -16,7 +16,7 @@ from matq_compile.targets.spec import TargetSpec  # noqa: E402
 
 DB_ROOT = Path(__file__).resolve().parents[2] / "schedules" / "db"
 DBS = sorted(p for p in DB_ROOT.glob("*") if (p / "target.json").exists())
-SMOLLM2 = {(576, 576), (192, 576), (1536, 576), (576, 1536)}
+SMOLLM2 = {(576, 576), (192, 576), (1536, 576), (576, 1536), (960, 576), (3072, 576)}  # + fused q/k/v, gate/up
 
 
 def _spec(db: Path) -> TargetSpec:
