@@ -29,7 +29,7 @@ from matq_compile.search.allocation import Plan, save_plan
 from matq_compile.search.budget import Budget, predicted
 from matq_compile.search.front import FrontRow, bits_histogram, write_front
 from matq_compile.search.milp import solve
-from matq_compile.search.tables import ByteModel, SearchTable, build_table, parse_levels
+from matq_compile.search.tables import ByteModel, SearchTable, build_table, fused_sets, parse_levels
 
 log = logging.getLogger("matq_compile.benchmarks.search_pareto")
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,16 +43,32 @@ def machine() -> dict:
 
 # ---- re-measurement: every layer's kernel of one plan, back to back, in one compiled function ----
 
-def build_chain(allocation: dict[str, int], table: SearchTable, spec, db_dir: Path, fallback: bool = False):
-    """VM executable with one function `chain(x_K..., P_i, S_i, Z_i ...)` calling each layer's tuned kernel."""
+def kernel_units(allocation: dict[str, int], table: SearchTable,
+                 fuse_siblings: bool) -> list[tuple[tuple[str, ...], tuple[int, int, int]]]:
+    """(layers, (N, K, group)) of each kernel the compiled model runs: a sibling set with one width is one kernel."""
+    fused = {m: (members, shape) for members, shape in fused_sets(table.layers).items() for m in members
+             if fuse_siblings and len({allocation[x] for x in members}) == 1}
+    units, seen = [], set()
+    for la in table.layers:
+        members, shape = fused.get(la.name, ((la.name,), (la.out_features, la.in_features, la.group)))
+        if members not in seen:
+            seen.add(members)
+            units.append((members, shape))
+    return units
+
+
+def build_chain(allocation: dict[str, int], table: SearchTable, spec, db_dir: Path, fallback: bool = False,
+                fuse_siblings: bool = True):
+    """VM executable with one function `chain(x_K..., P_i, S_i, Z_i ...)` calling each tuned kernel the compiled
+    model runs (kernel_units: fused sibling sets as one kernel)."""
     from matq_compile import layout, tune
     from matq_compile._tvm import tvm
     from matq_compile.lower.kernels import arg_shapes, linear_func
     from tvm import relax
 
     bb = relax.BlockBuilder()
-    keys = [layout.KernelKey(la.out_features, la.in_features, allocation[la.name], la.group, table.m_bucket)
-            for la in table.layers]
+    keys = [layout.KernelKey(n, k, allocation[names[0]], g, table.m_bucket)
+            for names, (n, k, g) in kernel_units(allocation, table, fuse_siblings)]
     xs = {k: relax.Var(f"x{k}", relax.TensorType((table.m_bucket, k), "float32")) for k in sorted({k.K for k in keys})}
     params, shapes = [], []
     for i, key in enumerate(keys):
@@ -75,13 +91,13 @@ def build_chain(allocation: dict[str, int], table: SearchTable, spec, db_dir: Pa
 
 
 def measure_chain(allocation: dict[str, int], table: SearchTable, spec, db_dir: Path,
-                  repeat: int) -> tuple[float, float]:
+                  repeat: int, fuse_siblings: bool = True) -> tuple[float, float]:
     """Median seconds of one call of every layer kernel back to back (weights distinct per layer): with every
     buffer flushed from the cache before each repeat (cold, as the per-kernel table is timed), and without."""
     from matq_compile._tvm import tvm
     from tvm import relax
 
-    ex, ks, shapes = build_chain(allocation, table, spec, db_dir)
+    ex, ks, shapes = build_chain(allocation, table, spec, db_dir, fuse_siblings=fuse_siblings)
     dev = tvm.cpu()
     rng = np.random.default_rng(0)
     args = [tvm.runtime.tensor(rng.standard_normal((table.m_bucket, k)).astype("float32"), dev) for k in ks]
@@ -220,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     db_dir = Path(args.db_dir) if args.db_dir else committed_db_dir(spec)
     latency = get_latency(args, ckpt, spec, levels, db_dir)
     table = build_table(ckpt.sensitivity, levels, latency=latency, byte_model=ByteModel(bool(ckpt.spec.act_order)),
-                        layer_names=ckpt.layer_names)
+                        layer_names=ckpt.layer_names, fuse_siblings=not ckpt.spec.act_order)
     results = Path(args.results_dir)
     tag = f"smollm2_{spec.name}"
     front = solve_front(table, ckpt, spec.name, latency, budgets_for(table, args.points), results / "plans", tag)
@@ -230,7 +246,8 @@ def main(argv: list[str] | None = None) -> int:
     points = [(f"int{b}", a) for b, a in uniform.items()] + [(p.name, dict(plan.layers)) for _, plan, p in front]
     measured, back_to_back = {}, {}
     for name, alloc in progress(points, desc="re-measure"):
-        measured[name], back_to_back[name] = measure_chain(alloc, table, spec, db_dir, args.repeat)
+        measured[name], back_to_back[name] = measure_chain(alloc, table, spec, db_dir, args.repeat,
+                                                             not ckpt.spec.act_order)
         log.info("%s: measured %.4f ms cold, %.4f ms without flush", name, measured[name] * 1e3,
                  back_to_back[name] * 1e3)
     ppl: dict[str, float] = {}

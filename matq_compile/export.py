@@ -40,6 +40,7 @@ class CompileOptions:
     max_seq_len: int = 1024
     require_tokenizer: bool = True
     dump_dir: str | None = None
+    fuse_siblings: bool = True  # one kernel for q/k/v and one for gate/up where their slices agree
 
 
 def resolve_bits(ckpt, bits: int | None, plan_path: str | Path | None) -> tuple[dict[str, int], dict[str, Any]]:
@@ -87,13 +88,14 @@ def _packed_weights(ckpt, bits: dict[str, int], slices: dict) -> dict[str, np.nd
 
 def _param_arrays(params: list, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Arrays in signature order, checked against the compiled signature (name, shape, dtype)."""
-    from matq_compile.lower.passes import head_arrays
+    from matq_compile.lower.passes import fused_arrays, head_arrays
 
     out = {}
     for p in params:
         name = p.name
         a = arrays.get(name)
         a = head_arrays(name, arrays) if a is None else a
+        a = fused_arrays(name, arrays) if a is None else a
         if a is None:
             raise ValueError(f"the checkpoint has no tensor for model parameter {name!r}")
         a = a.astype(str(p.ty.dtype), copy=False)
@@ -205,8 +207,8 @@ def compile_model(ckpt_dir: str | Path, out_dir: str | Path, bits: int | None = 
     slices = _slices(ckpt, layer_bits)
     log.info("compiling %d quantized linears for %s (bits %s)", len(slices), spec.name,
              sorted(set(layer_bits.values())))
-    ex, params = compile_module(mod, slices, spec, db, PipelineOptions(opts.head_dtype, opts.allow_untuned,
-                                                                        opts.dump_dir))
+    popts = PipelineOptions(opts.head_dtype, opts.allow_untuned, opts.dump_dir, opts.fuse_siblings)
+    ex, params = compile_module(mod, slices, spec, db, popts)
     cuda_src = cuda_source(ex) if spec.is_gpu else None
     arrays = _param_arrays(params, _packed_weights(ckpt, layer_bits, slices))
     with atomic_dir(out_dir) as tmp:

@@ -5,7 +5,6 @@ costs are the sums over its members, so a tie can never be broken by any solver.
 """
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -13,9 +12,8 @@ import numpy as np
 
 from matq_compile.search.budget import Budget, choice_of, cost_matrix
 from matq_compile.search.tables import SearchTable
+from matq_compile.siblings import sibling_key
 
-# Sibling projections that a compiler fuses into one GEMM; they share one bit-width.
-FUSED_SIBLINGS: tuple[tuple[str, ...], ...] = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 TIE_RULES: tuple[str, ...] = ("fused", "none")
 # Relative slack when checking a solver's answer against a budget (float sums of many small costs).
 FEASIBILITY_RTOL = 1e-9
@@ -25,17 +23,10 @@ def tie_groups(names: Sequence[str], rule: str = "fused") -> tuple[tuple[int, ..
     """Indices of layers that share a bit-width, in first-appearance order; singletons for untied layers."""
     if rule not in TIE_RULES:
         raise ValueError(f"unknown tie rule {rule!r}; known: {', '.join(TIE_RULES)}")
-    key_of: dict[str, str] = {}
-    if rule == "fused":
-        for siblings in FUSED_SIBLINGS:
-            pattern = re.compile(r"^(.*[._])(" + "|".join(siblings) + r")$")
-            for name in names:
-                m = pattern.match(name)
-                if m:
-                    key_of[name] = m.group(1) + "+".join(siblings)
     groups: dict[str, list[int]] = {}
     for i, name in enumerate(names):
-        groups.setdefault(key_of.get(name, name), []).append(i)
+        key = sibling_key(name) if rule == "fused" else None  # siblings the compiler fuses share a width
+        groups.setdefault(key or name, []).append(i)
     return tuple(tuple(g) for g in groups.values())
 
 

@@ -182,16 +182,52 @@ def _proxy_value(entry: Mapping[str, Any], proxy: str, bits: int, layer: str) ->
     return float(value)
 
 
-def latency_keys(layers: Sequence[LayerInfo], levels: Sequence[int], m_bucket: int) -> list[LatencyKey]:
-    """The distinct kernel keys a model needs: one per (N, K, group) x level at this M bucket."""
-    shapes = sorted({(la.out_features, la.in_features, la.group) for la in layers})
-    return [(n, k, g, m_bucket, b) for (n, k, g) in shapes for b in levels]
+def fused_sets(layers: Sequence[LayerInfo]) -> dict[tuple[str, ...], tuple[int, int, int]]:
+    """{members: (N, K, group) of their one kernel} for the sibling sets the compiler fuses when they share a
+    width (siblings.py; complete sets of equal K and group)."""
+    from matq_compile.siblings import sibling_sets
+
+    by_name = {la.name: la for la in layers}
+    out = {}
+    for members in sibling_sets([la.name for la in layers]).values():
+        kinds = {(by_name[m].in_features, by_name[m].group) for m in members}
+        if len(kinds) == 1:
+            k, g = next(iter(kinds))
+            out[members] = (sum(by_name[m].out_features for m in members), k, g)
+    return out
+
+
+def latency_keys(layers: Sequence[LayerInfo], levels: Sequence[int], m_bucket: int,
+                 fuse_siblings: bool = True) -> list[LatencyKey]:
+    """The distinct kernel keys a model needs: one per (N, K, group) x level at this M bucket (with the fused
+    sibling kernels when fuse_siblings)."""
+    shapes = {(la.out_features, la.in_features, la.group) for la in layers}
+    if fuse_siblings:
+        shapes |= set(fused_sets(layers).values())
+    return [(n, k, g, m_bucket, b) for (n, k, g) in sorted(shapes) for b in levels]
+
+
+def _layer_latency(latency: LatencyTable, layers: Sequence[LayerInfo], levels: Sequence[int], m_bucket: int,
+                   fuse_siblings: bool) -> np.ndarray:
+    """[L, B] seconds: a layer's own kernel, or for a fused sibling set its share (by rows) of the one kernel, so
+    a tied set costs exactly what the compiled module runs."""
+    lat = np.array([[latency.entries[(la.out_features, la.in_features, la.group, m_bucket, b)] for b in levels]
+                    for la in layers])
+    if fuse_siblings:
+        index = {la.name: i for i, la in enumerate(layers)}
+        for members, (n, k, g) in fused_sets(layers).items():
+            fused = np.array([latency.entries[(n, k, g, m_bucket, b)] for b in levels])
+            for m in members:
+                lat[index[m]] = fused * layers[index[m]].out_features / n
+    return lat
 
 
 def build_table(sensitivity: Mapping[str, Mapping[str, Any]], levels: Sequence[int], *,
                 latency: LatencyTable | None = None, m_bucket: int = 1, proxy: str = "nmse",
-                byte_model: ByteModel = ByteModel(), layer_names: Sequence[str] | None = None) -> SearchTable:
-    """Join the sensitivity table with a latency table on each layer's (N, K, group, m_bucket, bits)."""
+                byte_model: ByteModel = ByteModel(), layer_names: Sequence[str] | None = None,
+                fuse_siblings: bool = True) -> SearchTable:
+    """Join the sensitivity table with a latency table on each layer's (N, K, group, m_bucket, bits).
+    fuse_siblings: sibling sets cost their fused kernel (what the compiler runs for a tied, non-act-order set)."""
     if proxy not in PROXIES:
         raise ValueError(f"unknown proxy {proxy!r}; known: {', '.join(PROXIES)}")
     levels = parse_levels(levels)
@@ -202,10 +238,9 @@ def build_table(sensitivity: Mapping[str, Mapping[str, Any]], levels: Sequence[i
     nbytes = np.array([[byte_model.layer_bytes(la, b) for b in levels] for la in layers])
     lat = None
     if latency is not None:
-        missing = latency.missing(latency_keys(layers, levels, m_bucket))
+        missing = latency.missing(latency_keys(layers, levels, m_bucket, fuse_siblings))
         if missing:
             raise ValueError(f"latency table ({latency.target}) lacks {len(missing)} kernel key(s) "
                              f"(N, K, group, m_bucket, bits), e.g. {missing[:4]}; measure them first")
-        lat = np.array([[latency.entries[(la.out_features, la.in_features, la.group, m_bucket, b)]
-                         for b in levels] for la in layers])
+        lat = _layer_latency(latency, layers, levels, m_bucket, fuse_siblings)
     return SearchTable(layers, levels, prox, nbytes, lat, proxy, m_bucket)

@@ -104,6 +104,37 @@ def test_act_order_checkpoint_matches_torch(tiny_llama_dir, tmp_path):
     np.testing.assert_allclose(logits, torch_logits(ckpt, 3), rtol=2e-3, atol=2e-3)
 
 
+def param_names(build: Path) -> set[str]:
+    return {p["name"] for p in json.loads((build / "manifest.json").read_text())["params"]}
+
+
+def test_siblings_fuse_where_their_widths_agree(tiny_ckpt, tmp_path):
+    """Layer 0: q/k/v share a width (fused: one stacked parameter), gate/up differ (separate); same logits."""
+    from matq_compile.ckpt import load_checkpoint
+
+    names = load_checkpoint(tiny_ckpt).layer_names
+    layers = {n: 4 for n in names} | {"model.layers.0.mlp.gate_proj": 3, "model.layers.0.mlp.up_proj": 5}
+    plan, layers = write_plan(tmp_path / "plan.json", tiny_ckpt, layers)
+    build = compile_tiny(tiny_ckpt, tmp_path / "fused", plan=plan)
+    have = param_names(build)
+    assert "model.layers.0.self_attn.qkv_proj.P" in have
+    assert "model.layers.1.mlp.gate_up_proj.S" in have
+    assert "model.layers.0.mlp.gate_proj.P" in have and "model.layers.0.mlp.up_proj.P" in have
+    assert not any(n.startswith("model.layers.1.self_attn.q_proj.") for n in have)
+    check_against_torch(build, torch_logits(tiny_ckpt, layers))
+
+
+def test_fusion_off_keeps_every_linear_and_the_logits(build4, tiny_ckpt, tmp_path):
+    from matq_compile import runtime
+
+    plain = compile_tiny(tiny_ckpt, tmp_path / "plain", bits=4, fuse_siblings=False)
+    fused = ("qkv_proj.", "gate_up_proj.")
+    assert not any(f in n for n in param_names(plain) for f in fused)
+    assert all(any(f in n for n in param_names(build4)) for f in fused)
+    np.testing.assert_allclose(runtime.load(plain).score(IDS), runtime.load(build4).score(IDS), rtol=1e-5,
+                               atol=1e-5)
+
+
 def test_manifest_records_provenance(build4, tiny_ckpt):
     from matq_compile._tvm import TVM_VERSION
     from matq_compile.ckpt import load_checkpoint

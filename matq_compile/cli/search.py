@@ -61,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
         args.sweep and args.sweep_kind == "latency")
     latency = search_steps.latency_for(ckpt, levels, args) if needs_latency else None
     table = build_table(ckpt.sensitivity, levels, latency=latency, m_bucket=args.m_bucket, proxy=args.proxy,
-                        byte_model=ByteModel(act_order=bool(ckpt.spec.act_order)), layer_names=ckpt.layer_names)
+                        byte_model=ByteModel(act_order=bool(ckpt.spec.act_order)), layer_names=ckpt.layer_names,
+                        fuse_siblings=not ckpt.spec.act_order)  # act-order sets stay separate kernels
     fitness = search_steps.kl_fitness(ckpt, args) if args.refine_generations > 0 else None
     out = Path(args.out)
     if args.sweep:

@@ -43,7 +43,8 @@ def latency_for(ckpt, levels: Sequence[int], args: argparse.Namespace) -> Latenc
     db_dir = Path(args.db_dir) if args.db_dir else committed_db_dir(spec)
     path = Path(args.latency_table) if args.latency_table else default_table_path(db_dir, args.m_bucket)
     layers = layers_from_sensitivity(ckpt.sensitivity, ckpt.layer_names)
-    keys = [layout.KernelKey(n, k, b, g, m) for (n, k, g, m, b) in latency_keys(layers, levels, args.m_bucket)]
+    keys = [layout.KernelKey(n, k, b, g, m) for (n, k, g, m, b) in latency_keys(
+        layers, levels, args.m_bucket, fuse_siblings=not ckpt.spec.act_order)]
     table = bench.load_table(path, spec, db_dir) if path.is_file() else None  # refuses another target / DB
     have = {row.key for row in table.rows} if table is not None else set()
     missing = [k for k in keys if k.name not in have]

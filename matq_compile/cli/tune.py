@@ -35,18 +35,24 @@ def add_key_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def checkpoint_shapes(ckpt: Path) -> list[tuple[int, int, int]]:
-    """(N, K, group) of every quantized layer in a checkpoint's matq_config.json (deduplicated, ordered)."""
+    """(N, K, group) of every quantized layer in a checkpoint's matq_config.json and of its fused sibling sets
+    (deduplicated, ordered)."""
     cfg_path = ckpt / "matq_config.json"
     if not cfg_path.exists():
         raise FileNotFoundError(f"{cfg_path} not found (not a matq checkpoint?)")
     layers = json.loads(cfg_path.read_text()).get("layers")
     if not layers:
         raise ValueError(f"{cfg_path} lists no quantized layers")
-    out = {}
+    from matq_compile.search.tables import LayerInfo, fused_sets
+
+    infos = []
     for layer in layers:
         n, k = (int(v) for v in layer["shape"])
         g = int(layer.get("group_size", -1))
-        out[(n, k, -1 if g in (-1, k) else g)] = None
+        infos.append(LayerInfo(str(layer.get("name", "")), n, k, -1 if g in (-1, k) else g))
+    out = {(la.out_features, la.in_features, la.group): None for la in infos}
+    if not any(layer.get("perm") for layer in layers):  # act-order layers are never fused
+        out.update(dict.fromkeys(fused_sets(infos).values()))  # the fused q/k/v and gate/up kernels the compiler runs
     return list(out)
 
 

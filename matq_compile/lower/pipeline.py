@@ -1,7 +1,8 @@
 """The matq compilation pipeline: one Sequential in named phases, with an optional IR dump after each phase.
 
-    1 lower-linears     quantized linears -> call_tir of their slice's bit-slice kernel (packed weights as params;
-                        for imported ONNX graphs: constant-weight MatMuls quantized in-process, packed constants)
+    1 lower-linears     sibling linears (q/k/v, gate/up) with equal kernels fused into one; quantized linears ->
+                        call_tir of their slice's bit-slice kernel (packed weights as params; for imported ONNX
+                        graphs: constant-weight MatMuls quantized in-process, packed constants)
     2 lower-head        CPU only: remaining float linears (the LM head) -> parallel vectorised GEMV kernel
     3 schedule-kernels  tuned database replayed onto every matq kernel (error on a miss unless allow_untuned);
                         hand-scheduled kernels sealed against fusion and dlight
@@ -14,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from matq_compile._tvm import tvm
-from matq_compile.lower.passes import dump_ir, lower_dense_linear, lower_matq_linear, schedule_kernels
+from matq_compile.lower.passes import (dump_ir, fusable_sets, fuse_sibling_linears, fused_slices, lower_dense_linear,
+                                      lower_matq_linear, schedule_kernels)
 from matq_compile.lower.passes.lower_matq_linear import LinearSlice
 from tvm import relax
 
@@ -22,11 +24,13 @@ from tvm import relax
 @dataclass(frozen=True)
 class PipelineOptions:
     """head_dtype: weight dtype of the CPU LM-head kernel; allow_untuned: default schedules (logged) on DB
-    misses; dump_dir: write each phase's IR there."""
+    misses; dump_dir: write each phase's IR there; fuse_siblings: one kernel for q/k/v and one for gate/up where
+    their slices agree."""
 
     head_dtype: str = "float32"
     allow_untuned: bool = False
     dump_dir: str | None = None
+    fuse_siblings: bool = True
 
 
 Lowering = Mapping[str, LinearSlice] | list[tvm.transform.Pass]
@@ -35,7 +39,11 @@ Lowering = Mapping[str, LinearSlice] | list[tvm.transform.Pass]
 def phases(lowering: Lowering, spec, db_dir: str | Path | None,
            opts: PipelineOptions) -> list[tuple[str, list[tvm.transform.Pass]]]:
     """lowering: the checkpoint's {layer: LinearSlice} (LowerMatqLinear), or the phase-1 passes themselves."""
-    first = list(lowering) if isinstance(lowering, list) else [lower_matq_linear(lowering, spec.is_gpu)]
+    if isinstance(lowering, list):
+        first = list(lowering)
+    else:
+        sets = fusable_sets(lowering) if opts.fuse_siblings else {}
+        first = [fuse_sibling_linears(sets), lower_matq_linear(fused_slices(lowering, sets), spec.is_gpu)]
     return [
         ("lower-linears", first),
         ("lower-head", [] if spec.is_gpu else [lower_dense_linear(opts.head_dtype)]),

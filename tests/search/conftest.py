@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from matq_compile.search.tables import ByteModel, LatencyTable, build_table
+from matq_compile.search.tables import ByteModel, LatencyTable, build_table, latency_keys, layers_from_sensitivity
 
 BLOCK = (("self_attn.q_proj", 64, 64), ("self_attn.k_proj", 32, 64), ("self_attn.v_proj", 32, 64),
          ("self_attn.o_proj", 64, 64), ("mlp.gate_proj", 128, 64), ("mlp.up_proj", 128, 64),
@@ -26,13 +26,10 @@ def synthetic_sensitivity(rng: np.random.Generator, n_blocks: int, levels=(2, 3,
 
 def synthetic_latency(rng: np.random.Generator, sens: dict, levels=(2, 3, 4, 6, 8), m_bucket: int = 1,
                       target: str = "llvm-test", db_hash: str = "d" * 64) -> LatencyTable:
+    """Every kernel the model needs, the fused sibling kernels included."""
     entries = {}
-    for entry in sens.values():
-        n, k = entry["shape"]
-        for b in levels:
-            key = (n, k, entry["group"], m_bucket, b)
-            if key not in entries:
-                entries[key] = float(1e-6 * (2 + n * k * b / 4096) * rng.uniform(0.8, 1.2))
+    for n, k, g, m, b in latency_keys(layers_from_sensitivity(sens), levels, m_bucket):
+        entries[(n, k, g, m, b)] = float(1e-6 * (2 + n * k * b / 4096) * rng.uniform(0.8, 1.2))
     return LatencyTable(target, "0.27.0", db_hash, entries)
 
 

@@ -16,14 +16,39 @@ def test_join_picks_each_layers_key(synthetic):
     rng = np.random.default_rng(0)
     sens = make_sens(rng, 2)
     lat = make_lat(rng, sens)
-    table = build_table(sens, LEVELS, latency=lat, proxy="rel_mse")
+    table = build_table(sens, LEVELS, latency=lat, proxy="rel_mse", fuse_siblings=False)
     for i, layer in enumerate(table.layers):
         n, k = sens[layer.name]["shape"]
         for j, b in enumerate(LEVELS):
             assert table.latency_s[i, j] == lat.entries[(n, k, 32, 1, b)]
             assert table.proxy[i, j] == sens[layer.name]["rel_mse"][str(b)]
-    # four distinct shapes (q/o, k/v, gate/up, down) x 5 levels
-    assert len(latency_keys(table.layers, LEVELS, 1)) == 4 * 5
+    # four distinct shapes (q/o, k/v, gate/up, down) x 5 levels; fused q/k/v (128 x 64) is gate/up's shape and
+    # fused gate/up (256 x 64) is one more
+    assert len(latency_keys(table.layers, LEVELS, 1, fuse_siblings=False)) == 4 * 5
+    assert len(latency_keys(table.layers, LEVELS, 1)) == 5 * 5
+
+
+def test_sibling_sets_cost_their_fused_kernel(synthetic):
+    """With fusion a tied set costs exactly the one kernel the compiler runs, shared by rows; other layers keep
+    their own kernel."""
+    make_sens, make_lat = synthetic
+    rng = np.random.default_rng(3)
+    sens = make_sens(rng, 2)
+    lat = make_lat(rng, sens)
+    table = build_table(sens, LEVELS, latency=lat)
+    row = {la.name: i for i, la in enumerate(table.layers)}
+    for blk in range(2):
+        p = f"model.layers.{blk}."
+        for members, fused in ((("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), (128, 64)),
+                               (("mlp.gate_proj", "mlp.up_proj"), (256, 64))):
+            for j, b in enumerate(LEVELS):
+                total = sum(table.latency_s[row[p + m], j] for m in members)
+                assert total == pytest.approx(lat.entries[(*fused, 32, 1, b)], rel=1e-12)
+            q = row[p + members[0]]
+            assert table.latency_s[q, 0] == pytest.approx(
+                lat.entries[(*fused, 32, 1, 2)] * table.layers[q].out_features / fused[0], rel=1e-12)
+        o = row[p + "self_attn.o_proj"]
+        assert list(table.latency_s[o]) == [lat.entries[(64, 64, 32, 1, b)] for b in LEVELS]
 
 
 def test_missing_latency_key_is_an_error(synthetic):

@@ -1,0 +1,72 @@
+"""Sibling sets (siblings.py) and the fusion helpers of FuseSiblingLinears: which sets fuse, and the stacked
+arrays of a fused layer against a numpy reference."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from matq_compile import layout
+from matq_compile.lower.passes import LinearSlice, fusable_sets, fused_arrays, fused_slices
+from matq_compile.siblings import members_of, sibling_key, sibling_sets
+
+ATTN = "model.layers.3.self_attn."
+MLP = "model.layers.3.mlp."
+
+
+def test_complete_sets_only_in_set_order():
+    names = [ATTN + "v_proj", ATTN + "q_proj", ATTN + "k_proj", ATTN + "o_proj", MLP + "gate_proj", MLP + "down_proj"]
+    assert sibling_sets(names) == {ATTN + "qkv_proj": (ATTN + "q_proj", ATTN + "k_proj", ATTN + "v_proj")}
+    assert sibling_key(MLP + "up_proj") == MLP + "gate_up_proj" and sibling_key(ATTN + "o_proj") is None
+
+
+def test_members_round_trip_and_refuse_other_names():
+    for fused in (ATTN + "qkv_proj", MLP + "gate_up_proj"):
+        assert all(sibling_key(m) == fused for m in members_of(fused))
+    assert members_of(ATTN + "o_proj") is None and members_of(ATTN + "q_proj") is None
+
+
+def _slices(**over) -> dict[str, LinearSlice]:
+    base = {ATTN + "q_proj": LinearSlice(64, 64, 4, 32), ATTN + "k_proj": LinearSlice(16, 64, 4, 32),
+            ATTN + "v_proj": LinearSlice(16, 64, 4, 32), MLP + "gate_proj": LinearSlice(96, 64, 4, 32),
+            MLP + "up_proj": LinearSlice(96, 64, 4, 32), MLP + "down_proj": LinearSlice(64, 96, 4, 32)}
+    return base | over
+
+
+def test_fusable_sets_need_one_kernel():
+    assert set(fusable_sets(_slices())) == {ATTN + "qkv_proj", MLP + "gate_up_proj"}
+    assert set(fusable_sets(_slices(**{ATTN + "k_proj": LinearSlice(16, 64, 3, 32)}))) == {MLP + "gate_up_proj"}
+    act = {n: LinearSlice(s.N, s.K, s.bits, s.group, True) for n, s in _slices().items()}
+    assert fusable_sets(act) == {}  # act-order: each member may have its own permutation
+
+
+def test_fused_slices_stack_rows():
+    sets = fusable_sets(_slices())
+    out = fused_slices(_slices(), sets)
+    assert set(out) == {ATTN + "qkv_proj", MLP + "gate_up_proj", MLP + "down_proj"}
+    assert out[ATTN + "qkv_proj"] == LinearSlice(96, 64, 4, 32)
+
+
+def test_fused_arrays_are_member_rows_stacked(rng):
+    arrays = {}
+    for name, sl in _slices().items():
+        packed = layout.pack_slice(rng.integers(0, 256, (sl.N, sl.K), dtype=np.uint8),
+                                   (rng.random((sl.N, sl.K // sl.group)) * 0.01).astype(np.float16), None, sl.bits,
+                                   group=sl.group)
+        arrays.update({f"{name}.{k}": v for k, v in packed.items()})
+    for suffix in ("P", "S", "Z"):
+        got = fused_arrays(f"{ATTN}qkv_proj.{suffix}", arrays)
+        want = np.vstack([arrays[f"{ATTN}{m}.{suffix}"] for m in ("q_proj", "k_proj", "v_proj")])
+        np.testing.assert_array_equal(got, want)
+    assert fused_arrays(ATTN + "o_proj.P", arrays) is None
+
+
+@pytest.mark.parametrize("perm", [False, True])
+def test_tune_shapes_of_a_checkpoint_include_fused_kernels(tmp_path, perm):
+    import json
+
+    from matq_compile.cli.tune import checkpoint_shapes
+
+    layers = [{"name": n, "shape": [sl.N, sl.K], "group_size": 32, "perm": perm} for n, sl in _slices().items()]
+    (tmp_path / "matq_config.json").write_text(json.dumps({"layers": layers}))
+    own = [(64, 64, 32), (16, 64, 32), (96, 64, 32), (64, 96, 32)]
+    assert checkpoint_shapes(tmp_path) == own + ([] if perm else [(192, 64, 32)])  # q/k/v stack to 96 = gate's
