@@ -114,8 +114,9 @@ class _Rewriter(relax.PyExprMutator):
 
 
 def fuse_sibling_linears(sets: Mapping[str, tuple[str, ...]]) -> tvm.transform.Pass:
-    """Module pass fusing each set of `sets` ({fused name: members}, see fusable_sets) wherever all its members'
-    weights are parameters of a function; a member linear left unfused (another input) is a ValueError."""
+    """Module pass fusing each set of `sets` ({fused name: members}, see fusable_sets) in every function whose
+    parameters hold its members' weights. ValueError: only some members' weights are parameters, or a member
+    weight is read other than by a linear."""
 
     @tvm.transform.module_pass(opt_level=0, name="FuseSiblingLinears")
     def _pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
