@@ -70,3 +70,40 @@ def test_tune_shapes_of_a_checkpoint_include_fused_kernels(tmp_path, perm):
     (tmp_path / "matq_config.json").write_text(json.dumps({"layers": layers}))
     own = [(64, 64, 32), (16, 64, 32), (96, 64, 32), (64, 96, 32)]
     assert checkpoint_shapes(tmp_path) == own + ([] if perm else [(192, 64, 32)])  # q/k/v stack to 96 = gate's
+
+
+def _attention_inputs(extra_use: bool):
+    """Relax function: q/k/v linears of one input (float weights as parameters), optionally reading W_q again."""
+    from tvm import relax
+
+    x = relax.Var("x", relax.TensorType((1, 64), "float32"))
+    ws = {m: relax.Var(f"{ATTN}{m}.weight", relax.TensorType((n, 64), "float32"))
+          for m, n in (("q_proj", 64), ("k_proj", 16), ("v_proj", 16))}
+    bb = relax.BlockBuilder()
+    with bb.function("main", [x, *ws.values()]):
+        with bb.dataflow():
+            outs = [bb.emit(relax.op.matmul(x, bb.emit(relax.op.permute_dims(w)))) for w in ws.values()]
+            if extra_use:
+                outs.append(bb.emit(relax.op.sum(ws["q_proj"])))
+            gv = bb.emit_output(relax.Tuple(outs))
+        bb.emit_func_output(gv)
+    return bb.get()
+
+
+def test_pass_stacks_the_weights_and_refuses_other_reads(rng):
+    from matq_compile._tvm import tvm
+    from matq_compile.lower.passes import fuse_sibling_linears
+    from tvm import relax
+
+    sets = {ATTN + "qkv_proj": tuple(ATTN + m for m in ("q_proj", "k_proj", "v_proj"))}
+    mod = fuse_sibling_linears(sets)(_attention_inputs(False))
+    params = [(p.name, tuple(int(s) for s in p.ty.shape)) for p in mod["main"].params]
+    assert params == [("x", (1, 64)), (ATTN + "qkv_proj.weight", (96, 64))]
+    assert mod.script().count("R.matmul") == 1 and "R.split" in mod.script()
+    ex = tvm.compile(mod, target="llvm")
+    x, w = rng.standard_normal((1, 64)).astype("float32"), rng.standard_normal((96, 64)).astype("float32")
+    outs = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(w))
+    for out, rows in zip(outs, (slice(0, 64), slice(64, 80), slice(80, 96))):
+        np.testing.assert_allclose(out.numpy(), x @ w[rows].T, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="read other than by one linear"):
+        fuse_sibling_linears(sets)(_attention_inputs(True))
