@@ -1,10 +1,14 @@
-"""The loop every rewriting pass shares: run one mutator over each Relax function of a module."""
+"""What the rewriting passes share: the loop running one mutator over each Relax function of a module, and the
+match of a linear layer as relax.frontend.nn emits it."""
 from __future__ import annotations
 
 from collections.abc import Callable
 
 from matq_compile._tvm import tvm
 from tvm import relax
+
+MATMUL = "relax.matmul"
+PERMUTE = "relax.permute_dims"
 
 
 def rewrite_relax_functions(mod: tvm.IRModule, builder: relax.BlockBuilder,
@@ -14,3 +18,15 @@ def rewrite_relax_functions(mod: tvm.IRModule, builder: relax.BlockBuilder,
         if isinstance(func, relax.Function):
             builder.update_func(gv, rewrite(func))
     return builder.get()
+
+
+
+def linear_operands(mutator: relax.PyExprMutator, call: relax.Call) -> tuple[relax.Expr, relax.Var] | None:
+    """(x, W) when `call` is `matmul(x, permute_dims(W))` with W a variable (a weight parameter), else None."""
+    if not (isinstance(call.op, tvm.ir.Op) and call.op.name == MATMUL):
+        return None
+    x, w = call.args
+    b = mutator.lookup_binding(w) if isinstance(w, relax.Var) else None
+    if not (isinstance(b, relax.Call) and isinstance(b.op, tvm.ir.Op) and b.op.name == PERMUTE):
+        return None
+    return (x, b.args[0]) if isinstance(b.args[0], relax.Var) else None

@@ -20,8 +20,8 @@ from collections.abc import Mapping
 import numpy as np
 
 from matq_compile._tvm import tvm
-from matq_compile.lower.passes._rewrite import rewrite_relax_functions
-from matq_compile.lower.passes.lower_matq_linear import MATMUL, PERMUTE, LinearSlice
+from matq_compile.lower.passes._rewrite import linear_operands, rewrite_relax_functions
+from matq_compile.lower.passes.lower_matq_linear import LinearSlice
 from matq_compile.siblings import members_of, sibling_key, sibling_sets
 from tvm import relax
 
@@ -65,21 +65,12 @@ class _Rewriter(relax.PyExprMutator):
         self.rows: dict[str, int] = {}  # member weight name -> its rows
         self.parts: dict[tuple[relax.Expr, str], relax.Expr] = {}  # (input, fused) -> split outputs
 
-    def _member(self, w: relax.Expr) -> str | None:
-        b = self.lookup_binding(w) if isinstance(w, relax.Var) else None
-        if not (isinstance(b, relax.Call) and isinstance(b.op, tvm.ir.Op) and b.op.name == PERMUTE):
-            return None
-        src = b.args[0]
-        return src.name if isinstance(src, relax.Var) and src.name in self.set_of else None
-
     def visit_call_(self, call: relax.Call) -> relax.Expr:
         call = self.visit_expr_post_order(call)
-        if not (isinstance(call.op, tvm.ir.Op) and call.op.name == MATMUL):
+        operands = linear_operands(self, call)
+        if operands is None or operands[1].name not in self.set_of:
             return call
-        x, w = call.args
-        member = self._member(w)
-        if member is None:
-            return call
+        x, member = operands[0], operands[1].name
         fused = self.set_of[member]
         names = [f"{m}.weight" for m in self.sets[fused]]
         if (x, fused) not in self.parts:

@@ -12,14 +12,12 @@ from __future__ import annotations
 import numpy as np
 
 from matq_compile._tvm import tvm
-from matq_compile.lower.passes._rewrite import rewrite_relax_functions
+from matq_compile.lower.passes._rewrite import linear_operands, rewrite_relax_functions
 from matq_compile.lower import llama_kernels as lk
 from tvm import relax
 
 W_DTYPES = ("float32", "float16", "int8")
 
-MATMUL = "relax.matmul"
-PERMUTE = "relax.permute_dims"
 
 
 def head_param_name(weight: str, w_dtype: str) -> str:
@@ -47,20 +45,13 @@ class _Rewriter(relax.PyExprMutator):
         self.kernels: dict[str, tvm.ir.GlobalVar] = {}
         self.params: dict[str, list[relax.Var]] = {}  # float weight name -> the parameters the kernel reads
 
-    def _weight(self, w: relax.Expr) -> relax.Var | None:
-        b = self.lookup_binding(w) if isinstance(w, relax.Var) else None
-        if not (isinstance(b, relax.Call) and isinstance(b.op, tvm.ir.Op) and b.op.name == PERMUTE):
-            return None
-        src = b.args[0]
-        return src if isinstance(src, relax.Var) and src.name in self.params else None
-
     def visit_call_(self, call: relax.Call) -> relax.Expr:
         call = self.visit_expr_post_order(call)
-        if not (isinstance(call.op, tvm.ir.Op) and call.op.name == MATMUL):
+        operands = linear_operands(self, call)
+        if operands is None or operands[1].name not in self.params:
             return call
-        x, w = call.args
-        src = self._weight(w)
-        if src is None or len(x.ty.shape) != 2 or x.ty.dtype != "float32":
+        x, src = operands
+        if len(x.ty.shape) != 2 or x.ty.dtype != "float32":
             return call
         N, K = (int(s) for s in src.ty.shape)
         name = f"dense_n{N}_k{K}_{self.w_dtype}"

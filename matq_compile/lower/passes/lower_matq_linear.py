@@ -14,13 +14,9 @@ from dataclasses import dataclass
 
 from matq_compile import layout
 from matq_compile._tvm import tirx, tvm
-from matq_compile.lower.passes._rewrite import rewrite_relax_functions
+from matq_compile.lower.passes._rewrite import linear_operands, rewrite_relax_functions
 from matq_compile.lower.kernels import linear_func
 from tvm import relax
-
-MATMUL = "relax.matmul"
-PERMUTE = "relax.permute_dims"
-
 
 @dataclass(frozen=True)
 class LinearSlice:
@@ -61,16 +57,6 @@ class _Rewriter(relax.PyExprMutator):
         self.packed: dict[str, list[relax.Var]] = {}  # layer -> new params of the function being rewritten
         self.rewritten: set[str] = set()
 
-    def _layer_of(self, w: relax.Expr) -> str | None:
-        b = self.lookup_binding(w) if isinstance(w, relax.Var) else None
-        if not (isinstance(b, relax.Call) and isinstance(b.op, tvm.ir.Op) and b.op.name == PERMUTE):
-            return None
-        src = b.args[0]
-        if not isinstance(src, relax.Var) or not src.name.endswith(".weight"):
-            return None
-        layer = src.name[: -len(".weight")]
-        return layer if layer in self.packed else None
-
     def _kernel(self, key: layout.KernelKey) -> tvm.ir.GlobalVar:
         if key.name not in self.kernels:
             self.kernels[key.name] = self.builder_.add_func(linear_func(key, gpu=self.gpu), key.name)
@@ -78,12 +64,12 @@ class _Rewriter(relax.PyExprMutator):
 
     def visit_call_(self, call: relax.Call) -> relax.Expr:
         call = self.visit_expr_post_order(call)
-        if not (isinstance(call.op, tvm.ir.Op) and call.op.name == MATMUL):
+        operands = linear_operands(self, call)
+        name = operands[1].name if operands else ""
+        layer = name[: -len(".weight")] if name.endswith(".weight") else None
+        if layer not in self.packed:
             return call
-        x, w = call.args
-        layer = self._layer_of(w)
-        if layer is None:
-            return call
+        x = operands[0]
         sl, args = self.slices[layer], self.packed[layer]
         if len(x.ty.shape) != 2 or x.ty.dtype != sl.dtype:
             raise ValueError(f"{layer}: expected a 2-D {sl.dtype} input, got {x.ty}")
