@@ -62,3 +62,31 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+class FormatError(ValueError):
+    """A file the user handed in is missing pieces, malformed, or of another kind or version."""
+
+
+def read_json(path: str | os.PathLike, kind: str, version: int | None = None,
+              key: str = "format_version") -> dict[str, Any]:
+    """The JSON object in `path`, as the one reader every versioned file of the project goes through.
+
+    kind names the file in every error ("latency table", "build manifest", ...). With `version`, the object's
+    `key` must equal it. FileNotFoundError when the file is absent; FormatError (a ValueError) for anything else
+    wrong: unreadable, not UTF-8, not JSON, not an object, another version.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{kind} not found: {path}")
+    try:
+        obj = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise FormatError(f"{path} is not a valid {kind} (not JSON: {e}; truncated or corrupt?)") from None
+    except OSError as e:
+        raise FormatError(f"cannot read {kind} {path}: {e.strerror}") from None
+    if not isinstance(obj, dict):
+        raise FormatError(f"{path} is not a valid {kind}: expected a JSON object, got {type(obj).__name__}")
+    if version is not None and obj.get(key) != version:
+        raise FormatError(f"{path}: {kind} {key} {obj.get(key)!r} is not the version this build reads ({version})")
+    return obj
