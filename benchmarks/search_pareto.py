@@ -29,7 +29,8 @@ from matq_compile.search.allocation import Plan, save_plan
 from matq_compile.search.budget import Budget, predicted
 from matq_compile.search.front import FrontRow, bits_histogram, write_front
 from matq_compile.search.milp import solve
-from matq_compile.search.tables import ByteModel, SearchTable, build_table, fused_sets, parse_levels
+from matq_compile.search.tables import SearchTable, parse_levels
+from matq_compile.search_stage import SearchOptions, latency_for, search_table
 
 log = logging.getLogger("matq_compile.benchmarks.search_pareto")
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,32 +44,19 @@ def machine() -> dict:
 
 # ---- re-measurement: every layer's kernel of one plan, back to back, in one compiled function ----
 
-def kernel_units(allocation: dict[str, int], table: SearchTable,
-                 fuse_siblings: bool) -> list[tuple[tuple[str, ...], tuple[int, int, int]]]:
-    """(layers, (N, K, group)) of each kernel the compiled model runs: a sibling set with one width is one kernel."""
-    fused = {m: (members, shape) for members, shape in fused_sets(table.layers).items() for m in members
-             if fuse_siblings and len({allocation[x] for x in members}) == 1}
-    units, seen = [], set()
-    for la in table.layers:
-        members, shape = fused.get(la.name, ((la.name,), (la.out_features, la.in_features, la.group)))
-        if members not in seen:
-            seen.add(members)
-            units.append((members, shape))
-    return units
-
-
 def build_chain(allocation: dict[str, int], table: SearchTable, spec, db_dir: Path, fallback: bool = False,
                 fuse_siblings: bool = True):
     """VM executable with one function `chain(x_K..., P_i, S_i, Z_i ...)` calling each tuned kernel the compiled
-    model runs (kernel_units: fused sibling sets as one kernel)."""
-    from matq_compile import layout, tune
+    model runs (kernel_units.py: fused sibling sets as one kernel)."""
+    from matq_compile import tune
     from matq_compile._tvm import tvm
+    from matq_compile.kernel_units import kernel_units
     from matq_compile.lower.kernels import arg_shapes, linear_func
+    from matq_compile.search.tables import slices_at
     from tvm import relax
 
     bb = relax.BlockBuilder()
-    keys = [layout.KernelKey(n, k, allocation[names[0]], g, table.m_bucket)
-            for names, (n, k, g) in kernel_units(allocation, table, fuse_siblings)]
+    keys = [u.key(table.m_bucket) for u in kernel_units(slices_at(table.layers, allocation), fuse_siblings)]
     xs = {k: relax.Var(f"x{k}", relax.TensorType((table.m_bucket, k), "float32")) for k in sorted({k.K for k in keys})}
     params, shapes = [], []
     for i, key in enumerate(keys):
@@ -174,19 +162,18 @@ def solve_front(table: SearchTable, ckpt, target: str, latency, values: list[flo
 
 def refine_points(table: SearchTable, ckpt, target: str, latency, args, plans_dir: Path, tag: str, model=None):
     """KL-refined plans (EvoPress-style, seeded by the MILP) at the uniform int3 and int4 latencies."""
-    from matq_compile.cli.search_steps import evolution_config, kl_fitness
+    from matq_compile.kl_fitness import RefineOptions, kl_fitness, stage_tokens
     from matq_compile.search.evolution import evolve
     from matq_compile.search.problem import build_problem
 
-    ns = argparse.Namespace(model=None, calibration=None, refine_tokens=args.refine_tokens, refine_seq_len=256,
-                            seed=args.seed, refine_generations=args.refine_generations,
-                            refine_offspring=args.refine_offspring)
-    fitness = kl_fitness(ckpt, ns)
+    refine = RefineOptions(args.refine_generations, args.refine_offspring, stage_tokens(args.refine_tokens),
+                           seed=args.seed)
+    fitness = kl_fitness(ckpt, refine)
     out = []
     for bits in (3, 4):
         budget = Budget("latency", float(table.latency_s[:, table.levels.index(bits)].sum()))
         problem = build_problem(table, [budget])
-        res = evolve(problem, solve(table, [budget]).choice, fitness, evolution_config(ns))
+        res = evolve(problem, solve(table, [budget]).choice, fitness, refine.evolution_config())
         sol = res.solution
         pred = predicted(table, problem.expand(sol.choice)) | {"kl_calib": res.solution.fitness,
                                                               "kl_calib_milp_seed": res.seed_fitness}
@@ -223,20 +210,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from matq_compile import targets
+    from matq_compile import schedules, targets
     from matq_compile._log import enable_logging, progress
     from matq_compile.ckpt import load_checkpoint
-    from matq_compile.cli.search_steps import committed_db_dir
 
     args = parse_args(argv)
     enable_logging()
     ckpt = load_checkpoint(args.checkpoint)
     spec = targets.load(args.target)
     levels = parse_levels(args.levels)
-    db_dir = Path(args.db_dir) if args.db_dir else committed_db_dir(spec)
-    latency = get_latency(args, ckpt, spec, levels, db_dir)
-    table = build_table(ckpt.sensitivity, levels, latency=latency, byte_model=ByteModel(bool(ckpt.spec.act_order)),
-                        layer_names=ckpt.layer_names, fuse_siblings=not ckpt.spec.act_order)
+    db_dir = Path(args.db_dir) if args.db_dir else schedules.db_dir(spec)
+    opts = SearchOptions(levels, target=args.target, db_dir=str(db_dir), latency_table=args.latency_table)
+    latency = latency_for(ckpt, opts)
+    table = search_table(ckpt, opts, latency)
     results = Path(args.results_dir)
     tag = f"smollm2_{spec.name}"
     front = solve_front(table, ckpt, spec.name, latency, budgets_for(table, args.points), results / "plans", tag)
@@ -246,8 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     points = [(f"int{b}", a) for b, a in uniform.items()] + [(p.name, dict(plan.layers)) for _, plan, p in front]
     measured, back_to_back = {}, {}
     for name, alloc in progress(points, desc="re-measure"):
-        measured[name], back_to_back[name] = measure_chain(alloc, table, spec, db_dir, args.repeat,
-                                                             not ckpt.spec.act_order)
+        measured[name], back_to_back[name] = measure_chain(alloc, table, spec, db_dir, args.repeat)
         log.info("%s: measured %.4f ms cold, %.4f ms without flush", name, measured[name] * 1e3,
                  back_to_back[name] * 1e3)
     ppl: dict[str, float] = {}
@@ -266,15 +251,6 @@ def ppl_order(points, front, table: SearchTable) -> list:
     key_budgets = {float(table.latency_s[:, table.levels.index(b)].sum()) for b in (3, 4) if b in table.levels}
     first = {p.name for budget, _, p in front if budget.value in key_budgets} | {n for n, _ in points if "int" in n[:4]}
     return sorted(points, key=lambda t: t[0] not in first)
-
-
-def get_latency(args, ckpt, spec, levels, db_dir: Path):
-    """bench's cold-cache latency of every kernel key (measured once, kept beside the tuning database)."""
-    from matq_compile.cli.search_steps import latency_for
-
-    ns = argparse.Namespace(target=args.target, db_dir=str(db_dir), latency_table=args.latency_table,
-                            no_measure=False, m_bucket=1)
-    return latency_for(ckpt, levels, ns)
 
 
 def write_outputs(args, ckpt, spec, latency, table, uniform, front, timings, ppl, results: Path, tag: str,

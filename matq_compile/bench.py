@@ -1,68 +1,55 @@
-"""Latency tables of tuned matq kernels: measure(keys, spec, db_dir) -> LatencyTable (JSON on disk).
+"""Timing tuned matq kernels into the latency table (search/latency.py, the one table type and format):
+measure(keys, spec, db_dir), and cached_latency, which reads the table kept beside a database and measures only
+what it lacks.
 
 Timing is cache-cold on CPU: the weights (every argument but X) are flushed from the caches before each call
 (TVM's cache_flush_cpu_non_first_arg, number=1), so a 576x576 layer that fits in L3 is not timed from L3.
-The file header records the target, the TVM version and the database hash; load_table refuses a table made for
-another target or from another database.
+The table records the target, the TVM version, the database hash and the CPU; a table made for another target or
+from another database is refused.
 """
 from __future__ import annotations
 
-import json
 import logging
 import platform
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from matq_compile import layout
 from matq_compile._log import progress
-from matq_compile.io_utils import write_json
+from matq_compile.search.latency import LatencyTable, load_latency_table
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
-
-
-@dataclass(frozen=True)
-class Row:
-    key: str  # KernelKey.name
-    median_s: float
-    min_s: float
-    gbps: float  # weight + activation + output bytes / median
-
-
-@dataclass(frozen=True)
-class LatencyTable:
-    target: str
-    tvm_version: str
-    db_hash: str
-    rows: tuple[Row, ...] = field(default_factory=tuple)
-
-    def latency(self, key: layout.KernelKey) -> float:
-        for row in self.rows:
-            if row.key == key.name:
-                return row.median_s
-        raise KeyError(f"{key.name} is not in the latency table for {self.target}; measure it (matq bench-kernels)")
-
-    def save(self, path: str | Path) -> None:
-        write_json(path, {"format_version": FORMAT_VERSION, "target": self.target, "tvm_version": self.tvm_version,
-                          "db_hash": self.db_hash, "rows": [asdict(r) for r in self.rows]})
-
-
 def load_table(path: str | Path, spec, db_dir: str | Path | None = None) -> LatencyTable:
-    """Read a table; refuse another format, another target, or (given db_dir) another database."""
+    """The latency table at `path`; refuse another target or (given db_dir) another database."""
     from matq_compile.tune import database_hash
 
-    data = json.loads(Path(path).read_text())
-    if data.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{path}: unknown latency table format {data.get('format_version')!r}")
-    if data["target"] != spec.name:
-        raise ValueError(f"{path} was measured on target {data['target']!r}, not {spec.name!r}")
-    if db_dir is not None and data["db_hash"] != database_hash(db_dir):
-        raise ValueError(f"{path} was measured with another tuning database than {db_dir} (hash differs)")
-    rows = tuple(Row(**r) for r in data["rows"])
-    return LatencyTable(data["target"], data["tvm_version"], data["db_hash"], rows)
+    return load_latency_table(path, spec.name, None if db_dir is None else database_hash(db_dir))
+
+
+def table_path(db_dir: str | Path, m_bucket: int) -> Path:
+    """Where the latency table of one M bucket is kept: beside the tuning database it was measured from."""
+    return Path(db_dir) / f"latency_m{m_bucket}.json"
+
+
+def cached_latency(keys: list[layout.KernelKey], spec, db_dir: str | Path, path: str | Path,
+                   measure_missing: bool = True) -> LatencyTable:
+    """The table at `path` (refused if from another target or database), with the kernels of `keys` it lacks
+    measured and saved into it; measure_missing=False makes a missing kernel an error instead."""
+    path = Path(path)
+    table = load_table(path, spec, db_dir) if path.is_file() else None
+    missing = keys if table is None else table.missing(keys)
+    if missing:
+        if not measure_missing:
+            raise ValueError(f"latency table {path} lacks {len(missing)} kernels, e.g. {missing[0].name}; "
+                             f"measure them with matq bench-kernels or drop --no-measure")
+        log.info("measuring %d kernel latencies on %s (cold cache)", len(missing), spec.name)
+        fresh = measure(missing, spec, db_dir)
+        table = fresh if table is None else table.merged(fresh)
+        table.save(path)
+        log.info("latency table saved to %s", path)
+    return table
 
 
 def random_args(key: layout.KernelKey, m: int, seed: int = 0) -> list[np.ndarray]:
@@ -103,16 +90,16 @@ def measure(keys: list[layout.KernelKey], spec, db_dir: str | Path, repeat: int 
 
     if spec.is_gpu:
         raise ValueError("measure() times on this machine; GPU tables need the GPU host (not implemented here)")
-    dev, rows = tvm.cpu(), []
+    dev, entries, stats = tvm.cpu(), {}, {}
     for key in progress(keys, desc="bench"):
         if key.m_bucket is None:
             raise ValueError(f"{key.name}: latency tables hold static-M kernels only")
         ex = tvm.compile(apply_database(linear_func(key, "main"), spec, db_dir, fallback), target=spec.to_tvm())
         t = time_kernel(ex, "main", random_args(key, key.m_bucket), dev, repeat)
-        med = float(np.median(t))
-        rows.append(Row(key.name, med, float(t.min()), traffic_bytes(key, key.m_bucket) / med / 1e9))
-        log.info("%s: %.1f us", key.name, med * 1e6)
-    return LatencyTable(spec.name, TVM_VERSION, database_hash(db_dir), tuple(rows))
+        entries[key] = float(np.median(t))
+        stats[key] = {"min_s": float(t.min()), "gbps": traffic_bytes(key, key.m_bucket) / entries[key] / 1e9}
+        log.info("%s: %.1f us", key.name, entries[key] * 1e6)
+    return LatencyTable(spec.name, TVM_VERSION, database_hash(db_dir), entries, stats, _cpu_model())
 
 
 def machine_info() -> dict:

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from matq_compile.config import QuantSpec
-from matq_compile.io_utils import atomic_dir, sha256_file
+from matq_compile.io_utils import atomic_dir, read_json, sha256_file
 from matq_compile.quant.result import QuantResult, validate_parts
 
 FORMAT_VERSION = 1
@@ -51,6 +51,10 @@ class Checkpoint:
     @property
     def slice_rule(self) -> str:
         return self.spec.slice_rule
+
+    def linear_slices(self, bits: Mapping[str, int] | int) -> dict:
+        """{layer: kernel_units.LinearSlice} of every quantized linear at a uniform width or per-layer widths."""
+        return linear_slices(self.config, bits)
 
     def dequant(self, layer: str, bits: int) -> torch.Tensor:
         """fp32 [out, in] weights of `layer` at the r-bit slice, original column order, the checkpoint's rule."""
@@ -222,21 +226,37 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
 
 
 
+def linear_slices(config: Mapping[str, Any], bits: Mapping[str, int] | int) -> dict:
+    """The quantized linears a checkpoint config records, as the kernels compile them: [N, K], group (-1 for per
+    channel, whatever the spelling) and act-order; at `bits` (one width, or {layer: width})."""
+    from matq_compile.kernel_units import LinearSlice
+
+    out = {}
+    for layer in config["layers"]:
+        name, (n, k), g = str(layer["name"]), (int(v) for v in layer["shape"]), int(layer["group_size"])
+        width = bits if isinstance(bits, int) else bits[name]
+        out[name] = LinearSlice(n, k, width, -1 if g in (-1, 0, k) else g, bool(layer.get("perm")))
+    return out
+
+
+def read_linear_slices(path: str | Path, bits: int = 4) -> dict:
+    """linear_slices of the checkpoint in `path` from its validated matq_config.json alone (no shard is read:
+    what tuning needs, cheaply)."""
+    path = Path(path)
+    config = _read_config(path)
+    try:
+        return linear_slices(config, bits)
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{path / CONFIG_NAME} is malformed: {type(e).__name__}: {e}") from None
+
+
 def _read_config(path: Path) -> dict[str, Any]:
     if not path.is_dir():
         raise FileNotFoundError(f"checkpoint directory {path} does not exist")
     cfg_path = path / CONFIG_NAME
     if not cfg_path.is_file():
         raise FileNotFoundError(f"{path} is not a matq checkpoint: {CONFIG_NAME} is missing")
-    try:
-        config = json.loads(cfg_path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{cfg_path} is not valid JSON (truncated or corrupt?): {e}") from None
-    if not isinstance(config, dict):
-        raise ValueError(f"{cfg_path}: expected a JSON object")
-    version = config.get("format_version")
-    if version != FORMAT_VERSION:
-        raise ValueError(f"{cfg_path}: unknown format_version {version!r}; this build reads version {FORMAT_VERSION}")
+    config = read_json(cfg_path, "checkpoint config", FORMAT_VERSION)
     need = ("quant", "slice_rule", "layers", "tensors", "shards", "sensitivity_sha256", "files", "source")
     missing = [k for k in need if k not in config]
     if missing:

@@ -11,7 +11,6 @@ C++ runner both feed it from weights.safetensors. Nothing here imports torch exc
 """
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from matq_compile import layout
-from matq_compile.io_utils import atomic_dir, sha256_file, write_json
+from matq_compile.io_utils import atomic_dir, read_json, sha256_file, write_json
 
 log = logging.getLogger(__name__)
 
@@ -58,50 +57,42 @@ def resolve_bits(ckpt, bits: int | None, plan_path: str | Path | None) -> tuple[
     return dict(plan.layers), {"kind": "plan", "path": str(plan_path), **plan.to_json()}
 
 
-def _slices(ckpt, bits: dict[str, int]) -> dict:
-    from matq_compile.lower.passes import LinearSlice
+class CheckpointWeights:
+    """The checkpoint as a WeightSource (lower/params.py): float tensors, and each layer's slice packed once."""
 
-    out = {}
-    for name, res in ckpt.layers.items():
-        N, K = (int(s) for s in res.qweight.shape)
-        out[name] = LinearSlice(N, K, bits[name], ckpt.spec.group_for(K) if ckpt.spec.group_size != -1 else -1,
-                                res.perm is not None)
-    return out
+    def __init__(self, ckpt) -> None:
+        self.ckpt = ckpt
+        self._packed: dict[tuple[str, int], dict[str, np.ndarray]] = {}
+
+    def tensor(self, name: str) -> np.ndarray:
+        t = self.ckpt.tensors.get(name)
+        if t is None:
+            raise ValueError(f"the checkpoint has no tensor for model parameter {name!r}")
+        return t.float().numpy() if t.is_floating_point() else t.numpy()
+
+    def packed(self, layer: str, bits: int, group: int) -> dict[str, np.ndarray]:
+        if (layer, bits) not in self._packed:
+            res = self.ckpt.layers[layer]
+            zeros = None if res.zeros is None else res.zeros.numpy()
+            arrays = layout.pack_slice(res.qweight.numpy(), res.scales.numpy(), zeros, bits, self.ckpt.spec.slice_rule,
+                                       group)
+            if res.perm is not None:
+                arrays["perm"] = res.perm.numpy().astype(np.int32)
+            self._packed[(layer, bits)] = arrays
+        return self._packed[(layer, bits)]
 
 
-def _packed_weights(ckpt, bits: dict[str, int], slices: dict) -> dict[str, np.ndarray]:
+def param_arrays(params: list, param_map, source) -> dict[str, np.ndarray]:
+    """Each compiled weight parameter's array, made by its recipe and checked against the compiled signature
+    (name, shape, dtype), in signature order."""
     from matq_compile._log import progress
 
-    arrays: dict[str, np.ndarray] = {}
-    for name in progress(ckpt.layer_names, desc="pack"):
-        res, sl = ckpt.layers[name], slices[name]
-        zeros = None if res.zeros is None else res.zeros.numpy()
-        packed = layout.pack_slice(res.qweight.numpy(), res.scales.numpy(), zeros, sl.bits, ckpt.spec.slice_rule,
-                                   sl.group)
-        arrays.update({f"{name}.{k}": v for k, v in packed.items()})
-        if res.perm is not None:
-            arrays[f"{name}.perm"] = res.perm.numpy().astype(np.int32)
-    for name, t in ckpt.tensors.items():
-        arrays[name] = t.float().numpy() if t.is_floating_point() else t.numpy()
-    return arrays
-
-
-def _param_arrays(params: list, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Arrays in signature order, checked against the compiled signature (name, shape, dtype)."""
-    from matq_compile.lower.passes import fused_arrays, head_arrays
-
     out = {}
-    for p in params:
-        name = p.name
-        a = arrays.get(name)
-        a = head_arrays(name, arrays) if a is None else a
-        a = fused_arrays(name, arrays) if a is None else a
-        if a is None:
-            raise ValueError(f"the checkpoint has no tensor for model parameter {name!r}")
-        a = a.astype(str(p.ty.dtype), copy=False)
+    for p in progress(params, desc="weights"):
+        a = param_map.make(p.name, source).astype(str(p.ty.dtype), copy=False)
         if tuple(a.shape) != tuple(int(s) for s in p.ty.shape):
-            raise ValueError(f"parameter {name}: checkpoint shape {a.shape} != graph shape {p.ty.shape}")
-        out[name] = np.ascontiguousarray(a)
+            raise ValueError(f"parameter {p.name}: checkpoint shape {a.shape} != graph shape {p.ty.shape}")
+        out[p.name] = np.ascontiguousarray(a)
     return out
 
 
@@ -109,7 +100,7 @@ def _hf_config(ckpt_dir: Path) -> dict[str, Any]:
     path = ckpt_dir / "config.json"
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {ckpt_dir} has no config.json (the model's Hugging Face config)")
-    return json.loads(path.read_text())
+    return read_json(path, "Hugging Face model config")
 
 
 def _tokenizer_files(ckpt_dir: Path, required: bool) -> list[Path]:
@@ -160,7 +151,7 @@ def _check_out_dir(out_dir: Path, ckpt_dir: Path) -> None:
 
 def _eos_ids(ckpt_dir: Path, hf: dict[str, Any]) -> list[int]:
     gen = ckpt_dir / "generation_config.json"
-    eos = json.loads(gen.read_text()).get("eos_token_id") if gen.is_file() else None
+    eos = read_json(gen, "generation config").get("eos_token_id") if gen.is_file() else None
     eos = hf.get("eos_token_id") if eos is None else eos
     return [] if eos is None else [int(e) for e in (eos if isinstance(eos, list) else [eos])]
 
@@ -204,13 +195,13 @@ def compile_model(ckpt_dir: str | Path, out_dir: str | Path, bits: int | None = 
     db = _db_dir(spec, opts)
     cfg = LlamaConfig.from_hf(hf, opts.max_seq_len)
     mod, _ = build_llama(cfg, chunk=CHUNK, gpu=spec.is_gpu)
-    slices = _slices(ckpt, layer_bits)
+    slices = ckpt.linear_slices(layer_bits)
     log.info("compiling %d quantized linears for %s (bits %s)", len(slices), spec.name,
              sorted(set(layer_bits.values())))
     popts = PipelineOptions(opts.head_dtype, opts.allow_untuned, opts.dump_dir, opts.fuse_siblings)
-    ex, params = compile_module(mod, slices, spec, db, popts)
+    ex, params, param_map = compile_module(mod, slices, spec, db, popts)
     cuda_src = cuda_source(ex) if spec.is_gpu else None
-    arrays = _param_arrays(params, _packed_weights(ckpt, layer_bits, slices))
+    arrays = param_arrays(params, param_map, CheckpointWeights(ckpt))
     with atomic_dir(out_dir) as tmp:
         ex.export_library(str(tmp / LIB_NAME))
         save_file(arrays, str(tmp / WEIGHTS_NAME), metadata={"format": "matq-weights"})
@@ -256,8 +247,8 @@ def compile_onnx(onnx_path: str | Path, out_dir: str | Path, bits: int,
     spec = targets.load(opts.target)
     db = _db_dir(spec, opts)
     mod = from_onnx(model, keep_params_in_input=False)
-    ex, _ = compile_module(mod, [quantize_const_matmul(b, spec.is_gpu)], spec, db,
-                           PipelineOptions(opts.head_dtype, opts.allow_untuned, opts.dump_dir))
+    ex = compile_module(mod, [quantize_const_matmul(b, spec.is_gpu)], spec, db,
+                        PipelineOptions(opts.head_dtype, opts.allow_untuned, opts.dump_dir)).executable
     init = {i.name for i in model.graph.initializer}
     inputs = [{"name": i.name, "shape": [d.dim_value or d.dim_param for d in i.type.tensor_type.shape.dim],
                "dtype": onnx.helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type).name}

@@ -82,11 +82,11 @@ def read_json(path: str | os.PathLike, kind: str, version: int | None = None,
     try:
         obj = json.loads(path.read_bytes().decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise FormatError(f"{path} is not a valid {kind} (not JSON: {e}; truncated or corrupt?)") from None
+        raise FormatError(f"{path} is not a JSON {kind}: not valid JSON (truncated or corrupt?): {e}") from None
     except OSError as e:
         raise FormatError(f"cannot read {kind} {path}: {e.strerror}") from None
     if not isinstance(obj, dict):
-        raise FormatError(f"{path} is not a valid {kind}: expected a JSON object, got {type(obj).__name__}")
+        raise FormatError(f"{path} is not a JSON {kind}: expected a JSON object, got {type(obj).__name__}")
     if version is not None and obj.get(key) != version:
-        raise FormatError(f"{path}: {kind} {key} {obj.get(key)!r} is not the version this build reads ({version})")
+        raise FormatError(f"{path}: unknown {key} {obj.get(key)!r} of this {kind}; this build reads version {version}")
     return obj

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from matq_compile import layout
-from matq_compile.io_utils import sha256_file, write_json
+from matq_compile.io_utils import read_json, sha256_file, write_json
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +51,7 @@ def check_database(db_dir: str | Path, spec, create: bool = False) -> Path:
             raise FileNotFoundError(f"tuning database {db_dir} {what}; tune into it first (matq tune)")
         write_json(tfile, _target_record(spec))
         tfile.chmod(0o644)  # ships with the package: readable like the record files
-    try:
-        stored = json.loads(tfile.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"corrupt {tfile}: {e}") from e
+    stored = read_json(tfile, "tuning database target record")
     if stored.get("name") != spec.name or stored.get("target") != spec.target_dict():
         raise ValueError(f"tuning database {db_dir} belongs to target {stored.get('name')!r} "
                          f"({stored.get('target')}), not {spec.name!r}; use one database per target")

@@ -20,7 +20,8 @@ __all__ = ["Budget", "EvolutionConfig", "LatencyTable", "Plan", "Problem", "Sear
            "search"]
 
 
-def search(table: SearchTable, budgets: Sequence[Budget], *, ties: str = "fused", fitness: Fitness | None = None,
+def search(table: SearchTable, budgets: Sequence[Budget], *, ties: str | None = None,
+           fitness: Fitness | None = None,
            config: EvolutionConfig | None = None) -> Solution:
     """Exact MILP answer; refined on `fitness` (EvoPress-style, seeded by the MILP) when one is given."""
     problem = build_problem(table, budgets, ties)

@@ -6,7 +6,6 @@ it will be applied to: unknown or missing layers and another checkpoint's hash a
 """
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -110,14 +109,10 @@ def plan_from_json(obj: Mapping[str, Any], source: str = "<json>") -> Plan:
 def load_plan(path: str | os.PathLike, layer_names: Sequence[str] | None = None,
               checkpoint_hash: str | None = None) -> Plan:
     """Read a JSON plan; with layer_names and checkpoint_hash given, refuse one that does not fit them."""
+    from matq_compile.io_utils import read_json
+
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"plan file not found: {path}")
-    try:
-        obj = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not a JSON plan ({e})") from e
-    plan = plan_from_json(obj, str(path))
+    plan = plan_from_json(read_json(path, "plan file"), str(path))
     if layer_names is not None or checkpoint_hash is not None:
         if layer_names is None or checkpoint_hash is None:
             raise ValueError("checking a plan needs both the checkpoint's layer names and its hash")

@@ -81,12 +81,12 @@ def solve_problem(problem: Problem, time_limit: float | None = None) -> Solution
     raise ValueError(f"{msg} (jointly: {', '.join(str(b) for b in problem.budgets)})")
 
 
-def solve(table: SearchTable, budgets: Sequence[Budget], ties: str = "fused",
+def solve(table: SearchTable, budgets: Sequence[Budget], ties: str | None = None,
           time_limit: float | None = None) -> Solution:
     return solve_problem(build_problem(table, budgets, ties), time_limit)
 
 
-def sweep_values(table: SearchTable, kind: str, n: int, ties: str = "fused") -> np.ndarray:
+def sweep_values(table: SearchTable, kind: str, n: int, ties: str | None = None) -> np.ndarray:
     """n budget values evenly spaced from the cheapest to the dearest reachable total of one kind."""
     if n < 2:
         raise ValueError(f"a sweep needs at least 2 budgets, got {n}")
@@ -96,7 +96,7 @@ def sweep_values(table: SearchTable, kind: str, n: int, ties: str = "fused") -> 
     return np.linspace(lo, hi, n)
 
 
-def sweep(table: SearchTable, kind: str, values: Sequence[float], ties: str = "fused",
+def sweep(table: SearchTable, kind: str, values: Sequence[float], ties: str | None = None,
           extra: Sequence[Budget] = ()) -> list[Solution]:
     """Solve once per budget value of one kind (other budgets fixed): the proxy Pareto front."""
     return [solve(table, [Budget(kind, float(v)), *extra], ties) for v in values]

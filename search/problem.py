@@ -1,7 +1,8 @@
 """The multiple-choice knapsack every solver works on: tie groups as items, levels as options, budgets as rows.
 
-Layers that must share a bit-width (fused q/k/v of a block, gate/up) are merged into one item whose proxy and
-costs are the sums over its members, so a tie can never be broken by any solver.
+Layers that must share a bit-width (the members of a fused kernel unit: q/k/v of a block, gate/up, as
+kernel_units.py decides) are merged into one item whose proxy and costs are the sums over its members, so a tie
+can never be broken by any solver.
 """
 from __future__ import annotations
 
@@ -11,23 +12,21 @@ from dataclasses import dataclass
 import numpy as np
 
 from matq_compile.search.budget import Budget, choice_of, cost_matrix
-from matq_compile.search.tables import SearchTable
-from matq_compile.siblings import sibling_key
-
-TIE_RULES: tuple[str, ...] = ("fused", "none")
+from matq_compile.kernel_units import kernel_units
+from matq_compile.search.tables import TIE_RULES, LayerInfo, SearchTable, slices_at
 # Relative slack when checking a solver's answer against a budget (float sums of many small costs).
 FEASIBILITY_RTOL = 1e-9
 
 
-def tie_groups(names: Sequence[str], rule: str = "fused") -> tuple[tuple[int, ...], ...]:
-    """Indices of layers that share a bit-width, in first-appearance order; singletons for untied layers."""
+def tie_groups(layers: Sequence[LayerInfo], rule: str = "fused") -> tuple[tuple[int, ...], ...]:
+    """Indices of layers that share a bit-width, in first-appearance order; singletons for untied layers.
+    "fused": the members of each sibling set the compiler fuses when they share a width (kernel_units)."""
     if rule not in TIE_RULES:
         raise ValueError(f"unknown tie rule {rule!r}; known: {', '.join(TIE_RULES)}")
-    groups: dict[str, list[int]] = {}
-    for i, name in enumerate(names):
-        key = sibling_key(name) if rule == "fused" else None  # siblings the compiler fuses share a width
-        groups.setdefault(key or name, []).append(i)
-    return tuple(tuple(g) for g in groups.values())
+    if rule == "none":
+        return tuple((i,) for i in range(len(layers)))
+    index = {la.name: i for i, la in enumerate(layers)}
+    return tuple(tuple(index[m] for m in u.members) for u in kernel_units(slices_at(layers, 8), True))
 
 
 @dataclass(frozen=True)
@@ -90,13 +89,14 @@ class Problem:
         return masked.min(axis=2).sum(axis=1)
 
 
-def build_problem(table: SearchTable, budgets: Sequence[Budget], ties: str = "fused") -> Problem:
+def build_problem(table: SearchTable, budgets: Sequence[Budget], ties: str | None = None) -> Problem:
+    """ties: the tie rule (default: the one the table's latency was priced for)."""
     if not budgets:
         raise ValueError("at least one budget is needed")
     kinds = [b.kind for b in budgets]
     if len(set(kinds)) != len(kinds):
         raise ValueError(f"each budget kind may appear once, got {kinds}")
-    groups = tie_groups(table.names, ties)
+    groups = tie_groups(table.layers, table.ties if ties is None else ties)
     per_layer = np.stack([cost_matrix(table, b.kind) for b in budgets])  # [K, L, B]
     costs = np.stack([per_layer[:, list(g), :].sum(axis=1) for g in groups], axis=1)
     proxy = np.stack([table.proxy[list(g)].sum(axis=0) for g in groups])

@@ -1,29 +1,28 @@
 """Per-layer search tables: sensitivity (quality) joined with measured kernel latency (cost) on layer shapes.
 
 A `SearchTable` holds, for every quantized layer and every allowed level r, the additive quality proxy, the
-weight bytes and (when a latency table is given) the median latency of the tuned kernel for that layer's
-KernelKey (N = out, K = in, group, M bucket, r). A layer whose key is missing from the latency table is an
-error naming the key, never a silent zero.
+weight bytes and (when a latency table is given) the median latency of the kernel the compiled model runs for
+it: the layer's own kernel, or its share (by rows) of its fused sibling set's kernel, as kernel_units.py
+decides. A kernel missing from the latency table is an error naming it, never a silent zero.
 """
 from __future__ import annotations
 
-import dataclasses
-import json
-import math
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from matq_compile.kernel_units import LinearSlice, kernel_keys, kernel_units
+from matq_compile.layout import KernelKey
+from matq_compile.search.latency import LatencyTable, load_latency_table, save_latency_table
+
+__all__ = ["ByteModel", "LatencyTable", "LayerInfo", "SearchTable", "build_table", "latency_keys",
+           "layers_from_sensitivity", "load_latency_table", "parse_levels", "save_latency_table"]
+
 PROXIES: tuple[str, ...] = ("nmse", "loss", "rel_mse")
 DEFAULT_LEVELS: tuple[int, ...] = (2, 3, 4, 6, 8)
-LATENCY_FORMAT_VERSION = 1
-
-# (N, K, group, m_bucket, bits); N = out features, K = in features (torch layout [out, in]).
-LatencyKey = tuple[int, int, int, int, int]
+TIE_RULES: tuple[str, ...] = ("fused", "none")
 
 
 @dataclass(frozen=True)
@@ -34,6 +33,10 @@ class LayerInfo:
     out_features: int  # N
     in_features: int  # K
     group: int  # -1 = per channel
+    act_order: bool = False
+
+    def slice(self, bits: int) -> LinearSlice:
+        return LinearSlice(self.out_features, self.in_features, bits, self.group, self.act_order)
 
     @property
     def numel(self) -> int:
@@ -62,55 +65,6 @@ class ByteModel:
 
 
 @dataclass(frozen=True)
-class LatencyTable:
-    """Median kernel latency (seconds) per (N, K, group, m_bucket, bits), with where it was measured."""
-
-    target: str
-    tvm_version: str
-    db_hash: str
-    entries: Mapping[LatencyKey, float]
-
-    def check_source(self, target: str | None = None, db_hash: str | None = None) -> None:
-        """Refuse a table measured on another target or from another tuning database."""
-        if target is not None and target != self.target:
-            raise ValueError(f"latency table was measured for target {self.target!r}, not {target!r}")
-        if db_hash is not None and db_hash != self.db_hash:
-            raise ValueError(f"latency table comes from tuning database {self.db_hash[:12]}…, "
-                             f"but the database in use has hash {db_hash[:12]}…; re-measure it")
-
-    def missing(self, keys: Sequence[LatencyKey]) -> list[LatencyKey]:
-        return sorted({k for k in keys if k not in self.entries})
-
-    def merged(self, more: Mapping[LatencyKey, float]) -> LatencyTable:
-        return dataclasses.replace(self, entries={**self.entries, **more})
-
-
-def save_latency_table(path: str | os.PathLike, table: LatencyTable) -> None:
-    from matq_compile.io_utils import write_json
-
-    rows = [{"N": k[0], "K": k[1], "group": k[2], "m_bucket": k[3], "bits": k[4], "median_s": v}
-            for k, v in sorted(table.entries.items())]
-    write_json(path, {"format_version": LATENCY_FORMAT_VERSION, "target": table.target,
-                      "tvm_version": table.tvm_version, "db_hash": table.db_hash, "rows": rows})
-
-
-def load_latency_table(path: str | os.PathLike) -> LatencyTable:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"latency table not found: {path}")
-    obj = json.loads(path.read_text())
-    if obj.get("format_version") != LATENCY_FORMAT_VERSION:
-        raise ValueError(f"{path}: unknown latency table format_version {obj.get('format_version')!r}")
-    entries: dict[LatencyKey, float] = {}
-    for row in obj["rows"]:
-        t = float(row["median_s"])
-        if not (t > 0 and math.isfinite(t)):
-            raise ValueError(f"{path}: non-positive latency {t} for {row}")
-        entries[(int(row["N"]), int(row["K"]), int(row["group"]), int(row["m_bucket"]), int(row["bits"]))] = t
-    return LatencyTable(obj["target"], obj["tvm_version"], obj["db_hash"], entries)
-
-
-@dataclass(frozen=True)
 class SearchTable:
     """Everything the solvers read: per layer x level proxy, bytes, numel and latency (None if not measured)."""
 
@@ -121,6 +75,7 @@ class SearchTable:
     latency_s: np.ndarray | None  # [L, B] median seconds of each layer's kernel, or None
     proxy_kind: str = "nmse"
     m_bucket: int = 1
+    ties: str = "fused"  # the tie rule latency_s was priced for (fused sets cost their fused kernel)
 
     def __post_init__(self) -> None:
         shape = (len(self.layers), len(self.levels))
@@ -157,8 +112,8 @@ def parse_levels(text: str | Sequence[int]) -> tuple[int, ...]:
     return tuple(levels)
 
 
-def layers_from_sensitivity(sensitivity: Mapping[str, Mapping[str, Any]],
-                            layer_names: Sequence[str] | None = None) -> tuple[LayerInfo, ...]:
+def layers_from_sensitivity(sensitivity: Mapping[str, Mapping[str, Any]], layer_names: Sequence[str] | None = None,
+                            act_order: bool = False) -> tuple[LayerInfo, ...]:
     names = list(layer_names) if layer_names is not None else list(sensitivity)
     out = []
     for name in names:
@@ -167,7 +122,7 @@ def layers_from_sensitivity(sensitivity: Mapping[str, Mapping[str, Any]],
         entry = sensitivity[name]
         n, k = (int(x) for x in entry["shape"])
         group = int(entry.get("group", entry.get("g", -1)))
-        out.append(LayerInfo(name, n, k, -1 if group in (0, k) else group))  # kernels name per-channel -1
+        out.append(LayerInfo(name, n, k, -1 if group in (0, k) else group, act_order))  # per channel: -1
     return tuple(out)
 
 
@@ -182,56 +137,58 @@ def _proxy_value(entry: Mapping[str, Any], proxy: str, bits: int, layer: str) ->
     return float(value)
 
 
-def fused_sets(layers: Sequence[LayerInfo]) -> dict[tuple[str, ...], tuple[int, int, int]]:
-    """{members: (N, K, group) of their one kernel} for the sibling sets the compiler fuses when they share a
-    width (siblings.py; complete sets of equal K and group)."""
-    from matq_compile.siblings import sibling_sets
-
-    by_name = {la.name: la for la in layers}
-    out = {}
-    for members in sibling_sets([la.name for la in layers]).values():
-        kinds = {(by_name[m].in_features, by_name[m].group) for m in members}
-        if len(kinds) == 1:
-            k, g = next(iter(kinds))
-            out[members] = (sum(by_name[m].out_features for m in members), k, g)
-    return out
+def slices_at(layers: Sequence[LayerInfo], bits: Mapping[str, int] | int) -> dict[str, LinearSlice]:
+    """The layers as kernel slices at one width or at {layer: width}."""
+    return {la.name: la.slice(bits if isinstance(bits, int) else bits[la.name]) for la in layers}
 
 
 def latency_keys(layers: Sequence[LayerInfo], levels: Sequence[int], m_bucket: int,
-                 fuse_siblings: bool = True) -> list[LatencyKey]:
-    """The distinct kernel keys a model needs: one per (N, K, group) x level at this M bucket (with the fused
-    sibling kernels when fuse_siblings)."""
-    shapes = {(la.out_features, la.in_features, la.group) for la in layers}
-    if fuse_siblings:
-        shapes |= set(fused_sets(layers).values())
-    return [(n, k, g, m_bucket, b) for (n, k, g) in sorted(shapes) for b in levels]
+                 fuse_siblings: bool = True) -> list[KernelKey]:
+    """Every kernel a plan over `levels` may run at this M bucket (kernel_units.kernel_keys)."""
+    return kernel_keys(slices_at(layers, 4), levels, [m_bucket], fuse_siblings)
+
+
+def plan_kernels(layers: Sequence[LayerInfo], allocation: Mapping[str, int], m_bucket: int,
+                 fuse_siblings: bool = True) -> list[KernelKey]:
+    """The kernel of each kernel unit the compiled model runs for `allocation`, one entry per call per token."""
+    return [u.key(m_bucket) for u in kernel_units(slices_at(layers, allocation), fuse_siblings)]
+
+
+def plan_latency(latency: LatencyTable, layers: Sequence[LayerInfo], allocation: Mapping[str, int], m_bucket: int,
+                 fuse_siblings: bool = True) -> float:
+    """Seconds of every kernel the compiled model runs for `allocation` (its kernel units), summed."""
+    return float(sum(latency.latency(k) for k in plan_kernels(layers, allocation, m_bucket, fuse_siblings)))
 
 
 def _layer_latency(latency: LatencyTable, layers: Sequence[LayerInfo], levels: Sequence[int], m_bucket: int,
-                   fuse_siblings: bool) -> np.ndarray:
-    """[L, B] seconds: a layer's own kernel, or for a fused sibling set its share (by rows) of the one kernel, so
-    a tied set costs exactly what the compiled module runs."""
-    lat = np.array([[latency.entries[(la.out_features, la.in_features, la.group, m_bucket, b)] for b in levels]
-                    for la in layers])
-    if fuse_siblings:
-        index = {la.name: i for i, la in enumerate(layers)}
-        for members, (n, k, g) in fused_sets(layers).items():
-            fused = np.array([latency.entries[(n, k, g, m_bucket, b)] for b in levels])
-            for m in members:
-                lat[index[m]] = fused * layers[index[m]].out_features / n
+                   fuse: bool) -> np.ndarray:
+    """[L, B] seconds: at each level, the kernel units of the model at that width; a unit's latency is charged to
+    its members by rows, so a tied set costs exactly what the compiled module runs."""
+    index = {la.name: i for i, la in enumerate(layers)}
+    lat = np.zeros((len(layers), len(levels)))
+    for j, b in enumerate(levels):
+        for unit in kernel_units(slices_at(layers, b), fuse):
+            t = latency.latency(unit.key(m_bucket))
+            for m in unit.members:
+                lat[index[m], j] = t * unit.share(m)
     return lat
 
 
 def build_table(sensitivity: Mapping[str, Mapping[str, Any]], levels: Sequence[int], *,
                 latency: LatencyTable | None = None, m_bucket: int = 1, proxy: str = "nmse",
                 byte_model: ByteModel = ByteModel(), layer_names: Sequence[str] | None = None,
-                fuse_siblings: bool = True) -> SearchTable:
-    """Join the sensitivity table with a latency table on each layer's (N, K, group, m_bucket, bits).
-    fuse_siblings: sibling sets cost their fused kernel (what the compiler runs for a tied, non-act-order set)."""
+                fuse_siblings: bool = True, ties: str = "fused") -> SearchTable:
+    """Join the sensitivity table with a latency table on the kernels the compiled model runs.
+    fuse_siblings: the compiler's setting; ties: the search's tie rule. With ties "fused" a sibling set always
+    shares one width and costs its fused kernel; with "none" every layer is priced as its own kernel (a set the
+    plan happens to give one width is then fused by the compiler: search.plan_latency prices the plan exactly).
+    Act-order checkpoints (byte_model.act_order) never fuse (kernel_units.py)."""
     if proxy not in PROXIES:
         raise ValueError(f"unknown proxy {proxy!r}; known: {', '.join(PROXIES)}")
+    if ties not in TIE_RULES:
+        raise ValueError(f"unknown tie rule {ties!r}; known: {', '.join(TIE_RULES)}")
     levels = parse_levels(levels)
-    layers = layers_from_sensitivity(sensitivity, layer_names)
+    layers = layers_from_sensitivity(sensitivity, layer_names, byte_model.act_order)
     if not layers:
         raise ValueError("no quantized layers to search over")
     prox = np.array([[_proxy_value(sensitivity[la.name], proxy, b, la.name) for b in levels] for la in layers])
@@ -240,7 +197,7 @@ def build_table(sensitivity: Mapping[str, Mapping[str, Any]], levels: Sequence[i
     if latency is not None:
         missing = latency.missing(latency_keys(layers, levels, m_bucket, fuse_siblings))
         if missing:
-            raise ValueError(f"latency table ({latency.target}) lacks {len(missing)} kernel key(s) "
-                             f"(N, K, group, m_bucket, bits), e.g. {missing[:4]}; measure them first")
-        lat = _layer_latency(latency, layers, levels, m_bucket, fuse_siblings)
-    return SearchTable(layers, levels, prox, nbytes, lat, proxy, m_bucket)
+            raise ValueError(f"latency table ({latency.target}) lacks {len(missing)} kernel(s), e.g. "
+                             f"{[k.name for k in missing[:4]]}; measure them first")
+        lat = _layer_latency(latency, layers, levels, m_bucket, fuse_siblings and ties == "fused")
+    return SearchTable(layers, levels, prox, nbytes, lat, proxy, m_bucket, ties)

@@ -21,12 +21,12 @@ def test_measure_save_load_and_refusals(tmp_path, host):
     with pytest.raises(ValueError, match="no tuning records"):
         bench.measure(keys, host, db, repeat=3)
     table = bench.measure(keys, host, db, repeat=5, fallback=True)
-    assert [r.key for r in table.rows] == [k.name for k in keys]
-    assert all(0 < r.min_s <= r.median_s < 1 and r.gbps > 0 for r in table.rows)
+    assert list(table.entries) == keys
+    assert all(0 < table.stats[k]["min_s"] <= t < 1 and table.stats[k]["gbps"] > 0 for k, t in table.entries.items())
     path = tmp_path / "latency.json"
     table.save(path)
     assert bench.load_table(path, host, db) == table
-    assert table.latency(keys[0]) == table.rows[0].median_s
+    assert table.latency(keys[0]) == table.entries[keys[0]]
     with pytest.raises(KeyError, match="not in the latency table"):
         table.latency(keys[0].with_bits(3))
     with pytest.raises(ValueError, match="measured on target"):

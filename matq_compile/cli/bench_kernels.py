@@ -28,7 +28,7 @@ def run(args) -> int:
     out = args.out or db_dir / "latency.json"
     table.save(out)
     print(f"{'kernel':<52} {'median_us':>10} {'GB/s':>7}")
-    for row in table.rows:
-        print(f"{row.key:<52} {row.median_s * 1e6:>10.1f} {row.gbps:>7.2f}")
+    for key, median in table.entries.items():
+        print(f"{key.name:<52} {median * 1e6:>10.1f} {table.stats[key]['gbps']:>7.2f}")
     log.info("wrote %s", out)
     return 0

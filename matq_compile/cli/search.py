@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-from pathlib import Path
 
 log = logging.getLogger(__name__)
 
@@ -46,27 +45,30 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from matq_compile.ckpt import load_checkpoint
-    from matq_compile.cli import search_steps
-    from matq_compile.search.budget import parse_budget
-    from matq_compile.search.tables import ByteModel, build_table, parse_levels
+def options(args: argparse.Namespace):
+    """The parsed arguments as the library's SearchOptions."""
+    from matq_compile.kl_fitness import RefineOptions, stage_tokens
+    from matq_compile.search.tables import parse_levels
+    from matq_compile.search_stage import SearchOptions
 
-    levels = parse_levels(args.levels)
+    refine = RefineOptions(args.refine_generations, args.refine_offspring, stage_tokens(args.refine_tokens),
+                           args.refine_seq_len, args.model, args.calibration, args.seed)
+    return SearchOptions(parse_levels(args.levels), args.proxy, args.ties, args.target, args.db_dir,
+                         args.latency_table, not args.no_measure, args.m_bucket, seed=args.seed, refine=refine)
+
+
+def run(args: argparse.Namespace) -> int:
+    from matq_compile import search_stage
+    from matq_compile.ckpt import load_checkpoint
+    from matq_compile.search.budget import parse_budget
+
+    opts = options(args)
     budgets = [parse_budget(b) for b in args.budget]
     if not budgets and args.sweep == 0:
         raise ValueError("give at least one --budget, or --sweep N")
     ckpt = load_checkpoint(args.checkpoint)
-    needs_latency = args.target is not None or any(b.kind == "latency" for b in budgets) or (
-        args.sweep and args.sweep_kind == "latency")
-    latency = search_steps.latency_for(ckpt, levels, args) if needs_latency else None
-    table = build_table(ckpt.sensitivity, levels, latency=latency, m_bucket=args.m_bucket, proxy=args.proxy,
-                        byte_model=ByteModel(act_order=bool(ckpt.spec.act_order)), layer_names=ckpt.layer_names,
-                        fuse_siblings=not ckpt.spec.act_order)  # act-order sets stay separate kernels
-    fitness = search_steps.kl_fitness(ckpt, args) if args.refine_generations > 0 else None
-    out = Path(args.out)
     if args.sweep:
-        search_steps.run_sweep(table, budgets, ckpt, latency, fitness, args, out)
+        search_stage.search_front(ckpt, args.sweep, args.sweep_kind, budgets, opts, args.out)
     else:
-        search_steps.run_single(table, budgets, ckpt, latency, fitness, args, out)
+        search_stage.search_plan(ckpt, budgets, opts, args.out)
     return 0

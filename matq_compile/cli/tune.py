@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from pathlib import Path
 
@@ -34,43 +33,31 @@ def add_key_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
 
 
-def checkpoint_shapes(ckpt: Path) -> list[tuple[int, int, int]]:
-    """(N, K, group) of every quantized layer in a checkpoint's matq_config.json and of its fused sibling sets
-    (deduplicated, ordered)."""
-    cfg_path = ckpt / "matq_config.json"
-    if not cfg_path.exists():
-        raise FileNotFoundError(f"{cfg_path} not found (not a matq checkpoint?)")
-    layers = json.loads(cfg_path.read_text()).get("layers")
-    if not layers:
-        raise ValueError(f"{cfg_path} lists no quantized layers")
-    from matq_compile.search.tables import LayerInfo, fused_sets
-
-    infos = []
-    for layer in layers:
-        n, k = (int(v) for v in layer["shape"])
-        g = int(layer.get("group_size", -1))
-        infos.append(LayerInfo(str(layer.get("name", "")), n, k, -1 if g in (-1, k) else g))
-    out = {(la.out_features, la.in_features, la.group): None for la in infos}
-    if not any(layer.get("perm") for layer in layers):  # act-order layers are never fused
-        out.update(dict.fromkeys(fused_sets(infos).values()))  # the fused q/k/v and gate/up kernels the compiler runs
-    return list(out)
-
-
 def keys_from_args(args) -> list:
+    """The kernels to tune or time: every kernel a plan over --bits may compile for the checkpoint (its kernel
+    units: each layer's own kernel and the fused sibling kernels), then each --shape."""
+    from dataclasses import replace
+
+    from matq_compile.kernel_units import kernel_keys
     from matq_compile.layout import KernelKey
 
-    shapes = checkpoint_shapes(args.checkpoint) if args.checkpoint else []
+    bits = [int(b) for b in args.bits.split(",")]
+    ms = [int(m) for m in args.m_buckets.split(",")]
+    keys = []
+    if args.checkpoint:
+        from matq_compile.ckpt import read_linear_slices
+
+        slices = {n: replace(sl, dtype=args.dtype) for n, sl in read_linear_slices(args.checkpoint).items()}
+        keys = kernel_keys(slices, bits, ms)
     for s in args.shape:
         try:
             n, k = (int(v) for v in s.lower().split("x"))
         except ValueError as e:
             raise ValueError(f"--shape must look like 576x1536 (N x K), got {s!r}") from e
-        shapes.append((n, k, args.group))
-    if not shapes:
+        keys += [KernelKey(n, k, b, args.group, m, args.dtype) for m in ms for b in bits]
+    if not keys:
         raise ValueError("give --checkpoint or at least one --shape")
-    bits = [int(b) for b in args.bits.split(",")]
-    ms = [int(m) for m in args.m_buckets.split(",")]
-    return [KernelKey(n, k, b, g, m, args.dtype) for n, k, g in shapes for m in ms for b in bits]
+    return list(dict.fromkeys(keys))
 
 
 def run(args) -> int:

@@ -85,12 +85,15 @@ class LlamaConfig:
 
 def _kernels(c: LlamaConfig, gpu: bool) -> dict[str, Any]:
     """The Llama TIR kernels, parsed once per model (TVMScript parsing costs ~0.1 s per function)."""
+    from matq_compile.lower.kernels import hand_scheduled
+
     dims = (c.num_layers, c.num_kv_heads, c.head_dim, c.max_seq_len)
-    return {"rope_table": lk.rope_table_func(c.head_dim, c.rope_theta, gpu), "rope": lk.rope_func(c.head_dim, gpu),
-            "k_write": lk.k_write_func(*dims, gpu=gpu),
-            "v_write": lk.v_write_func(*dims, gpu=gpu), "select_row": lk.select_row_func(c.hidden_size, gpu),
-            "attention": lk.attention_func(c.num_layers, c.num_heads, c.num_kv_heads, c.head_dim, c.max_seq_len,
-                                           gpu)}
+    funcs = {"rope_table": lk.rope_table_func(c.head_dim, c.rope_theta, gpu), "rope": lk.rope_func(c.head_dim, gpu),
+             "k_write": lk.k_write_func(*dims, gpu=gpu),
+             "v_write": lk.v_write_func(*dims, gpu=gpu), "select_row": lk.select_row_func(c.hidden_size, gpu),
+             "attention": lk.attention_func(c.num_layers, c.num_heads, c.num_kv_heads, c.head_dim, c.max_seq_len,
+                                            gpu)}
+    return {name: hand_scheduled(f) for name, f in funcs.items()}
 
 
 class _Attention(nn.Module):

@@ -26,7 +26,13 @@ from matq_compile import layout
 from matq_compile._tvm import i64, te, tirx
 
 ACC_DTYPE = "float32"
-KEY_ATTR = "matq.kernel_key"
+KEY_ATTR = "matq.kernel_key"  # on every bit-slice kernel: its KernelKey name (the database replay reads it)
+HAND_ATTR = "matq.hand_scheduled"  # on every kernel written already scheduled (Llama kernels, the dense head)
+
+
+def hand_scheduled(func: tirx.PrimFunc) -> tirx.PrimFunc:
+    """Mark a kernel that is scheduled where it is written: ScheduleKernels seals it against fusion and dlight."""
+    return func.with_attr(HAND_ATTR, True)
 
 
 def _code(P: te.Tensor, n, k, bits: int) -> tirx.PrimExpr:

@@ -1,8 +1,9 @@
 """The matq compilation pipeline: one Sequential in named phases, with an optional IR dump after each phase.
 
-    1 lower-linears     sibling linears (q/k/v, gate/up) with equal kernels fused into one; quantized linears ->
-                        call_tir of their slice's bit-slice kernel (packed weights as params; for imported ONNX
-                        graphs: constant-weight MatMuls quantized in-process, packed constants)
+    1 lower-linears     the kernel units of kernel_units.py: sibling linears (q/k/v, gate/up) with equal kernels
+                        fused into one; quantized linears -> call_tir of their unit's bit-slice kernel (packed
+                        weights as params; for imported ONNX graphs: constant-weight MatMuls quantized
+                        in-process, packed constants)
     2 lower-head        CPU only: remaining float linears (the LM head) -> parallel vectorised GEMV kernel
     3 schedule-kernels  tuned database replayed onto every matq kernel (error on a miss unless allow_untuned);
                         hand-scheduled kernels sealed against fusion and dlight
@@ -13,11 +14,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, NamedTuple
 
 from matq_compile._tvm import tvm
-from matq_compile.lower.passes import (dump_ir, fusable_sets, fuse_sibling_linears, fused_slices, lower_dense_linear,
-                                      lower_matq_linear, schedule_kernels)
-from matq_compile.lower.passes.lower_matq_linear import LinearSlice
+from matq_compile.kernel_units import LinearSlice, kernel_units
+from matq_compile.lower.params import ParamMap
+from matq_compile.lower.passes import (dump_ir, fuse_sibling_linears, lower_dense_linear, lower_matq_linear,
+                                      schedule_kernels)
 from tvm import relax
 
 
@@ -36,27 +39,29 @@ class PipelineOptions:
 Lowering = Mapping[str, LinearSlice] | list[tvm.transform.Pass]
 
 
-def phases(lowering: Lowering, spec, db_dir: str | Path | None,
-           opts: PipelineOptions) -> list[tuple[str, list[tvm.transform.Pass]]]:
-    """lowering: the checkpoint's {layer: LinearSlice} (LowerMatqLinear), or the phase-1 passes themselves."""
+def phases(lowering: Lowering, spec, db_dir: str | Path | None, opts: PipelineOptions,
+           params: ParamMap | None = None) -> list[tuple[str, list[tvm.transform.Pass]]]:
+    """lowering: the checkpoint's {layer: LinearSlice} (its kernel units are lowered), or the phase-1 passes
+    themselves. params: where the passes record the parameters they create."""
+    params = ParamMap() if params is None else params
     if isinstance(lowering, list):
         first = list(lowering)
     else:
-        sets = fusable_sets(lowering) if opts.fuse_siblings else {}
-        first = [fuse_sibling_linears(sets), lower_matq_linear(fused_slices(lowering, sets), spec.is_gpu)]
+        units = kernel_units(lowering, opts.fuse_siblings)
+        first = [fuse_sibling_linears(units, params), lower_matq_linear(units, spec.is_gpu, params)]
     return [
         ("lower-linears", first),
-        ("lower-head", [] if spec.is_gpu else [lower_dense_linear(opts.head_dtype)]),
+        ("lower-head", [] if spec.is_gpu else [lower_dense_linear(opts.head_dtype, params)]),
         ("schedule-kernels", [schedule_kernels(spec, db_dir, opts.allow_untuned)]),
         ("tvm-default", [relax.pipeline.get_default_pipeline(spec.to_tvm())]),
     ]
 
 
-def matq_pipeline(slices: Lowering, spec, db_dir: str | Path | None,
-                  opts: PipelineOptions = PipelineOptions(), stop_before: str | None = None) -> tvm.transform.Pass:
+def matq_pipeline(slices: Lowering, spec, db_dir: str | Path | None, opts: PipelineOptions = PipelineOptions(),
+                  stop_before: str | None = None, params: ParamMap | None = None) -> tvm.transform.Pass:
     """The phases as one Sequential (up to, not including, phase `stop_before` when given)."""
     seq: list[tvm.transform.Pass] = []
-    for i, (name, passes) in enumerate(phases(slices, spec, db_dir, opts)):
+    for i, (name, passes) in enumerate(phases(slices, spec, db_dir, opts, params)):
         if name == stop_before:
             break
         seq.extend(passes)
@@ -79,13 +84,23 @@ def weight_params(mod: tvm.IRModule) -> list:
     return [] if found is None else found[0]  # no num_input: every input is an activation (imported graphs)
 
 
+class Compiled(NamedTuple):
+    """A compiled module: the VM executable, its weight parameters in signature order, and how each parameter's
+    array is made from the checkpoint."""
+
+    executable: Any  # relax.VMExecutable
+    params: list  # relax.Var
+    param_map: ParamMap
+
+
 def compile_module(mod: tvm.IRModule, slices: Lowering, spec, db_dir: str | Path | None,
-                   opts: PipelineOptions = PipelineOptions()) -> tuple:
-    """Relax module of the float model -> (relax.VMExecutable for spec's target, its weight parameters)."""
+                   opts: PipelineOptions = PipelineOptions()) -> Compiled:
+    """Relax module of the float model -> its executable for spec's target, weight parameters and parameter map."""
     target = spec.to_tvm()
+    param_map = ParamMap()
     last = phases(slices, spec, db_dir, opts)[-1][0]
     with target:
-        lowered = matq_pipeline(slices, spec, db_dir, opts, stop_before=last)(mod)
+        lowered = matq_pipeline(slices, spec, db_dir, opts, stop_before=last, params=param_map)(mod)
         params = weight_params(lowered)
         rest = tvm.transform.Sequential([p for _, ps in phases(slices, spec, db_dir, opts)[-1:] for p in ps])
-        return tvm.compile(lowered, target=target, relax_pipeline=rest), params
+        return Compiled(tvm.compile(lowered, target=target, relax_pipeline=rest), params, param_map)

@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import importlib.abc
-import json
 import logging
 import sys
 import time
@@ -66,16 +65,13 @@ def block_torch() -> bool:
 
 def read_manifest(build_dir: str | Path, verify: bool = True) -> dict[str, Any]:
     """manifest.json of a build, with the library and weights checked against their recorded sha256."""
+    from matq_compile.io_utils import read_json
+
     build_dir = Path(build_dir)
     path = build_dir / MANIFEST_NAME
     if not path.is_file():
         raise FileNotFoundError(f"{build_dir} is not a matq build: {MANIFEST_NAME} is missing")
-    try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"corrupt {path}: {e}") from None
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{path}: unknown format_version {manifest.get('format_version')!r}")
+    manifest = read_json(path, "build manifest", FORMAT_VERSION)
     for name, sha in manifest["files"].items():
         f = build_dir / name
         if not f.is_file():

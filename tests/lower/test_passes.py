@@ -161,7 +161,8 @@ def test_dense_head_kernel_numerics(rng, w_dtype):
     """The head GEMV against numpy float64 on the weight it actually reads (fp16 copy, int8 codes x row scale)."""
     from matq_compile import targets
     from matq_compile._tvm import tvm
-    from matq_compile.lower.passes import head_arrays, lower_dense_linear
+    from matq_compile.lower.params import ArraySource, ParamMap
+    from matq_compile.lower.passes import lower_dense_linear
     from matq_compile.lower.pipeline import weight_params
     from tvm import relax
     from tvm.relax.frontend import nn
@@ -175,11 +176,11 @@ def test_dense_head_kernel_numerics(rng, w_dtype):
 
     mod, _ = Head().export_tvm(spec={"forward": {"x": nn.spec.Tensor(["m", 72], "float32")}})
     mod = relax.transform.BindParams("forward", {})(mod)
-    low = lower_dense_linear(w_dtype)(mod)
+    pmap = ParamMap()
+    low = lower_dense_linear(w_dtype, pmap)(mod)
     names = [p.name for p in low["forward"].params[1:]]
     w = rng.standard_normal((333, 72)).astype(np.float32)
-    arrays = {"lm_head.weight": w}
-    args = [arrays[n] if n in arrays else head_arrays(n, arrays) for n in names]
+    args = [pmap.make(n, ArraySource({"lm_head.weight": w})) for n in names]
     ref_w = {"float32": w.astype(np.float64), "float16": w.astype(np.float16).astype(np.float64),
              "int8": args[0].astype(np.float64) * args[-1].astype(np.float64)[:, None]}[w_dtype]
     if w_dtype == "int8":
@@ -190,3 +191,24 @@ def test_dense_head_kernel_numerics(rng, w_dtype):
     y = relax.VirtualMachine(ex, dev)["forward"](*(tvm.runtime.tensor(a, dev) for a in [x, *args])).numpy()
     np.testing.assert_allclose(y, x.astype(np.float64) @ ref_w.T, rtol=1e-5, atol=1e-4)
     assert [v.name for v in weight_params(low)] == names  # the weights follow the num_input activations
+
+
+def test_hand_scheduled_kernels_are_sealed_by_attribute_not_name(tiny_llama):
+    """A kernel marked hand-scheduled is sealed whatever it is called; an unmarked one is not, even if its name
+    looks like a Llama kernel's."""
+    from matq_compile import targets
+    from matq_compile.lower.kernels import HAND_ATTR, hand_scheduled
+    from matq_compile.lower.passes import schedule_kernels
+    from tvm import te, tirx
+
+    def copy(name: str) -> tirx.PrimFunc:
+        x = te.placeholder((8,), "float32", name="x")
+        return te.create_prim_func([x, te.compute((8,), lambda i: x[i], name="y")]).with_attr("global_symbol", name)
+
+    _, mod = _graph(tiny_llama)
+    mod["renamed_attention"] = hand_scheduled(copy("renamed_attention"))
+    mod["rope_lookalike"] = copy("rope_lookalike")
+    out = schedule_kernels(targets.load("host"), None, allow_untuned=True)(mod)
+    sealed = out["renamed_attention"].attrs
+    assert bool(sealed[HAND_ATTR]) and int(sealed["op_pattern"]) == 8 and bool(sealed["tirx.is_scheduled"])
+    assert "tirx.is_scheduled" not in (out["rope_lookalike"].attrs or {})

@@ -1,13 +1,18 @@
-"""Sibling sets (siblings.py) and the fusion helpers of FuseSiblingLinears: which sets fuse, and the stacked
-arrays of a fused layer against a numpy reference."""
+"""Sibling sets (siblings.py), the kernel units every stage takes from kernel_units.py (which sets fuse), and the
+stacked arrays of a fused layer (the parameter map's PackedPart) against a numpy reference."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
 from matq_compile import layout
-from matq_compile.lower.passes import LinearSlice, fusable_sets, fused_arrays, fused_slices
+from matq_compile.kernel_units import LinearSlice, kernel_units
+from matq_compile.lower.params import ArraySource, PackedPart
 from matq_compile.siblings import members_of, sibling_key, sibling_sets
+
+
+def fusable_sets(slices) -> dict[str, tuple[str, ...]]:
+    return {u.name: u.members for u in kernel_units(slices) if u.fused}
 
 ATTN = "model.layers.3.self_attn."
 MLP = "model.layers.3.mlp."
@@ -40,10 +45,10 @@ def test_fusable_sets_need_one_kernel():
 
 
 def test_fused_slices_stack_rows():
-    sets = fusable_sets(_slices())
-    out = fused_slices(_slices(), sets)
+    out = {u.name: u.slice for u in kernel_units(_slices())}
     assert set(out) == {ATTN + "qkv_proj", MLP + "gate_up_proj", MLP + "down_proj"}
     assert out[ATTN + "qkv_proj"] == LinearSlice(96, 64, 4, 32)
+    assert {u.name for u in kernel_units(_slices(), fuse_siblings=False)} == set(_slices())
 
 
 def test_fused_arrays_are_member_rows_stacked(rng):
@@ -53,23 +58,25 @@ def test_fused_arrays_are_member_rows_stacked(rng):
                                    (rng.random((sl.N, sl.K // sl.group)) * 0.01).astype(np.float16), None, sl.bits,
                                    group=sl.group)
         arrays.update({f"{name}.{k}": v for k, v in packed.items()})
+    (qkv,) = [u for u in kernel_units(_slices()) if u.name == ATTN + "qkv_proj"]
     for suffix in ("P", "S", "Z"):
-        got = fused_arrays(f"{ATTN}qkv_proj.{suffix}", arrays)
+        got = PackedPart(qkv.members, 4, 32, suffix).make(ArraySource(arrays))
         want = np.vstack([arrays[f"{ATTN}{m}.{suffix}"] for m in ("q_proj", "k_proj", "v_proj")])
         np.testing.assert_array_equal(got, want)
-    assert fused_arrays(ATTN + "o_proj.P", arrays) is None
+    with pytest.raises(KeyError):
+        PackedPart((ATTN + "o_proj",), 4, 32, "P").make(ArraySource(arrays))
 
 
 @pytest.mark.parametrize("perm", [False, True])
-def test_tune_shapes_of_a_checkpoint_include_fused_kernels(tmp_path, perm):
-    import json
-
-    from matq_compile.cli.tune import checkpoint_shapes
+def test_tune_shapes_of_a_checkpoint_include_fused_kernels(perm):
+    from matq_compile.ckpt import linear_slices
+    from matq_compile.kernel_units import kernel_keys
 
     layers = [{"name": n, "shape": [sl.N, sl.K], "group_size": 32, "perm": perm} for n, sl in _slices().items()]
-    (tmp_path / "matq_config.json").write_text(json.dumps({"layers": layers}))
+    keys = kernel_keys(linear_slices({"layers": layers}, 4), [4], [1])
+    shapes = list(dict.fromkeys((k.N, k.K, k.group) for k in keys))
     own = [(64, 64, 32), (16, 64, 32), (96, 64, 32), (64, 96, 32)]
-    assert checkpoint_shapes(tmp_path) == own + ([] if perm else [(192, 64, 32)])  # q/k/v stack to 96 = gate's
+    assert shapes == own + ([] if perm else [(192, 64, 32)])  # q/k/v stack to 96 = gate's
 
 
 def _attention_inputs(extra_use: bool):
@@ -95,8 +102,14 @@ def test_pass_stacks_the_weights_and_refuses_other_reads(rng):
     from matq_compile.lower.passes import fuse_sibling_linears
     from tvm import relax
 
-    sets = {ATTN + "qkv_proj": tuple(ATTN + m for m in ("q_proj", "k_proj", "v_proj"))}
-    mod = fuse_sibling_linears(sets)(_attention_inputs(False))
+    from matq_compile.lower.params import ParamMap, SourceTensor, StackedRows
+
+    sets = [u for u in kernel_units({ATTN + m: LinearSlice(n, 64, 4, 32) for m, n in
+                                     (("q_proj", 64), ("k_proj", 16), ("v_proj", 16))})]
+    pmap = ParamMap()
+    mod = fuse_sibling_linears(sets, pmap)(_attention_inputs(False))
+    assert pmap.recipe(ATTN + "qkv_proj.weight") == StackedRows(tuple(
+        SourceTensor(f"{ATTN}{m}.weight") for m in ("q_proj", "k_proj", "v_proj")))
     params = [(p.name, tuple(int(s) for s in p.ty.shape)) for p in mod["main"].params]
     assert params == [("x", (1, 64)), (ATTN + "qkv_proj.weight", (96, 64))]
     assert mod.script().count("R.matmul") == 1 and "R.split" in mod.script()

@@ -28,8 +28,8 @@ def synthetic_latency(rng: np.random.Generator, sens: dict, levels=(2, 3, 4, 6, 
                       target: str = "llvm-test", db_hash: str = "d" * 64) -> LatencyTable:
     """Every kernel the model needs, the fused sibling kernels included."""
     entries = {}
-    for n, k, g, m, b in latency_keys(layers_from_sensitivity(sens), levels, m_bucket):
-        entries[(n, k, g, m, b)] = float(1e-6 * (2 + n * k * b / 4096) * rng.uniform(0.8, 1.2))
+    for key in latency_keys(layers_from_sensitivity(sens), levels, m_bucket):
+        entries[key] = float(1e-6 * (2 + key.N * key.K * key.bits / 4096) * rng.uniform(0.8, 1.2))
     return LatencyTable(target, "0.27.0", db_hash, entries)
 
 

@@ -65,14 +65,16 @@ def test_cli_errors(tiny_search_ckpt, tmp_path, caplog):
 
 
 def _bench_table(ck, spec, db_dir, drop: int = 0):
-    """A bench-format latency table for the checkpoint's kernels (synthetic times: bits x shape)."""
-    from matq_compile import bench, layout, tune
+    """A latency table for the checkpoint's kernels (synthetic times: bits x shape), as bench writes it."""
+    from matq_compile import tune
+    from matq_compile.search.latency import LatencyTable
     from matq_compile.search.tables import latency_keys, layers_from_sensitivity
 
     layers = layers_from_sensitivity(ck.sensitivity, ck.layer_names)
-    rows = [bench.Row(layout.KernelKey(n, k, b, g, m).name, 1e-6 * (1 + n * k * b / 2**14), 1e-6, 1.0)
-            for n, k, g, m, b in latency_keys(layers, (2, 3, 4, 6, 8), 1)]
-    return bench.LatencyTable(spec.name, "0.27.0", tune.database_hash(db_dir), tuple(rows[drop:]))
+    keys = latency_keys(layers, (2, 3, 4, 6, 8), 1)[drop:]
+    entries = {k: 1e-6 * (1 + k.N * k.K * k.bits / 2**14) for k in keys}
+    return LatencyTable(spec.name, "0.27.0", tune.database_hash(db_dir), entries,
+                        {k: {"min_s": 1e-6, "gbps": 1.0} for k in keys})
 
 
 def test_latency_budget_through_bench_table(tiny_search_ckpt, tmp_path, caplog):

@@ -33,7 +33,7 @@ def brute_force(table: SearchTable, budgets: list[Budget], ties: str) -> tuple[f
     n, b = table.proxy.shape
     combos = np.array(list(itertools.product(range(b), repeat=n)))  # [C, n]
     ok = np.ones(len(combos), dtype=bool)
-    for group in tie_groups(table.names, ties):
+    for group in tie_groups(table.layers, ties):
         for i in group[1:]:
             ok &= combos[:, i] == combos[:, group[0]]
     rows = np.arange(n)
@@ -109,7 +109,7 @@ def test_tied_layers_stay_tied(make_table):
 def test_infeasible_budget_names_smallest_value(make_table):
     table = make_table(seed=6, n_blocks=2)
     # with ties the cheapest choice is per fused group (summed latency), not per layer
-    groups = tie_groups(table.names, "fused")
+    groups = tie_groups(table.layers, "fused")
     cheapest = float(sum(table.latency_s[list(g)].sum(axis=0).min() for g in groups))
     with pytest.raises(ValueError, match="smallest feasible latency is") as err:
         solve(table, [Budget("latency", cheapest * 0.9)])

@@ -1,8 +1,9 @@
 """FuseSiblingLinears: q/k/v (and gate/up) of a block become one linear over their stacked weights, then a split.
 
-Runs on the float graph before LowerMatqLinear. For each fusable set (siblings.sibling_sets, members with equal K,
-bits, group and dtype, no act-order), the member weight parameters are replaced, in place in the signature, by one
-`<fused>.weight` [sum N, K] (e.g. `model.layers.0.self_attn.qkv_proj.weight`), and
+Runs on the float graph before LowerMatqLinear. For each fused kernel unit (kernel_units.kernel_units decides which
+sets fuse), the member weight parameters are replaced, in place in the signature, by one `<fused>.weight`
+[sum N, K] (e.g. `model.layers.0.self_attn.qkv_proj.weight`, recorded in the parameter map as the members' rows
+stacked), and
 
     y_q = matmul(x, permute_dims(W_q)), y_k = ..., y_v = ...
  -> y = matmul(x, permute_dims(W_qkv)); (y_q, y_k, y_v) = split(y, [N_q, N_q + N_k], axis=-1)
@@ -10,57 +11,28 @@ bits, group and dtype, no act-order), the member weight parameters are replaced,
 (biases stay separate adds after the split), so LowerMatqLinear emits one bit-slice kernel call instead of three:
 at M = 1 on SmolLM2's narrow layers the fixed cost of a kernel call (the parallel launch, the per-row reduction
 tail) is a large part of its time.
-The packed arrays of a fused layer are its members' rows stacked (fused_arrays), exact by construction: the
-packed layout, scales and zeros are all per output row.
+The packed arrays of a fused layer are its members' rows stacked (lower/params.PackedPart), exact by
+construction: the packed layout, scales and zeros are all per output row.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Sequence
 
 import numpy as np
 
 from matq_compile._tvm import tvm
+from matq_compile.kernel_units import KernelUnit
+from matq_compile.lower.params import ParamMap, StackedRows
 from matq_compile.lower.passes._rewrite import linear_operands, rewrite_relax_functions
-from matq_compile.lower.passes.lower_matq_linear import LinearSlice
-from matq_compile.siblings import members_of, sibling_key, sibling_sets
 from tvm import relax
-
-
-def fusable_sets(slices: Mapping[str, LinearSlice]) -> dict[str, tuple[str, ...]]:
-    """{fused name: members} for the complete sibling sets whose kernels can be one (same K, bits, group, dtype)."""
-    out = {}
-    for fused, members in sibling_sets(list(slices)).items():
-        kinds = {(slices[m].K, slices[m].bits, slices[m].group, slices[m].dtype, slices[m].act_order)
-                 for m in members}
-        if len(kinds) == 1 and not next(iter(kinds))[4]:  # act-order members may each have their own perm
-            out[fused] = members
-    return out
-
-
-def fused_slices(slices: Mapping[str, LinearSlice], sets: Mapping[str, tuple[str, ...]]) -> dict[str, LinearSlice]:
-    """`slices` with each set's members replaced by one slice of the stacked rows."""
-    out = {name: sl for name, sl in slices.items() if sibling_key(name) not in sets}
-    for fused, members in sets.items():
-        first = slices[members[0]]
-        out[fused] = LinearSlice(sum(slices[m].N for m in members), first.K, first.bits, first.group, False,
-                                 first.dtype)
-    return out
-
-
-def fused_arrays(name: str, arrays: Mapping[str, np.ndarray]) -> np.ndarray | None:
-    """The array of a fused parameter `<fused>.<suffix>`: the members' arrays stacked by rows (None: not fused)."""
-    layer, _, suffix = name.rpartition(".")
-    members = members_of(layer)
-    parts = [arrays.get(f"{m}.{suffix}") for m in members or ()]
-    return None if not parts or any(p is None for p in parts) else np.concatenate(parts, axis=0)
 
 
 @relax.expr_functor.mutator
 class _Rewriter(relax.PyExprMutator):
-    def __init__(self, mod: tvm.IRModule, sets: Mapping[str, tuple[str, ...]]) -> None:
+    def __init__(self, mod: tvm.IRModule, sets: dict[str, tuple[str, ...]], params: ParamMap) -> None:
         super().__init__(mod)
         self.set_of = {f"{m}.weight": fused for fused, members in sets.items() for m in members}
-        self.sets = sets
+        self.sets, self.param_map = sets, params
         self.weights: dict[str, relax.Var] = {}  # fused name -> its weight parameter in the function
         self.rows: dict[str, int] = {}  # member weight name -> its rows
         self.parts: dict[tuple[relax.Expr, str], relax.Expr] = {}  # (input, fused) -> split outputs
@@ -99,19 +71,22 @@ class _Rewriter(relax.PyExprMutator):
             self.rows.update({n: s[0] for n, s in zip(names, shapes)})
             self.weights[fused] = relax.Var(f"{fused}.weight", relax.TensorType(
                 (sum(s[0] for s in shapes), shapes[0][1]), by_name[names[0]].ty.dtype))
+            self.param_map.add(f"{fused}.weight", StackedRows(tuple(self.param_map.recipe(n) for n in names)))
             params.append(self.weights[fused])
         body = self.visit_expr(func)
         return relax.Function(params, body.body, body.ret_ty, func.is_pure, func.attrs)
 
 
-def fuse_sibling_linears(sets: Mapping[str, tuple[str, ...]]) -> tvm.transform.Pass:
-    """Module pass fusing each set of `sets` ({fused name: members}, see fusable_sets) in every function whose
-    parameters hold its members' weights. ValueError: only some members' weights are parameters, or a member
-    weight is read other than by a linear."""
+def fuse_sibling_linears(units: Sequence[KernelUnit], params: ParamMap | None = None) -> tvm.transform.Pass:
+    """Module pass fusing each fused unit of `units` (others are ignored) in every function whose parameters hold
+    its members' weights; the fused weights are recorded in `params`. ValueError: only some members' weights are
+    parameters, or a member weight is read other than by a linear."""
+    sets = {u.name: u.members for u in units if u.fused}
+    params = ParamMap() if params is None else params
 
     @tvm.transform.module_pass(opt_level=0, name="FuseSiblingLinears")
     def _pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        rw = _Rewriter(mod, sets)
+        rw = _Rewriter(mod, sets, params)
         new = relax.transform.DeadCodeElimination()(rewrite_relax_functions(mod, rw.builder_, rw.rewrite))
         for gv, func in new.functions_items():
             if isinstance(func, relax.Function):

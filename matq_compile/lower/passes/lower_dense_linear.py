@@ -3,17 +3,18 @@
 The llvm default pipeline leaves a legalized matmul unscheduled (one thread, scalar); for the LM head of a small
 model (SmolLM2: 49152 x 576) that alone would cost more than every quantized linear together. With
 `w_dtype="float16"` the head reads a float16 copy of its weight (a new parameter `<weight>.float16`), with
-"int8" per-row symmetric int8 codes `<weight>.int8` and scales `<weight>.scale` (head_arrays fills both at
-export): 1/2 and 1/4 of the largest single read per token. float32 keeps the head identical to the reference.
+"int8" per-row symmetric int8 codes `<weight>.int8` and scales `<weight>.scale` (recorded in the parameter map
+as lower/params.Float16Copy / Int8Rows of the float weight): 1/2 and 1/4 of the largest single read per token.
+float32 keeps the head identical to the reference.
 CUDA builds skip this pass: the default CUDA pipeline schedules the matmul with dlight.
 """
 from __future__ import annotations
 
-import numpy as np
-
 from matq_compile._tvm import tvm
+from matq_compile.lower.params import Float16Copy, Int8Rows, ParamMap
 from matq_compile.lower.passes._rewrite import linear_operands, rewrite_relax_functions
 from matq_compile.lower import llama_kernels as lk
+from matq_compile.lower.kernels import hand_scheduled
 from tvm import relax
 
 W_DTYPES = ("float32", "float16", "int8")
@@ -24,24 +25,11 @@ def head_param_name(weight: str, w_dtype: str) -> str:
     return weight if w_dtype == "float32" else f"{weight}.{w_dtype}"
 
 
-def head_arrays(name: str, arrays: dict[str, np.ndarray]) -> np.ndarray | None:
-    """The array of a head parameter derived from a float weight in `arrays` (None: not a derived name)."""
-    base, _, kind = name.rpartition(".")
-    if kind not in ("float16", "int8", "scale") or base not in arrays:
-        return None
-    w = arrays[base].astype(np.float32)
-    if kind == "float16":
-        return w.astype(np.float16)
-    amax = np.abs(w).max(axis=1)
-    s = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
-    return s if kind == "scale" else np.clip(np.round(w / s[:, None]), -127, 127).astype(np.int8)
-
-
 @relax.expr_functor.mutator
 class _Rewriter(relax.PyExprMutator):
-    def __init__(self, mod: tvm.IRModule, w_dtype: str) -> None:
+    def __init__(self, mod: tvm.IRModule, w_dtype: str, params: ParamMap) -> None:
         super().__init__(mod)
-        self.w_dtype = w_dtype
+        self.w_dtype, self.param_map = w_dtype, params
         self.kernels: dict[str, tvm.ir.GlobalVar] = {}
         self.params: dict[str, list[relax.Var]] = {}  # float weight name -> the parameters the kernel reads
 
@@ -56,16 +44,21 @@ class _Rewriter(relax.PyExprMutator):
         N, K = (int(s) for s in src.ty.shape)
         name = f"dense_n{N}_k{K}_{self.w_dtype}"
         if name not in self.kernels:
-            self.kernels[name] = self.builder_.add_func(lk.dense_func(N, K, self.w_dtype), name)
+            self.kernels[name] = self.builder_.add_func(hand_scheduled(lk.dense_func(N, K, self.w_dtype)), name)
         return relax.call_tir(self.kernels[name], [x, *self.params[src.name]],
                               out_ty=relax.TensorType((x.ty.shape[0], N), "float32"))
 
     def _head_params(self, p: relax.Var) -> list[relax.Var]:
         if self.w_dtype == "float32":
             return [p]
+        of = self.param_map.recipe(p.name)
         new = [relax.Var(head_param_name(p.name, self.w_dtype), relax.TensorType(p.ty.shape, self.w_dtype))]
         if self.w_dtype == "int8":
             new.append(relax.Var(f"{p.name}.scale", relax.TensorType((p.ty.shape[0],), "float32")))
+            self.param_map.add(new[0].name, Int8Rows(of, "codes"))
+            self.param_map.add(new[1].name, Int8Rows(of, "scale"))
+        else:
+            self.param_map.add(new[0].name, Float16Copy(of))
         return new
 
     def rewrite(self, func: relax.Function) -> relax.Function:
@@ -80,14 +73,16 @@ class _Rewriter(relax.PyExprMutator):
         return relax.Function(list(func.params) + extra, body.body, body.ret_ty, func.is_pure, func.attrs)
 
 
-def lower_dense_linear(w_dtype: str = "float32") -> tvm.transform.Pass:
-    """Module pass: every matmul(x, permute_dims(<float param>.weight)) -> call_tir(dense kernel)."""
+def lower_dense_linear(w_dtype: str = "float32", params: ParamMap | None = None) -> tvm.transform.Pass:
+    """Module pass: every matmul(x, permute_dims(<float param>.weight)) -> call_tir(dense kernel); derived
+    weight parameters are recorded in `params`."""
     if w_dtype not in W_DTYPES:
         raise ValueError(f"head weight dtype must be one of {W_DTYPES}, got {w_dtype!r}")
+    params = ParamMap() if params is None else params
 
     @tvm.transform.module_pass(opt_level=0, name="LowerDenseLinear")
     def _pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        rw = _Rewriter(mod, w_dtype)
+        rw = _Rewriter(mod, w_dtype, params)
         new = rewrite_relax_functions(mod, rw.builder_, rw.rewrite)
         return _prune_weights(relax.transform.DeadCodeElimination()(new))
 

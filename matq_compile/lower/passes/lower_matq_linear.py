@@ -1,43 +1,24 @@
 """LowerMatqLinear: rewrite each quantized linear into a call_tir of its slice's bit-slice kernel.
 
 Matches `matmul(x, permute_dims(W))` (relax.frontend.nn Linear) where W is the function parameter named
-`<layer>.weight` of a layer in the allocation. The float weight parameter is replaced, in place in the
-signature, by the packed arguments of that layer's slice (layout.pack_slice): `<layer>.P`, `<layer>.S`,
-`<layer>.Z`, and `<layer>.perm` for act-order checkpoints, where the kernel reads `take(x, perm, axis=1)`.
+`<layer>.weight` of a kernel unit (a layer, or a fused sibling set: kernel_units.py). The float weight parameter is
+replaced, in place in the signature, by the packed arguments of that unit's slice (layout.pack_slice):
+`<layer>.P`, `<layer>.S`, `<layer>.Z`, and `<layer>.perm` for act-order checkpoints, where the kernel reads
+`take(x, perm, axis=1)`; each is recorded in the parameter map (lower/params.PackedPart).
 Weights stay parameters (shipped as safetensors), so one compiled library serves any checkpoint of the same
 shapes and plan. The batch M picks the kernel: a tuned static bucket (layout.M_BUCKETS) or the dynamic-M kernel.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 
 from matq_compile import layout
 from matq_compile._tvm import tirx, tvm
-from matq_compile.lower.passes._rewrite import linear_operands, rewrite_relax_functions
+from matq_compile.kernel_units import KernelUnit, LinearSlice, kernel_units
 from matq_compile.lower.kernels import linear_func
+from matq_compile.lower.params import PackedPart, ParamMap
+from matq_compile.lower.passes._rewrite import linear_operands, rewrite_relax_functions
 from tvm import relax
-
-@dataclass(frozen=True)
-class LinearSlice:
-    """What the rewrite of one layer needs: its weight shape [N, K], slice bits, group and act-order."""
-
-    N: int
-    K: int
-    bits: int
-    group: int = -1
-    act_order: bool = False
-    dtype: str = "float32"
-
-    def key(self, m_bucket: int | None) -> layout.KernelKey:
-        return layout.KernelKey(self.N, self.K, self.bits, self.group, m_bucket, self.dtype)
-
-    def arg_types(self) -> list[tuple[str, tuple[int, ...], str]]:
-        """(suffix, shape, dtype) of the packed parameters, in signature order."""
-        k = self.key(1)
-        out = [("P", (self.N, k.words_per_row), "uint32"), ("S", (self.N, k.n_groups), layout.SCALE_DTYPE),
-               ("Z", (self.N, k.n_groups), layout.SCALE_DTYPE)]
-        return out + ([("perm", (self.K,), "int32")] if self.act_order else [])
 
 
 def packed_names(layer: str, sl: LinearSlice) -> list[str]:
@@ -50,9 +31,11 @@ def _m_bucket(m: tirx.PrimExpr) -> int | None:
 
 @relax.expr_functor.mutator
 class _Rewriter(relax.PyExprMutator):
-    def __init__(self, mod: tvm.IRModule, slices: Mapping[str, LinearSlice], gpu: bool) -> None:
+    def __init__(self, mod: tvm.IRModule, units: Sequence[KernelUnit], gpu: bool, params: ParamMap) -> None:
         super().__init__(mod)
-        self.slices, self.gpu = slices, gpu
+        self.units = {u.name: u for u in units}
+        self.slices = {u.name: u.slice for u in units}
+        self.gpu, self.param_map = gpu, params
         self.kernels: dict[str, tvm.ir.GlobalVar] = {}
         self.packed: dict[str, list[relax.Var]] = {}  # layer -> new params of the function being rewritten
         self.rewritten: set[str] = set()
@@ -92,21 +75,27 @@ class _Rewriter(relax.PyExprMutator):
             if tuple(int(s) for s in p.ty.shape) != (sl.N, sl.K):
                 raise ValueError(f"{layer}: graph weight shape {p.ty.shape} != checkpoint [{sl.N}, {sl.K}]")
             new = [relax.Var(f"{layer}.{sfx}", relax.TensorType(shape, dt)) for sfx, shape, dt in sl.arg_types()]
+            unit = self.units[layer]
+            for v, (sfx, _, _) in zip(new, sl.arg_types()):
+                self.param_map.add(v.name, PackedPart(unit.members, sl.bits, sl.group, sfx))
             self.packed[layer] = new
             params.extend(new)
         body = self.visit_expr(func)
         return relax.Function(params, body.body, body.ret_ty, func.is_pure, func.attrs)
 
 
-def lower_matq_linear(slices: Mapping[str, LinearSlice], gpu: bool = False) -> tvm.transform.Pass:
-    """Module pass; every layer of `slices` must be found in at least one function (else ValueError).
-    gpu: emit the kernels' GPU form (lower/kernels.py)."""
+def lower_matq_linear(units: Sequence[KernelUnit] | Mapping[str, LinearSlice], gpu: bool = False,
+                      params: ParamMap | None = None) -> tvm.transform.Pass:
+    """Module pass; every unit (or, given {layer: slice}, every layer) must be found in at least one function
+    (else ValueError); the packed parameters are recorded in `params`. gpu: the kernels' GPU form."""
+    units = kernel_units(units, fuse_siblings=False) if isinstance(units, Mapping) else list(units)
+    params = ParamMap() if params is None else params
 
     @tvm.transform.module_pass(opt_level=0, name="LowerMatqLinear")
     def _pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        rw = _Rewriter(mod, slices, gpu)
+        rw = _Rewriter(mod, units, gpu, params)
         new = rewrite_relax_functions(mod, rw.builder_, rw.rewrite)
-        missing = sorted(set(slices) - rw.rewritten)
+        missing = sorted(set(rw.slices) - rw.rewritten)
         if missing:
             raise ValueError(f"quantized layers not found as linears in the graph: {missing[:5]}"
                              f"{' ...' if len(missing) > 5 else ''}")

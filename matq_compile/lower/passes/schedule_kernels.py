@@ -4,7 +4,9 @@ hand-scheduled kernels against later fusion and default scheduling.
 The database replay is `matq_compile.tune.apply_database` (trace replay onto each kernel's own function;
 a kernel without records is a ValueError naming it unless `allow_untuned`, which logs and uses the default rule).
 Sealing sets `op_pattern = kOpaque` (FuseOps must not merge a scheduled kernel into a new, unscheduled fused
-function) and `tirx.is_scheduled` (dlight on CUDA leaves it alone) on the matq kernels and on the Llama kernels.
+function) and `tirx.is_scheduled` (dlight on CUDA leaves it alone) on the matq kernels and on every kernel marked
+hand-scheduled where it was written (lower/kernels.hand_scheduled: the Llama kernels, the dense head): kernels are
+recognised by their attributes, never by name.
 """
 from __future__ import annotations
 
@@ -12,12 +14,11 @@ import logging
 from pathlib import Path
 
 from matq_compile._tvm import tirx, tvm
-from matq_compile.lower.kernels import KEY_ATTR
+from matq_compile.lower.kernels import HAND_ATTR, KEY_ATTR
 
 log = logging.getLogger(__name__)
 
 OPAQUE = 8  # relax OpPatternKind::kOpaque
-SEALED_PREFIXES = ("rope", "rope_table", "k_write", "v_write", "attention", "last_row", "select_row", "dense_")
 
 
 def _sealed(func: tirx.PrimFunc) -> tirx.PrimFunc:
@@ -41,7 +42,7 @@ def schedule_kernels(spec, db_dir: str | Path | None, allow_untuned: bool = Fals
                              f"or pass --allow-untuned")
         out = {}
         for gv, func in mod.functions_items():
-            if isinstance(func, tirx.PrimFunc) and (_is_matq(func) or gv.name_hint.startswith(SEALED_PREFIXES)):
+            if isinstance(func, tirx.PrimFunc) and (_is_matq(func) or _has(func, HAND_ATTR)):
                 func = _sealed(func)
             out[gv] = func
         return tvm.IRModule(out, attrs=mod.attrs)
@@ -49,5 +50,9 @@ def schedule_kernels(spec, db_dir: str | Path | None, allow_untuned: bool = Fals
     return _pass
 
 
+def _has(func: tirx.PrimFunc, attr: str) -> bool:
+    return func.attrs is not None and attr in func.attrs
+
+
 def _is_matq(func) -> bool:
-    return isinstance(func, tirx.PrimFunc) and func.attrs is not None and KEY_ATTR in func.attrs
+    return isinstance(func, tirx.PrimFunc) and _has(func, KEY_ATTR)

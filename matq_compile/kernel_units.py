@@ -1,0 +1,106 @@
+"""Which bit-slice kernels a compiled model runs: the one owner of that decision.
+
+A *kernel unit* is one kernel call per token: a single quantized linear, or a complete set of sibling linears
+(q/k/v of a block, gate/up of an MLP; siblings.py) fused into one GEMM over their stacked rows. The compiler's
+FuseSiblingLinears and LowerMatqLinear passes, the search's latency pricing, `matq tune --checkpoint` and the
+benchmarks all take their kernels from `kernel_units`, so a plan's predicted latency is the latency of exactly
+the kernels its build runs.
+
+A sibling set becomes one unit when fusion is on and its members agree on everything their one kernel is keyed
+by (K, bits, group, activation dtype) and none uses act-order (each member may have its own input permutation).
+Free of TVM and torch: the search imports it.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+
+from matq_compile import layout
+from matq_compile.siblings import sibling_key, sibling_sets
+
+
+@dataclass(frozen=True)
+class LinearSlice:
+    """One quantized linear as compiled: weight shape [N, K], slice bits, group (-1 = per channel), act-order,
+    activation dtype."""
+
+    N: int
+    K: int
+    bits: int
+    group: int = -1
+    act_order: bool = False
+    dtype: str = "float32"
+
+    def key(self, m_bucket: int | None) -> layout.KernelKey:
+        return layout.KernelKey(self.N, self.K, self.bits, self.group, m_bucket, self.dtype)
+
+    def arg_types(self) -> list[tuple[str, tuple[int, ...], str]]:
+        """(suffix, shape, dtype) of the packed parameters, in signature order."""
+        k = self.key(1)
+        out = [("P", (self.N, k.words_per_row), "uint32"), ("S", (self.N, k.n_groups), layout.SCALE_DTYPE),
+               ("Z", (self.N, k.n_groups), layout.SCALE_DTYPE)]
+        return out + ([("perm", (self.K,), "int32")] if self.act_order else [])
+
+
+@dataclass(frozen=True)
+class KernelUnit:
+    """One kernel call: `name` is the layer, or the fused set's name (`….qkv_proj`); members in row order."""
+
+    name: str
+    members: tuple[str, ...]
+    slice: LinearSlice
+    member_rows: tuple[int, ...]
+
+    @property
+    def fused(self) -> bool:
+        return len(self.members) > 1
+
+    def key(self, m_bucket: int | None) -> layout.KernelKey:
+        return self.slice.key(m_bucket)
+
+    def share(self, member: str) -> float:
+        """The fraction of this kernel's time charged to `member` (its share of the rows)."""
+        return self.member_rows[self.members.index(member)] / self.slice.N
+
+
+def _fusable(slices: list[LinearSlice]) -> bool:
+    kinds = {(s.K, s.bits, s.group, s.dtype, s.act_order) for s in slices}
+    return len(kinds) == 1 and not slices[0].act_order
+
+
+def kernel_units(slices: Mapping[str, LinearSlice], fuse_siblings: bool = True) -> list[KernelUnit]:
+    """The kernels a model with these per-layer slices runs, in order of first appearance of their layers."""
+    sets = {}
+    if fuse_siblings:
+        sets = {fused: members for fused, members in sibling_sets(list(slices)).items()
+                if _fusable([slices[m] for m in members])}
+    units, done = [], set()
+    for name, sl in slices.items():
+        fused = sibling_key(name)
+        if fused in sets:
+            if fused in done:
+                continue
+            done.add(fused)
+            members = sets[fused]
+            rows = tuple(slices[m].N for m in members)
+            units.append(KernelUnit(fused, members, replace(sl, N=sum(rows)), rows))
+        else:
+            units.append(KernelUnit(name, (name,), sl, (sl.N,)))
+    return units
+
+
+def uniform(slices: Mapping[str, LinearSlice], bits: int) -> dict[str, LinearSlice]:
+    """Every layer at `bits`."""
+    return {name: replace(sl, bits=bits) for name, sl in slices.items()}
+
+
+def kernel_keys(slices: Mapping[str, LinearSlice], levels: Iterable[int], m_buckets: Iterable[int | None],
+                fuse_siblings: bool = True) -> list[layout.KernelKey]:
+    """Every distinct kernel some plan over `levels` may run: each layer's own kernel (a set split by a mixed
+    plan) and, with fusion, each fused set's kernel; in a stable order."""
+    out: dict[layout.KernelKey, None] = {}
+    for m in m_buckets:
+        for b in levels:
+            for fuse in (False, True) if fuse_siblings else (False,):
+                out.update(dict.fromkeys(u.key(m) for u in kernel_units(uniform(slices, b), fuse)))
+    return list(out)

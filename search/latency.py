@@ -1,0 +1,110 @@
+"""The latency table: median latency of tuned kernels per KernelKey, with where and from what it was measured.
+
+One type and one file format for everything that times kernels (matq_compile.bench, `matq bench-kernels`) and
+everything that prices them (the search). On disk (format_version 2):
+
+    {"format_version": 2, "target": "llvm-znver3-2c", "tvm_version": "...", "db_hash": "<sha256 of the database>",
+     "device": "AMD EPYC ..." | null,
+     "rows": [{"key": "matq_linear_n576_k576_b4_g64_m1_float32", "median_s": 2.3e-05, "min_s": ..., "gbps": ...}]}
+
+Version-1 files (written before the two table types were one: rows keyed by kernel name, or by N/K/group/
+m_bucket/bits) are still read.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from matq_compile.io_utils import FormatError, read_json, write_json
+from matq_compile.layout import KernelKey
+
+LATENCY_FORMAT_VERSION = 2
+KIND = "latency table"
+
+
+@dataclass(frozen=True)
+class LatencyTable:
+    """Median seconds per kernel (entries) and optional per-kernel statistics (min_s, gbps), with provenance:
+    the target, the TVM version, the tuning database's hash and the device that timed them."""
+
+    target: str
+    tvm_version: str
+    db_hash: str
+    entries: Mapping[KernelKey, float]
+    stats: Mapping[KernelKey, Mapping[str, float]] = field(default_factory=dict)
+    device: str | None = None
+
+    def latency(self, key: KernelKey) -> float:
+        if key not in self.entries:
+            raise KeyError(f"{key.name} is not in the latency table for {self.target}; measure it "
+                           f"(matq bench-kernels)")
+        return self.entries[key]
+
+    def missing(self, keys: Iterable[KernelKey]) -> list[KernelKey]:
+        return list(dict.fromkeys(k for k in keys if k not in self.entries))
+
+    def merged(self, more: LatencyTable) -> LatencyTable:
+        """This table plus `more`'s rows (which win), both from the same target and database."""
+        self.check_source(more.target, more.db_hash)
+        return dataclasses.replace(self, entries={**self.entries, **more.entries},
+                                   stats={**self.stats, **more.stats}, device=more.device or self.device)
+
+    def check_source(self, target: str | None = None, db_hash: str | None = None) -> None:
+        """Refuse a table measured on another target or from another tuning database."""
+        if target is not None and target != self.target:
+            raise ValueError(f"latency table was measured on target {self.target!r}, not {target!r}")
+        if db_hash is not None and db_hash != self.db_hash:
+            raise ValueError(f"latency table comes from another tuning database ({self.db_hash[:12]}…) than the "
+                             f"one in use ({db_hash[:12]}…); re-measure it")
+
+    def to_json(self) -> dict[str, Any]:
+        rows = [{"key": k.name, "median_s": v, **self.stats.get(k, {})}
+                for k, v in sorted(self.entries.items(), key=lambda kv: kv[0].name)]
+        return {"format_version": LATENCY_FORMAT_VERSION, "target": self.target, "tvm_version": self.tvm_version,
+                "db_hash": self.db_hash, "device": self.device, "rows": rows}
+
+    def save(self, path: str | os.PathLike) -> None:
+        write_json(path, self.to_json())
+
+
+def save_latency_table(path: str | os.PathLike, table: LatencyTable) -> None:
+    table.save(path)
+
+
+def _row_key(row: Mapping[str, Any]) -> KernelKey:
+    if "key" in row:
+        return KernelKey.parse(str(row["key"]))
+    return KernelKey(int(row["N"]), int(row["K"]), int(row["bits"]), int(row["group"]), int(row["m_bucket"]))
+
+
+def load_latency_table(path: str | os.PathLike, target: str | None = None,
+                       db_hash: str | None = None) -> LatencyTable:
+    """Read a latency table (version 2, or 1); with target / db_hash, refuse one measured elsewhere."""
+    obj = read_json(path, KIND)
+    version = obj.get("format_version")
+    if version not in (1, LATENCY_FORMAT_VERSION):
+        raise FormatError(f"{path}: {KIND} format_version {version!r} is not one this build reads "
+                          f"(1, {LATENCY_FORMAT_VERSION})")
+    entries: dict[KernelKey, float] = {}
+    stats: dict[KernelKey, dict[str, float]] = {}
+    try:
+        for row in obj["rows"]:
+            key, t = _row_key(row), float(row["median_s"])
+            if not (t > 0 and math.isfinite(t)):
+                raise FormatError(f"{path}: non-positive latency {t} for {key.name}")
+            entries[key] = t
+            extra = {s: float(row[s]) for s in ("min_s", "gbps") if row.get(s) is not None}
+            if extra:
+                stats[key] = extra
+        table = LatencyTable(str(obj["target"]), str(obj["tvm_version"]), str(obj["db_hash"]), entries, stats,
+                             obj.get("device"))
+    except (KeyError, TypeError, ValueError) as e:
+        if isinstance(e, FormatError):
+            raise
+        raise FormatError(f"{path} is not a valid {KIND}: {type(e).__name__}: {e}") from None
+    table.check_source(target, db_hash)
+    return table
