@@ -40,6 +40,7 @@ class CompileOptions:
     require_tokenizer: bool = True
     dump_dir: str | None = None
     fuse_siblings: bool = True  # one kernel for q/k/v and one for gate/up where their slices agree
+    embed_dtype: str = "float32"  # the embedding table as stored and read: float32 (exact), float16, int8 rows
 
 
 def resolve_bits(ckpt, bits: int | None, plan_path: str | Path | None) -> tuple[dict[str, int], dict[str, Any]]:
@@ -167,7 +168,7 @@ def _llm_manifest(ckpt, ckpt_dir: Path, plan_info: dict, layer_bits: dict, spec,
         "plan": plan_info, "bits": layer_bits, "target": _target_record(spec),
         "tvm_version": TVM_VERSION, "tvm_ffi_version": tvm_ffi.__version__,
         "database": None if db is None else {"path": str(db), "hash": database_hash(db)},
-        "allow_untuned": opts.allow_untuned, "head_dtype": opts.head_dtype,
+        "allow_untuned": opts.allow_untuned, "head_dtype": opts.head_dtype, "embed_dtype": opts.embed_dtype,
         "modules": module_kinds(ex.mod), "model": cfg.to_dict(), "chunk": CHUNK,
         "eos_token_ids": _eos_ids(ckpt_dir, hf),
         "params": [{"name": n, "shape": list(a.shape), "dtype": str(a.dtype)} for n, a in arrays.items()],
@@ -198,7 +199,7 @@ def compile_model(ckpt_dir: str | Path, out_dir: str | Path, bits: int | None = 
     slices = ckpt.linear_slices(layer_bits)
     log.info("compiling %d quantized linears for %s (bits %s)", len(slices), spec.name,
              sorted(set(layer_bits.values())))
-    popts = PipelineOptions(opts.head_dtype, opts.allow_untuned, opts.dump_dir, opts.fuse_siblings)
+    popts = PipelineOptions(opts.head_dtype, opts.allow_untuned, opts.dump_dir, opts.fuse_siblings, opts.embed_dtype)
     ex, params, param_map = compile_module(mod, slices, spec, db, popts)
     cuda_src = cuda_source(ex) if spec.is_gpu else None
     arrays = param_arrays(params, param_map, CheckpointWeights(ckpt))

@@ -333,3 +333,32 @@ def test_smollm2_ppl_equals_fake_quant_torch(tmp_path, data_dir):
         with torch.no_grad():
             ppl_torch = perplexity(model_from_checkpoint(ck, bits), windows).ppl
         assert abs(ppl_tvm - ppl_torch) <= 0.005 * ppl_torch, (name, ppl_tvm, ppl_torch)
+
+
+@pytest.mark.parametrize("embed_dtype", ["float16", "int8"])
+def test_compact_embedding_matches_torch_with_the_same_table(tiny_ckpt, build4, tmp_path, embed_dtype):
+    """--embed-dtype: the build stores the table compactly (a tied int8 head shares the int8 table: no float copy
+    left) and its logits equal the torch fake-quantized model whose embedding (and tied head) use that table."""
+    import torch
+
+    from matq_compile import runtime
+    from matq_compile.ckpt import load_checkpoint
+    from matq_compile.evaluate import model_from_checkpoint
+    from matq_compile.lower.params import int8_rows
+
+    build = compile_tiny(tiny_ckpt, tmp_path / embed_dtype, bits=4, embed_dtype=embed_dtype, head_dtype=embed_dtype)
+    names = param_names(build)
+    table = "model.embed_tokens.weight"
+    assert table not in names and f"{table}.{embed_dtype}" in names
+    assert (f"{table}.scale" in names) == (embed_dtype == "int8")
+    size = {b: (b / "weights.safetensors").stat().st_size for b in (build, build4)}
+    vocab_bytes = 256 * 128 * (4 - {"float16": 2, "int8": 1}[embed_dtype])  # the tiny table, float32 -> compact
+    assert size[build4] - size[build] >= vocab_bytes
+    model = model_from_checkpoint(load_checkpoint(tiny_ckpt), 4)
+    with torch.no_grad():
+        w = model.model.embed_tokens.weight.float().numpy()
+        codes, scale = int8_rows(w)
+        compact = w.astype(np.float16).astype(np.float32) if embed_dtype == "float16" else codes * scale[:, None]
+        model.model.embed_tokens.weight.copy_(torch.from_numpy(compact))  # tied: the head reads it too
+        ref = model(torch.tensor([IDS])).logits[0].double().numpy()
+    np.testing.assert_allclose(runtime.load(build).score(IDS), ref, rtol=1e-4, atol=1e-4)

@@ -27,6 +27,9 @@ def register(subparsers) -> None:
     p.add_argument("--head-dtype", choices=("float32", "float16", "int8"), default="float32",
                    help="LM-head weight on CPU targets: float32 (exact), float16 (1/2 the traffic), int8 "
                         "(per-row symmetric, 1/4)")
+    p.add_argument("--embed-dtype", choices=("float32", "float16", "int8"), default="float32",
+                   help="token-embedding table as stored: float32 (exact), float16, int8 (per-row symmetric; a tied "
+                        "int8 head shares it)")
     p.add_argument("--max-seq-len", type=int, default=1024, help="static KV-cache length (multiple of 16)")
     p.add_argument("--no-fuse-siblings", action="store_true",
                    help="keep q/k/v and gate/up as separate kernels (default: one kernel per set where the plan "
@@ -41,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     opts = CompileOptions(target=args.target, db_dir=None if args.db_dir is None else str(args.db_dir),
                           allow_untuned=args.allow_untuned, head_dtype=args.head_dtype,
                           max_seq_len=args.max_seq_len, dump_dir=None if args.dump_ir is None else str(args.dump_ir),
-                          fuse_siblings=not args.no_fuse_siblings)
+                          fuse_siblings=not args.no_fuse_siblings, embed_dtype=args.embed_dtype)
     if args.onnx is not None:
         if args.bits is None:
             raise ValueError("--onnx takes a uniform --bits (a plan names checkpoint layers)")

@@ -4,7 +4,8 @@
                         fused into one; quantized linears -> call_tir of their unit's bit-slice kernel (packed
                         weights as params; for imported ONNX graphs: constant-weight MatMuls quantized
                         in-process, packed constants)
-    2 lower-head        CPU only: remaining float linears (the LM head) -> parallel vectorised GEMV kernel
+    2 lower-head        the embedding lookup reads a compact copy of its table (float16 / int8 rows, optional);
+                        CPU: remaining float linears (the LM head) -> parallel vectorised GEMV kernel
     3 schedule-kernels  tuned database replayed onto every matq kernel (error on a miss unless allow_untuned);
                         hand-scheduled kernels sealed against fusion and dlight
     4 tvm-default       TVM's default Relax pipeline for the target (legalize, fuse, CUDA dlight, VM lowering)
@@ -19,8 +20,8 @@ from typing import Any, NamedTuple
 from matq_compile._tvm import tvm
 from matq_compile.kernel_units import LinearSlice, kernel_units
 from matq_compile.lower.params import ParamMap
-from matq_compile.lower.passes import (dump_ir, fuse_sibling_linears, lower_dense_linear, lower_matq_linear,
-                                      schedule_kernels)
+from matq_compile.lower.passes import (dump_ir, fuse_sibling_linears, lower_dense_linear, lower_embedding,
+                                      lower_matq_linear, schedule_kernels)
 from tvm import relax
 
 
@@ -28,12 +29,13 @@ from tvm import relax
 class PipelineOptions:
     """head_dtype: weight dtype of the CPU LM-head kernel; allow_untuned: default schedules (logged) on DB
     misses; dump_dir: write each phase's IR there; fuse_siblings: one kernel for q/k/v and one for gate/up where
-    their slices agree."""
+    their slices agree; embed_dtype: the embedding table's stored dtype (a tied head of the same dtype shares it)."""
 
     head_dtype: str = "float32"
     allow_untuned: bool = False
     dump_dir: str | None = None
     fuse_siblings: bool = True
+    embed_dtype: str = "float32"
 
 
 Lowering = Mapping[str, LinearSlice] | list[tvm.transform.Pass]
@@ -51,7 +53,8 @@ def phases(lowering: Lowering, spec, db_dir: str | Path | None, opts: PipelineOp
         first = [fuse_sibling_linears(units, params), lower_matq_linear(units, spec.is_gpu, params)]
     return [
         ("lower-linears", first),
-        ("lower-head", [] if spec.is_gpu else [lower_dense_linear(opts.head_dtype, params)]),
+        ("lower-head", [lower_embedding(opts.embed_dtype, params)]
+         + ([] if spec.is_gpu else [lower_dense_linear(opts.head_dtype, params)])),
         ("schedule-kernels", [schedule_kernels(spec, db_dir, opts.allow_untuned)]),
         ("tvm-default", [relax.pipeline.get_default_pipeline(spec.to_tvm())]),
     ]

@@ -1,5 +1,5 @@
-"""What the rewriting passes share: the loop running one mutator over each Relax function of a module, and the
-match of a linear layer as relax.frontend.nn emits it."""
+"""What the rewriting passes share: the loop running one mutator over each Relax function of a module, the
+match of a linear layer as relax.frontend.nn emits it, and dropping weights nothing reads any more."""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -30,3 +30,14 @@ def linear_operands(mutator: relax.PyExprMutator, call: relax.Call) -> tuple[rel
     if not (isinstance(b, relax.Call) and isinstance(b.op, tvm.ir.Op) and b.op.name == PERMUTE):
         return None
     return (x, b.args[0]) if isinstance(b.args[0], relax.Var) else None
+
+
+def prune_weights(mod: tvm.IRModule) -> tvm.IRModule:
+    """Drop float weight parameters nothing reads any more (a table replaced by its float16 or int8 copy)."""
+    bb = relax.BlockBuilder(mod)
+    for gv, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            used = {v.name for v in relax.analysis.free_vars(func.body)}
+            params = [p for p in func.params if p.name in used or not p.name.endswith(".weight")]
+            bb.update_func(gv, relax.Function(params, func.body, func.ret_ty, func.is_pure, func.attrs))
+    return bb.get()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from matq_compile._tvm import tvm
 from matq_compile.lower.params import Float16Copy, Int8Rows, ParamMap
-from matq_compile.lower.passes._rewrite import linear_operands, rewrite_relax_functions
+from matq_compile.lower.passes._rewrite import linear_operands, prune_weights, rewrite_relax_functions
 from matq_compile.lower import llama_kernels as lk
 from matq_compile.lower.kernels import hand_scheduled
 from tvm import relax
@@ -48,24 +48,27 @@ class _Rewriter(relax.PyExprMutator):
         return relax.call_tir(self.kernels[name], [x, *self.params[src.name]],
                               out_ty=relax.TensorType((x.ty.shape[0], N), "float32"))
 
-    def _head_params(self, p: relax.Var) -> list[relax.Var]:
+    def _head_params(self, p: relax.Var, existing: dict[str, relax.Var]) -> list[relax.Var]:
+        """The parameters the head kernel reads; a tied embedding lowered to the same dtype already holds them."""
         if self.w_dtype == "float32":
             return [p]
         of = self.param_map.recipe(p.name)
-        new = [relax.Var(head_param_name(p.name, self.w_dtype), relax.TensorType(p.ty.shape, self.w_dtype))]
+        types = [(head_param_name(p.name, self.w_dtype), p.ty.shape, self.w_dtype)]
+        recipes = [Float16Copy(of)] if self.w_dtype == "float16" else [Int8Rows(of, "codes"), Int8Rows(of, "scale")]
         if self.w_dtype == "int8":
-            new.append(relax.Var(f"{p.name}.scale", relax.TensorType((p.ty.shape[0],), "float32")))
-            self.param_map.add(new[0].name, Int8Rows(of, "codes"))
-            self.param_map.add(new[1].name, Int8Rows(of, "scale"))
-        else:
-            self.param_map.add(new[0].name, Float16Copy(of))
+            types.append((f"{p.name}.scale", (p.ty.shape[0],), "float32"))
+        new = []
+        for (name, shape, dtype), recipe in zip(types, recipes):
+            self.param_map.add(name, recipe)
+            new.append(existing[name] if name in existing else relax.Var(name, relax.TensorType(shape, dtype)))
         return new
 
     def rewrite(self, func: relax.Function) -> relax.Function:
         self.params = {}
+        existing = {p.name: p for p in func.params}
         for p in func.params:
             if p.name.endswith(".weight") and len(p.ty.shape) == 2 and str(p.ty.dtype) == "float32":
-                self.params[p.name] = self._head_params(p)
+                self.params[p.name] = self._head_params(p, existing)
         body = self.visit_expr(func)
         used = {v.name for v in relax.analysis.free_vars(body.body)}
         have = {p.name for p in func.params}
@@ -84,17 +87,6 @@ def lower_dense_linear(w_dtype: str = "float32", params: ParamMap | None = None)
     def _pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         rw = _Rewriter(mod, w_dtype, params)
         new = rewrite_relax_functions(mod, rw.builder_, rw.rewrite)
-        return _prune_weights(relax.transform.DeadCodeElimination()(new))
+        return prune_weights(relax.transform.DeadCodeElimination()(new))
 
     return _pass
-
-
-def _prune_weights(mod: tvm.IRModule) -> tvm.IRModule:
-    """Drop float weight parameters nothing reads any more (an untied head replaced by its float16 copy)."""
-    bb = relax.BlockBuilder(mod)
-    for gv, func in mod.functions_items():
-        if isinstance(func, relax.Function):
-            used = {v.name for v in relax.analysis.free_vars(func.body)}
-            params = [p for p in func.params if p.name in used or not p.name.endswith(".weight")]
-            bb.update_func(gv, relax.Function(params, func.body, func.ret_ty, func.is_pure, func.attrs))
-    return bb.get()
