@@ -1,13 +1,17 @@
 """End-to-end SmolLM2-135M generation speed on this machine: matq builds (uniform int8/4/3/2 and a searched plan)
-side by side with Hugging Face transformers fp32 eager and llama.cpp on the model's own Q4_1 GGUF, same process,
-same prompt token ids, greedy decoding.
+side by side with Hugging Face transformers fp32 eager and llama.cpp on the model's own Q4_1 GGUF, same prompt
+token ids, greedy decoding.
 
     flock /tmp/matq_cpu.lock python benchmarks/e2e_bench.py --checkpoint CKPT [--plan PLAN.json] \
-        [--bits 8,4,3,2] [--ppl-windows 2] [--out benchmarks/results/e2e_smollm2_<target>.json]
+        [--bits 8,4,3,2] [--ppl-windows 2] [--rounds 3] [--out benchmarks/results/e2e_smollm2_<target>.json]
 
-prefill_tok_s: prompt tokens / time of the prefill call(s) (median of --repeats); decode_tok_s: new tokens /
-time of the decode steps after the prefill (median). ppl: WikiText-2 test perplexity over --ppl-windows windows
-of --ppl-seq-len tokens (matq via the TVM runtime's score function, HF via the model; llama.cpp not measured).
+Every engine runs in its own process (this script with --worker), as its users run it: a TVM thread pool, torch
+threads or llama.cpp's threads in one process distort the others' timings (llama.cpp measured about 0.6x of its
+own-process speed beside the TVM runtime). The engines are interleaved for --rounds rounds and each figure is the
+median over rounds. prefill_tok_s: prompt tokens / time of the prefill call(s) (median of --repeats);
+decode_tok_s: new tokens / time of the decode steps after the prefill (median). ppl: WikiText-2 test perplexity
+over --ppl-windows windows of --ppl-seq-len tokens (matq via the TVM runtime's score function, HF via the model;
+llama.cpp not measured), computed in the first round after the timings.
 """
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ import json
 import logging
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -29,11 +34,22 @@ log = logging.getLogger("e2e_bench")
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _cpuinfo(field: str) -> str:
+    path = Path("/proc/cpuinfo")
+    lines = path.read_text().splitlines() if path.exists() else []
+    return next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith(field)), "")
+
+
 def machine_info() -> dict:
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
-    return {"cpu": cpu, "cores": usable_cores(), "platform": platform.platform(), "python": platform.python_version(),
-            "tvm_threads": configure_tvm_threads()}
+    """CPU model, the SIMD flags that matter for these kernels, L3 size, cores, TVM threads."""
+    import os
+
+    flags = set(_cpuinfo("flags").split())
+    simd = sorted(f for f in flags if f.startswith(("avx", "fma", "amx")) or f in ("f16c", "vnni"))
+    l3 = next((p.read_text().strip() for p in Path("/sys/devices/system/cpu/cpu0/cache").glob("index3/size")), None)
+    return {"cpu": _cpuinfo("model name") or platform.processor(), "simd_flags": simd, "l3": l3,
+            "cores": usable_cores(), "logical_cpus": os.cpu_count(), "platform": platform.platform(),
+            "python": platform.python_version(), "tvm_threads": configure_tvm_threads()}
 
 
 def timed(fn, repeats: int) -> tuple[float, object]:
@@ -157,13 +173,14 @@ def ensure_build(ckpt: Path, out: Path, bits: int | None, plan: Path | None, arg
         db = Path(args.db_dir) if args.db_dir else schedules.db_dir(targets.load(args.target))
         db_hash = database_hash(db) if (db / "target.json").is_file() else None
         same = (m["checkpoint"]["hash"] == load_checkpoint(ckpt).hash and m["head_dtype"] == args.head_dtype
+                and m.get("embed_dtype", "float32") == args.embed_dtype
                 and (m["database"] or {}).get("hash") == db_hash
                 and m["model"]["max_seq_len"] == args.max_seq_len and m["target"]["name"] == args.target_name
                 and (m["plan"].get("bits") == bits if bits else m["plan"].get("path") == str(plan)))
         if same and not args.rebuild:
             return out
     opts = CompileOptions(target=args.target, db_dir=args.db_dir, allow_untuned=args.allow_untuned,
-                          head_dtype=args.head_dtype, max_seq_len=args.max_seq_len)
+                          head_dtype=args.head_dtype, embed_dtype=args.embed_dtype, max_seq_len=args.max_seq_len)
     return compile_model(ckpt, out, bits=bits, plan=plan, opts=opts)
 
 
@@ -180,13 +197,14 @@ def prompt_and_windows(model_dir: Path, args):
 
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--checkpoint", type=Path, default=None)
     p.add_argument("--plan", type=Path, default=None, help="a searched plan for this checkpoint")
     p.add_argument("--bits", default="8,4,3,2")
     p.add_argument("--target", default="host")
     p.add_argument("--db-dir", default=None)
     p.add_argument("--allow-untuned", action="store_true")
-    p.add_argument("--head-dtype", default="float16", choices=("float32", "float16", "int8"))
+    p.add_argument("--head-dtype", default="int8", choices=("float32", "float16", "int8"))
+    p.add_argument("--embed-dtype", default="int8", choices=("float32", "float16", "int8"))
     p.add_argument("--max-seq-len", type=int, default=1024)
     p.add_argument("--prompt-tokens", type=int, default=128)
     p.add_argument("--new-tokens", type=int, default=64)
@@ -196,8 +214,57 @@ def parse_args(argv):
     p.add_argument("--work-dir", type=Path, default=Path("/tmp/matq_e2e"))
     p.add_argument("--skip", default="", help="comma list of engines to skip: hf, llama.cpp")
     p.add_argument("--rebuild", action="store_true")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds of every engine, each its own process")
+    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # internal: one engine's job as JSON
     p.add_argument("--out", type=Path, default=None)
     return p.parse_args(argv)
+
+
+def run_worker(job: dict) -> dict:
+    """One engine's measurement in this process (--worker): the timings, then the perplexity if asked."""
+    prompt, n, reps = job["prompt"], job["new_tokens"], job["repeats"]
+    windows = np.load(job["windows"]) if job.get("windows") else None
+    if job["engine"] == "matq":
+        return bench_matq(Path(job["build"]), prompt, n, reps, windows)
+    if job["engine"] == "hf":
+        return bench_hf(Path(job["model_dir"]), prompt, n, reps, windows)
+    return bench_llama_cpp(Path(job["gguf"]), prompt, n, reps, job["threads"])
+
+
+def in_own_process(job: dict) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--worker", json.dumps(job)], check=True, capture_output=True,
+                         text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def stream_gbps() -> float:
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "kernel_anchors.py"), "stream"], check=True,
+                         capture_output=True, text=True)
+    return float(json.loads(out.stdout)["gbps"])
+
+
+def jobs(args, model_dir: Path, prompt: list[int], windows_path: str | None) -> list[tuple[str, dict, dict]]:
+    """(name, worker job, fixed facts) of every engine: the matq builds (compiled here first), HF, llama.cpp."""
+    base = {"prompt": prompt, "new_tokens": args.new_tokens, "repeats": args.repeats, "windows": windows_path}
+    out = []
+    configs = [(f"matq-int{b}", int(b), None) for b in args.bits.split(",") if b]
+    if args.plan is not None:
+        configs.append((f"matq-plan-{args.plan.stem}", None, args.plan))
+    for name, bits, plan in configs:
+        build = ensure_build(args.checkpoint, args.work_dir / name, bits, plan, args)
+        facts = {"act": "float32", "bits": bits, "plan": None if plan is None else str(plan),
+                 "build_mb": sum(f.stat().st_size for f in build.iterdir() if f.is_file()) / 1e6}
+        out.append((name, base | {"engine": "matq", "build": str(build)}, facts))
+    skip = set(args.skip.split(","))
+    if "hf" not in skip:
+        out.append(("hf-fp32", base | {"engine": "hf", "model_dir": str(model_dir)},
+                    {"act": "float32", "bits": None, "config": "transformers fp32, attn eager, own process"}))
+    if "llama.cpp" not in skip:
+        out.append(("llama.cpp-q4_1", base | {"engine": "llama.cpp", "gguf": str(gguf_path(args.work_dir)),
+                                              "threads": machine_info()["cores"], "windows": None},
+                    {"act": "q8 (llama.cpp)", "bits": 4, "config": "llama-cpp-python, Q4_1 GGUF of the wheel, "
+                     "n_threads = n_threads_batch = cores, n_batch 512, own process"}))
+    return out
 
 
 def main(argv=None) -> int:
@@ -206,36 +273,44 @@ def main(argv=None) -> int:
     from matq_compile.io_utils import write_json
     from matq_compile.model_source import resolve_model
 
-    enable_logging()
     args = parse_args(argv)
+    if args.worker:
+        print(json.dumps(run_worker(json.loads(args.worker))))
+        return 0
+    enable_logging()
+    if args.checkpoint is None:
+        raise SystemExit("e2e_bench: --checkpoint is required")
     spec = targets.load(args.target)
     args.target_name = spec.name
     model_dir = resolve_model("smollm2-135m")
     prompt, windows = prompt_and_windows(model_dir, args)
-    configs = [(f"matq-int{b}", int(b), None) for b in args.bits.split(",") if b]
-    if args.plan is not None:
-        configs.append((f"matq-plan-{args.plan.stem}", None, args.plan))
+    windows_path = None
+    if windows is not None:
+        args.work_dir.mkdir(parents=True, exist_ok=True)
+        windows_path = str(args.work_dir / "ppl_windows.npy")
+        np.save(windows_path, windows)
+    engines = jobs(args, model_dir, prompt, windows_path)
+    rounds: dict[str, list[dict]] = {name: [] for name, _, _ in engines}
+    for r in range(args.rounds):
+        for name, job, _ in engines:
+            log.info("round %d/%d: %s", r + 1, args.rounds, name)
+            rounds[name].append(in_own_process(job if r == 0 else job | {"windows": None}))
     runs = []
-    for name, bits, plan in configs:
-        build = ensure_build(args.checkpoint, args.work_dir / name, bits, plan, args)
-        log.info("benchmarking %s", name)
-        runs.append({"name": name} | bench_matq(build, prompt, args.new_tokens, args.repeats, windows))
-    skip = set(args.skip.split(","))
-    if "hf" not in skip:
-        log.info("benchmarking HF transformers fp32 eager")
-        runs.append({"name": "hf-fp32"} | bench_hf(model_dir, prompt, args.new_tokens, args.repeats, windows))
-    if "llama.cpp" not in skip:
-        log.info("benchmarking llama.cpp Q4_1")
-        runs.append({"name": "llama.cpp-q4_1"} | bench_llama_cpp(gguf_path(args.work_dir), prompt, args.new_tokens,
-                                                                   args.repeats, machine_info()["cores"]))
+    for name, _, facts in engines:
+        rs = rounds[name]
+        first = {k: v for k, v in rs[0].items() if k not in ("prefill_tok_s", "decode_tok_s")}
+        runs.append({"name": name, **facts, **first, "prefill_tok_s": statistics.median(x["prefill_tok_s"] for x in rs),
+                     "decode_tok_s": statistics.median(x["decode_tok_s"] for x in rs),
+                     "rounds": [{k: x[k] for k in ("prefill_tok_s", "decode_tok_s")} for x in rs]})
     from matq_compile._tvm import TVM_VERSION
 
     result = {"command": " ".join([Path(sys.argv[0]).name] + (argv or sys.argv[1:])),
               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              "machine": machine_info() | {"target": spec.name, "tvm": TVM_VERSION},
+              "machine": machine_info() | {"target": spec.name, "tvm": TVM_VERSION, "stream_read_gbps": stream_gbps()},
               "settings": {"prompt_tokens": len(prompt), "new_tokens": args.new_tokens, "repeats": args.repeats,
-                           "ppl_windows": args.ppl_windows, "ppl_seq_len": args.ppl_seq_len,
-                           "head_dtype": args.head_dtype, "checkpoint": str(args.checkpoint)},
+                           "rounds": args.rounds, "ppl_windows": args.ppl_windows, "ppl_seq_len": args.ppl_seq_len,
+                           "head_dtype": args.head_dtype, "embed_dtype": args.embed_dtype,
+                           "checkpoint": str(args.checkpoint), "processes": "one per engine and round"},
               "runs": runs}
     out = args.out or ROOT / "benchmarks" / "results" / f"e2e_smollm2_{spec.name}.json"
     write_json(out, result)

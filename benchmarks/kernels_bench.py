@@ -99,7 +99,7 @@ def main_rows(spec, db_dir: Path, shapes, ms, bits_list, bw: float, rounds: int)
 def _fmt(r: dict) -> str:
     ort = "   n/a" if r["speedup_vs_ort_acc4"] is None else f"{r['speedup_vs_ort_acc4']:6.2f}"
     return (f"{r['N']:>5}x{r['K']:<5} M={r['M']:<3} r={r['bits']} {r['median_s'] * 1e6:9.1f} us "
-            f"{r['gbps']:6.2f} GB/s {r['frac_stream_bw']:5.2f} x{r['speedup_vs_torch_fp32']:6.2f} torch x{ort} ort acc4")
+            f"{r['gbps']:6.2f} GB/s {r['frac_stream_bw']:5.2f} x{r['speedup_vs_torch_fp32']:6.2f} torch x{ort} acc4")
 
 
 def parse_args(argv=None):
