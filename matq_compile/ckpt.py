@@ -217,7 +217,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     except (KeyError, TypeError, AttributeError) as e:
         raise ValueError(f"{path / CONFIG_NAME} is malformed: {type(e).__name__}: {e}") from None
     digest = config_hash(config)
-    recorded = json.loads((path / INDEX_NAME).read_text()).get("metadata", {}).get("matq_hash")
+    recorded = read_json(path / INDEX_NAME, "checkpoint index").get("metadata", {}).get("matq_hash")
     if recorded != digest:
         raise ValueError(f"checkpoint {path}: {CONFIG_NAME} was modified after writing (hash {digest[:12]} differs "
                          f"from the {str(recorded)[:12]} recorded in {INDEX_NAME})")
@@ -295,8 +295,8 @@ def _read_shards(path: Path, config: dict[str, Any]) -> dict[str, torch.Tensor]:
     if not index.is_file():
         raise FileNotFoundError(f"checkpoint {path}: {INDEX_NAME} is missing")
     try:
-        weight_map = json.loads(index.read_text())["weight_map"]
-    except (ValueError, KeyError, TypeError) as e:
+        weight_map = read_json(index, "checkpoint index")["weight_map"]
+    except (KeyError, TypeError) as e:
         raise ValueError(f"checkpoint {path}: {INDEX_NAME} is corrupt: {e}") from None
     if weight_map != {k: s["file"] for s in config["shards"] for k in s["tensors"]}:
         raise ValueError(f"checkpoint {path}: {INDEX_NAME} disagrees with matq_config.json")

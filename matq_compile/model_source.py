@@ -82,7 +82,9 @@ def model_provenance(model_dir: str | os.PathLike) -> dict:
     model_dir = Path(model_dir)
     sidecar = model_dir / SOURCE_FILE
     if sidecar.is_file():
-        return json.loads(sidecar.read_text())
+        from matq_compile.io_utils import read_json
+
+        return read_json(sidecar, "model source record")
     files = sorted(p for p in model_dir.iterdir() if p.suffix in WEIGHT_SUFFIXES)
     digest = _combined_sha256([(p.name, sha256_file(p)) for p in files])
     return {"source": str(model_dir.resolve()), "sha256": digest, "weight_files": [p.name for p in files]}
