@@ -124,10 +124,11 @@ def _tokenizer_files(ckpt_dir: Path, required: bool) -> list[Path]:
 
 def _db_dir(spec, opts: CompileOptions) -> Path | None:
     from matq_compile import schedules
+    from matq_compile.tune import check_database
 
     db = Path(opts.db_dir) if opts.db_dir else schedules.db_dir(spec)
     if (db / "target.json").is_file():
-        return db
+        return check_database(db, spec)  # now, not from inside a compiler pass (TVM would wrap the error)
     if opts.db_dir:
         raise FileNotFoundError(f"tuning database {db} does not exist (no target.json)")
     if not opts.allow_untuned:

@@ -52,6 +52,10 @@ def run(args: argparse.Namespace) -> int:
     from matq_compile.search.budget import parse_budget
     from matq_compile.search.tables import ByteModel, build_table, parse_levels
 
+    from matq_compile.cli import preflight
+
+    preflight.out_dir(args.out)
+    preflight.at_least(args.sweep, 0, "--sweep")
     levels = parse_levels(args.levels)
     budgets = [parse_budget(b) for b in args.budget]
     if not budgets and args.sweep == 0:

@@ -57,6 +57,7 @@ def checkpoint_shapes(ckpt: Path) -> list[tuple[int, int, int]]:
 
 
 def keys_from_args(args) -> list:
+    from matq_compile.cli import preflight
     from matq_compile.layout import KernelKey
 
     shapes = checkpoint_shapes(args.checkpoint) if args.checkpoint else []
@@ -68,19 +69,22 @@ def keys_from_args(args) -> list:
         shapes.append((n, k, args.group))
     if not shapes:
         raise ValueError("give --checkpoint or at least one --shape")
-    bits = [int(b) for b in args.bits.split(",")]
-    ms = [int(m) for m in args.m_buckets.split(",")]
+    bits = preflight.int_list(args.bits, "--bits", minimum=2)
+    ms = preflight.int_list(args.m_buckets, "--m-buckets")
     return [KernelKey(n, k, b, g, m, args.dtype) for n, k, g in shapes for m in ms for b in bits]
 
 
 def run(args) -> int:
     from matq_compile import targets, tune
+    from matq_compile.cli import preflight
 
+    preflight.at_least(args.trials, 1, "--trials")  # 0 must not mean "the target's default"
     spec = targets.load(args.target)
     keys = keys_from_args(args)
     db_dir = args.db_dir or Path("tuning") / spec.name
+    preflight.out_dir(db_dir, "--db-dir")
     rpc = tune.RPCSettings(args.tracker_host, args.tracker_port, args.tracker_key)
-    ran = tune.tune(keys, spec, db_dir, args.trials or spec.trials, runner=args.runner, rpc=rpc, seed=args.seed,
+    ran = tune.tune(keys, spec, db_dir, spec.trials if args.trials is None else args.trials, runner=args.runner, rpc=rpc, seed=args.seed,
                     builder=args.builder)
     for name, n in ran.items():
         log.info("%s: %d new trials", name, n)
