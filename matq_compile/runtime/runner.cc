@@ -2,7 +2,8 @@
 //
 //   matq_run BUILD_DIR --ids 1,2,3 [--max-new-tokens N] [--device cpu|cuda]
 //
-// Reads BUILD_DIR/manifest.json (parameter order, chunk, cache shapes), the weights from
+// Reads BUILD_DIR/manifest.json (parameter order, checked against the library's own record of it; chunk, cache
+// shapes), the weights from
 // BUILD_DIR/weights.safetensors, loads BUILD_DIR/model.so into a Relax VM, runs the chunked prefill and N-1 decode
 // steps (argmax) and prints one JSON object: {"prompt_tokens", "tokens", "prefill_s", "decode_s",
 // "prefill_tok_s", "decode_tok_s"}. Token ids in and out: tokenization stays in Python (`tokenizers`).
@@ -136,6 +137,25 @@ Options ParseArgs(int argc, char** argv) {
   return o;
 }
 
+// The library records each function's parameter names: its trailing ones must be the manifest's parameter order,
+// or weights would be fed to the wrong parameters (an edited manifest; matq_compile/runtime/verify.py does the same).
+void CheckBinding(const ffi::Module& vm, const std::vector<std::string>& names) {
+  ffi::Function arity = vm->GetFunction("get_function_arity", false).value();
+  ffi::Function param_name = vm->GetFunction("get_function_param_name", false).value();
+  for (const char* func : {"prefill", "decode"}) {
+    int64_t n = arity(ffi::String(func)).cast<int64_t>();
+    int64_t first = n - static_cast<int64_t>(names.size());
+    if (first <= 0) throw std::runtime_error(std::string("model.so: ") + func + " takes fewer parameters than manifest.json lists");
+    for (size_t i = 0; i < names.size(); ++i) {
+      std::string lib = param_name(ffi::String(func), static_cast<int>(first + i)).cast<ffi::String>();
+      if (lib != names[i])
+        throw std::runtime_error("model.so was compiled for another parameter order than manifest.json lists (" +
+                                 std::string(func) + " parameter #" + std::to_string(i) + ": library '" + lib +
+                                 "', manifest '" + names[i] + "'); recompile");
+    }
+  }
+}
+
 class Runner {
  public:
   Runner(const Options& o) : dev_{o.device == "cuda" ? kDLCUDA : kDLCPU, 0} {
@@ -146,11 +166,13 @@ class Runner {
     int64_t L = model["num_layers"].cast<int64_t>(), KV = model["num_kv_heads"].cast<int64_t>();
     int64_t D = model["head_dim"].cast<int64_t>();
     auto weights = LoadSafetensors(o.build + "/weights.safetensors", dev_);
+    std::vector<std::string> names;
     for (const ffi::Any& p : manifest["params"].cast<ffi::Array<ffi::Any>>()) {
       std::string name = p.cast<ffi::Map<ffi::Any, ffi::Any>>()["name"].cast<ffi::String>();
       auto it = weights.find(name);
       if (it == weights.end()) throw std::runtime_error("weights.safetensors lacks " + name);
       params_.push_back(it->second);
+      names.push_back(name);
     }
     DLDataType f32{kDLFloat, 32, 1};
     kt_ = Empty({L, KV, D, max_seq_}, f32, dev_);
@@ -163,6 +185,7 @@ class Runner {
       vm->GetFunction("vm_initialization", false).value()(static_cast<int>(dev_.device_type), 0, kPooledAllocator,
                                                           static_cast<int>(kDLCPU), 0, kPooledAllocator);
     }
+    CheckBinding(vm, names);
     prefill_ = vm->GetFunction("prefill", false).value();
     decode_ = vm->GetFunction("decode", false).value();
     vm_ = vm;
