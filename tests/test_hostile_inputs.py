@@ -321,3 +321,37 @@ def test_the_sweep_covers_every_command_with_forty_cases():
     commands = {c[0].split("-")[0] for c in CASES}
     assert commands == {"quantize", "eval", "tune", "bench", "search", "compile", "run"}
     assert len(CASES) >= 40 and len({c[0] for c in CASES}) == len(CASES)
+
+
+class WorkStarted(BaseException):
+    """Raised by the stubbed expensive step: a BaseException, so no error handler can turn it into exit code 2."""
+
+
+# The expensive first step of each command (loading, quantizing, compiling, measuring, tuning), stubbed out:
+# the cases below must be refused before it starts.
+EXPENSIVE = {"quantize": ["matq_compile.cli.quantize.quantize_to_checkpoint"],
+             "eval": ["matq_compile.ckpt.load_checkpoint", "matq_compile.evaluate.load_model"],
+             "tune": ["matq_compile.tune.tune"], "bench": ["matq_compile.bench.measure"],
+             "search": ["matq_compile.ckpt.load_checkpoint"],
+             "compile": ["matq_compile.export.compile_model", "matq_compile.export.compile_onnx"],
+             "run": ["matq_compile.runtime.Model"]}
+CHEAP = ["quantize-out-is-file", "quantize-out-unwritable", "quantize-group-not-dividing", "quantize-group-zero",
+         "quantize-eval-json-dir", "eval-text-missing", "eval-text-dir", "eval-out-dir", "eval-windows-zero",
+         "tune-trials-zero", "tune-db-is-file", "bench-out-dir", "bench-out-unwritable", "bench-repeat-zero",
+         "search-out-is-file", "search-out-unwritable", "compile-out-is-file", "compile-out-unwritable",
+         "compile-plan-missing", "compile-dump-ir-is-file", "compile-max-seq-len", "run-json-dir",
+         "run-json-unwritable", "run-max-new-tokens-zero"]
+
+
+@pytest.mark.parametrize("case_id", CHEAP)
+def test_cheap_checks_come_before_the_work(env_base, tmp_path, monkeypatch, case_id):
+    ckpt, build, model = env_base
+    prepare = dict((c[0], c[1]) for c in CASES)[case_id]
+    argv = prepare(Env(ckpt, build, model, tmp_path))
+
+    def started(*args, **kwargs):
+        raise WorkStarted(case_id)
+
+    for target in EXPENSIVE[case_id.split("-")[0]]:
+        monkeypatch.setattr(target, started)
+    assert main(argv) == 2
