@@ -27,7 +27,7 @@ from matq_compile.io_utils import atomic_dir, sha256_file, write_json
 log = logging.getLogger(__name__)
 
 from matq_compile.runtime import FORMAT_VERSION, LIB_NAME, MANIFEST_NAME, WEIGHTS_NAME  # noqa: E402
-from matq_compile.runtime.verify import write_digests  # noqa: E402
+from matq_compile.runtime.verify import write_digests
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json")
 CUDA_SOURCE_NAME = "kernels.cu"
 CHUNK = max(layout.M_BUCKETS)  # prefill chunk: tokens per prefill call (a tuned static M bucket)

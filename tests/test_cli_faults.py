@@ -16,9 +16,9 @@ from matq_compile.interrupts import HOLD_ENV
 
 
 def matq_proc(*args: str, env: dict | None = None, umask: int | None = None) -> subprocess.Popen:
-    preexec = None if umask is None else (lambda: os.umask(umask))
     return subprocess.Popen([sys.executable, "-m", "matq_compile.cli", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})}, preexec_fn=preexec)
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})},
+                            umask=-1 if umask is None else umask)
 
 
 def matq(*args: str, umask: int | None = None, timeout: int = 300) -> subprocess.CompletedProcess:

@@ -38,6 +38,13 @@ class Env:
     def build_copy(self) -> Path:
         return Path(shutil.copytree(self.build, self.work / "build"))
 
+    def ckpt_with_shard(self, change: Callable[[bytes], bytes]) -> Path:
+        """A copy of the checkpoint whose (first) safetensors shard is rewritten by `change`."""
+        c = Path(shutil.copytree(self.ckpt, self.work / "ckpt"))
+        shard = sorted(c.glob("*.safetensors"))[0]
+        shard.write_bytes(change(shard.read_bytes()))
+        return c
+
     def plan(self, bits_of: Callable[[int], object]) -> Path:
         from matq_compile.ckpt import load_checkpoint
 
@@ -172,6 +179,11 @@ CASES: list[tuple[str, Callable[[Env], list[str]], str]] = [
     ("eval-text-dir", lambda e: _with(_e(e, "--bits", "4"), "--text", str(e.dir("t"))), "is a directory; give a file"),
     ("eval-ckpt-missing", lambda e: _with(_e(e, "--bits", "4"), "--checkpoint", str(e.work / "c")), "does not exist"),
     ("eval-bits", lambda e: _e(e, "--bits", "9"), "bits must be an integer in 2..8"),
+    ("eval-shard-too-large", lambda e: _with(_e(e, "--bits", "4"), "--checkpoint",
+                                             str(e.ckpt_with_shard(lambda b: b + b"\0" * 64))),
+     "too large: appended to or replaced?"),
+    ("eval-shard-truncated", lambda e: _with(_e(e, "--bits", "4"), "--checkpoint",
+                                             str(e.ckpt_with_shard(lambda b: b[:-64]))), "(truncated?)"),
     ("eval-plan-fractional", lambda e: _e(e, "--plan", str(e.plan(lambda i: 4.7))), "bits 4.7"),
     ("eval-plan-not-json", lambda e: _e(e, "--plan", str(e.file("p.json", "{"))), "not a JSON plan"),
     ("eval-out-dir", lambda e: _e(e, "--bits", "4", "--out", str(e.dir("o"))), "is a directory; give a file"),
@@ -255,6 +267,8 @@ CASES: list[tuple[str, Callable[[Env], list[str]], str]] = [
      "does not list model.so"),
     ("run-max-seq-len-edited", _run_edited(lambda b: edit_manifest(
         b, lambda m: m["model"].update(max_seq_len=4096))), "manifest.json is corrupt or was replaced"),
+    ("run-max-seq-len-edited-rehashed", _run_edited(lambda b: edit_manifest(
+        b, lambda m: m["model"].update(max_seq_len=4096), rehash=True)), "model.so refuses the kt_cache"),
     ("run-tokenizer-truncated", _run_edited(lambda b: truncate(b / "tokenizer.json")),
      "tokenizer.json is corrupt or was replaced"),
     ("run-tokenizer-truncated-rehashed", _run_edited(lambda b: (truncate(b / "tokenizer.json"), rehash(b))),
@@ -346,7 +360,7 @@ CHEAP = ["quantize-out-is-file", "quantize-out-unwritable", "quantize-group-not-
 @pytest.mark.parametrize("case_id", CHEAP)
 def test_cheap_checks_come_before_the_work(env_base, tmp_path, monkeypatch, case_id):
     ckpt, build, model = env_base
-    prepare = dict((c[0], c[1]) for c in CASES)[case_id]
+    prepare = {c[0]: c[1] for c in CASES}[case_id]
     argv = prepare(Env(ckpt, build, model, tmp_path))
 
     def started(*args, **kwargs):

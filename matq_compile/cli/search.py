@@ -48,11 +48,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from matq_compile.ckpt import load_checkpoint
-    from matq_compile.cli import search_steps
+    from matq_compile.cli import preflight, search_steps
     from matq_compile.search.budget import parse_budget
     from matq_compile.search.tables import ByteModel, build_table, parse_levels
-
-    from matq_compile.cli import preflight
 
     preflight.out_dir(args.out)
     preflight.at_least(args.sweep, 0, "--sweep")

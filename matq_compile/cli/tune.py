@@ -84,7 +84,8 @@ def run(args) -> int:
     db_dir = args.db_dir or Path("tuning") / spec.name
     preflight.out_dir(db_dir, "--db-dir")
     rpc = tune.RPCSettings(args.tracker_host, args.tracker_port, args.tracker_key)
-    ran = tune.tune(keys, spec, db_dir, spec.trials if args.trials is None else args.trials, runner=args.runner, rpc=rpc, seed=args.seed,
+    trials = spec.trials if args.trials is None else args.trials
+    ran = tune.tune(keys, spec, db_dir, trials, runner=args.runner, rpc=rpc, seed=args.seed,
                     builder=args.builder)
     for name, n in ran.items():
         log.info("%s: %d new trials", name, n)

@@ -21,7 +21,7 @@ import numpy as np
 
 from matq_compile._threads import configure_tvm_threads
 from matq_compile.io_utils import FormatError, read_json
-from matq_compile.runtime.verify import check_binding, check_device, verify_build
+from matq_compile.runtime.verify import as_mismatch, check_binding, check_device, verify_build
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +145,15 @@ class Model:
         if self.pos + n > self.max_seq_len:
             raise ValueError(f"{self.pos} cached + {n} new tokens exceed max_seq_len {self.max_seq_len}")
 
+    def _call(self, func: str, *args: Any) -> Any:
+        try:
+            return self.vm[func](*args)
+        except RuntimeError as e:  # TVM reports its argument checks as RuntimeError
+            mismatch = as_mismatch(e, self.dir)
+            if mismatch is None:
+                raise
+            raise mismatch from None
+
     def check_room(self, prompt_tokens: int, max_new_tokens: int) -> None:
         """Refuse, before any work, a generation the KV cache cannot hold (prefill pads to whole chunks; the last
         new token comes from the logits and is never cached)."""
@@ -169,7 +178,7 @@ class Model:
             raise ValueError("prefill needs at least one token")
         out = None
         for chunk, n in self._chunks(ids):
-            out = self.vm["prefill"](self._tensor(chunk, self.dev), self._shape([self.pos]), self._shape([n - 1]),
+            out = self._call("prefill", self._tensor(chunk, self.dev), self._shape([self.pos]), self._shape([n - 1]),
                                      self.kt, self.vc, *self.params)
             self.pos += n
         return out[0].numpy()[0]
@@ -178,7 +187,7 @@ class Model:
         """Append one token; [V] logits of the next one."""
         ids = self._ids([token])
         self._room(1)
-        out = self.vm["decode"](self._tensor(ids[None, :], self.dev), self._shape([self.pos]), self.kt, self.vc,
+        out = self._call("decode", self._tensor(ids[None, :], self.dev), self._shape([self.pos]), self.kt, self.vc,
                                 *self.params)
         self.pos += 1
         return out[0].numpy()[0]
@@ -188,7 +197,7 @@ class Model:
         ids = self._ids(ids)
         rows = []
         for chunk, n in self._chunks(ids):
-            out = self.vm["score"](self._tensor(chunk, self.dev), self._shape([self.pos]), self.kt, self.vc,
+            out = self._call("score", self._tensor(chunk, self.dev), self._shape([self.pos]), self.kt, self.vc,
                                    *self.params)
             rows.append(out[0].numpy()[:n])
             self.pos += n

@@ -145,7 +145,8 @@ void CheckBinding(const ffi::Module& vm, const std::vector<std::string>& names) 
   for (const char* func : {"prefill", "decode"}) {
     int64_t n = arity(ffi::String(func)).cast<int64_t>();
     int64_t first = n - static_cast<int64_t>(names.size());
-    if (first <= 0) throw std::runtime_error(std::string("model.so: ") + func + " takes fewer parameters than manifest.json lists");
+    if (first <= 0)
+      throw std::runtime_error(std::string("model.so: ") + func + " takes fewer parameters than manifest.json lists");
     for (size_t i = 0; i < names.size(); ++i) {
       std::string lib = param_name(ffi::String(func), static_cast<int>(first + i)).cast<ffi::String>();
       if (lib != names[i])

@@ -78,7 +78,8 @@ def check_binding(vm_module: Any, params: Sequence[Mapping[str, Any]], build_dir
         n = int(arity(func))
         lib_names = [str(param_name(func, i)) for i in range(max(0, n - len(names)), n)]
         if n <= len(names) or lib_names != names:
-            diff = next((i for i, (a, b) in enumerate(zip(lib_names, names)) if a != b), min(len(lib_names), len(names)))
+            diff = next((i for i, (a, b) in enumerate(zip(lib_names, names)) if a != b),
+                        min(len(lib_names), len(names)))
             got = lib_names[diff] if diff < len(lib_names) else "(none)"
             want = names[diff] if diff < len(names) else "(none)"
             raise FormatError(f"{build_dir}: model.so was compiled for another parameter order than manifest.json "
@@ -101,3 +102,17 @@ def check_device(manifest: Mapping[str, Any], device: str, build_dir: Path) -> N
                          f"run it with --device {wants}, not {device!r}")
     if not dev.exist:
         raise ValueError(f"no {device} device on this machine (the build {build_dir} needs one)")
+
+
+_VM_CHECK = re.compile(r"Check failed: (?P<what>.*?) : ErrorContext\(fn=(?P<fn>\w+), loc=param\[\d+\], "
+                       r"param=(?P<param>\w+)")
+
+
+def as_mismatch(e: Exception, build_dir: Path) -> FormatError | None:
+    """The VM's own argument check failing means the manifest (cache shapes, chunk) disagrees with the library it
+    claims to describe: an edit made consistently with SHA256SUMS. None for any other error."""
+    m = _VM_CHECK.search(str(e))
+    if m is None:
+        return None
+    return FormatError(f"{build_dir}: model.so refuses the {m['param']} that manifest.json describes ({m['fn']}: "
+                       f"{m['what']}); the manifest does not belong to this library, recompile")

@@ -10,7 +10,7 @@ import pytest
 
 from matq_compile.runtime.detok import StreamDecoder
 
-TEXT = "日本の首都は東京です。うくさとおよい。🙂 ok"  # 3- and 4-byte characters, one byte-level token per byte
+TEXT = "日本の首都は東京です。うくさとおよい。🙂 ok"  # 3- and 4-byte characters, one token per byte
 
 
 @pytest.fixture(scope="module")
@@ -70,8 +70,8 @@ def test_matq_run_streams_no_replacement_characters(tiny_llama_tok_dir, tokenize
     ids = tokenizer.encode(answer).ids
     monkeypatch.setattr(runtime, "load", lambda build, device="cpu": FakeModel(ids))
     shutil.copyfile(tiny_llama_tok_dir / "tokenizer.json", tmp_path / "tokenizer.json")
-    rc = main(["run", str(tmp_path), "--prompt", "日本の首都は東京です。中国の首都は", "--max-new-tokens",
-               str(len(ids)), "--ignore-eos", "--json", str(tmp_path / "gen.json")])
+    rc = main(["run", str(tmp_path), "--prompt", "日本の首都は東京です。中国の首都は",
+               "--max-new-tokens", str(len(ids)), "--ignore-eos", "--json", str(tmp_path / "gen.json")])
     assert rc == 0
     assert capsys.readouterr().out == answer + "\n"
     assert json.loads(Path(tmp_path / "gen.json").read_text())["tokens"] == ids

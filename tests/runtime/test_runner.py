@@ -80,3 +80,17 @@ def test_cpp_runner_prints_the_same_ids(build, runner_exe):
 def test_cpp_runner_rejects_a_missing_build(runner_exe, tmp_path):
     res = subprocess.run([str(runner_exe), str(tmp_path / "nope"), "--ids", "1"], capture_output=True, text=True)
     assert res.returncode == 1 and "cannot open" in res.stderr
+
+
+def test_cpp_runner_refuses_a_manifest_whose_parameter_order_was_edited(build, runner_exe, tmp_path):
+    """Two same-shape parameters swapped in manifest.json: the library's own parameter names disagree."""
+    bad = Path(shutil.copytree(build, tmp_path / "bad"))
+    m = json.loads((bad / "manifest.json").read_text())
+    params = m["params"]
+    i, j = next((i, j) for i in range(len(params)) for j in range(i + 1, len(params))
+                if params[i]["shape"] == params[j]["shape"] and params[i]["dtype"] == params[j]["dtype"])
+    params[i]["name"], params[j]["name"] = params[j]["name"], params[i]["name"]
+    (bad / "manifest.json").write_text(json.dumps(m))
+    res = subprocess.run([str(runner_exe), str(bad), "--ids", "1,2,3"], capture_output=True, text=True, timeout=120,
+                         check=False)
+    assert res.returncode == 1 and "another parameter order" in res.stderr, res.stderr
