@@ -29,21 +29,21 @@ def _can_write_in(path: Path, flag: str) -> None:
 
 def out_dir(path: Path | str | None, flag: str = "--out") -> None:
     """A directory the command will create or replace."""
-    if path is None:
-        return
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"{flag} {path} is a file; give a directory")
-    _can_write_in(path, flag)
+    _output(path, flag, directory=True)
 
 
 def out_file(path: Path | str | None, flag: str) -> None:
     """A file the command will create or replace."""
+    _output(path, flag, directory=False)
+
+
+def _output(path: Path | str | None, flag: str, directory: bool) -> None:
     if path is None:
         return
     path = Path(path)
-    if path.is_dir():
-        raise ValueError(f"{flag} {path} is a directory; give a file path")
+    if path.exists() and path.is_dir() != directory:
+        raise ValueError(f"{flag} {path} is a file; give a directory" if directory
+                         else f"{flag} {path} is a directory; give a file path")
     _can_write_in(path, flag)
 
 
