@@ -150,6 +150,17 @@ def _r(build: Path, *extra: str) -> list[str]:
     return ["run", str(build), "--prompt", "hi", "--max-new-tokens", "2", *extra]
 
 
+def cuda_labelled_build(e: Env) -> Path:
+    """A build whose (rehashed) manifest says CUDA: what a GPU build looks like to a machine without a GPU."""
+    import tvm
+
+    if tvm.cuda(0).exist:
+        pytest.skip("this machine has a CUDA device")
+    b = e.build_copy()
+    edit_manifest(b, lambda m: m["target"].update(kind="cuda"), rehash=True)
+    return b
+
+
 def _run_edited(change: Callable[[Path], None]) -> Callable[[Env], list[str]]:
     def prepare(e: Env) -> list[str]:
         b = e.build_copy()
@@ -253,6 +264,8 @@ CASES: list[tuple[str, Callable[[Env], list[str]], str]] = [
     ("run-max-new-tokens-beyond-cache", lambda e: _with(_r(e.build), "--max-new-tokens", "1019"),
      "the build holds max_seq_len 64"),
     ("run-device-cuda-on-cpu-build", lambda e: _r(e.build, "--device", "cuda"), "run it with --device cpu"),
+    ("run-device-cuda-without-gpu", lambda e: _r(cuda_labelled_build(e), "--device", "cuda"),
+     "no cuda device on this machine"),
     ("run-device-unknown", lambda e: _r(e.build, "--device", "tpu"), "--device 'tpu'"),
     ("run-build-missing", lambda e: _r(e.work / "nope"), "manifest.json is missing"),
     # run: a build edited after compiling is refused before anything in it is loaded
