@@ -2,8 +2,8 @@
 //
 //   matq_run BUILD_DIR --ids 1,2,3 [--max-new-tokens N] [--device cpu|cuda]
 //
-// Reads BUILD_DIR/manifest.json (parameter order, checked against the library's own record of it; chunk, cache
-// shapes), the weights from
+// Checks the whole build against BUILD_DIR/SHA256SUMS first, then reads BUILD_DIR/manifest.json (parameter order,
+// checked against the library's own record of it; chunk, cache shapes), the weights from
 // BUILD_DIR/weights.safetensors, loads BUILD_DIR/model.so into a Relax VM, runs the chunked prefill and N-1 decode
 // steps (argmax) and prints one JSON object: {"prompt_tokens", "tokens", "prefill_s", "decode_s",
 // "prefill_tok_s", "decode_tok_s"}. Token ids in and out: tokenization stays in Python (`tokenizers`).
@@ -12,15 +12,19 @@
 #include <tvm/ffi/container/tensor.h>
 #include <tvm/ffi/function.h>
 
+#include "sha256.h"
+
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <map>
+#include <set>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -29,6 +33,7 @@
 
 namespace ffi = tvm::ffi;
 using ffi::Tensor;
+using matq::Sha256Hex;
 
 namespace {
 
@@ -105,6 +110,28 @@ std::map<std::string, Tensor> LoadSafetensors(const std::string& path, DLDevice 
   return out;
 }
 
+// The build as a whole, before anything in it is parsed or loaded (matq_compile/runtime/verify.py does the same):
+// SHA256SUMS lists manifest.json and model.so, every listed file matches, and no unlisted file is present.
+void VerifyBuild(const std::string& dir) {
+  std::istringstream sums(ReadFile(dir + "/SHA256SUMS"));
+  std::set<std::string> listed;
+  for (std::string line; std::getline(sums, line);) {
+    if (line.size() < 67 || line.compare(64, 2, "  ") != 0 || line.find("..") != std::string::npos || line[66] == '/')
+      throw std::runtime_error(dir + "/SHA256SUMS: not a 'SHA256  FILE' line: " + line.substr(0, 80));
+    std::string name = line.substr(66);
+    if (Sha256Hex(ReadFile(dir + "/" + name)) != line.substr(0, 64))
+      throw std::runtime_error(dir + "/" + name + " is corrupt or was replaced (sha256 differs from SHA256SUMS)");
+    listed.insert(name);
+  }
+  for (const char* name : {"manifest.json", "model.so"})
+    if (!listed.count(name)) throw std::runtime_error(dir + "/SHA256SUMS does not list " + name);
+  for (const auto& entry : std::filesystem::recursive_directory_iterator(dir)) {
+    std::string name = entry.path().lexically_relative(dir).generic_string();
+    if (entry.is_regular_file() && name != "SHA256SUMS" && !listed.count(name))
+      throw std::runtime_error(dir + " holds a file its SHA256SUMS does not list: " + name);
+  }
+}
+
 struct Options {
   std::string build, device = "cpu";
   std::vector<int32_t> ids;
@@ -160,6 +187,7 @@ void CheckBinding(const ffi::Module& vm, const std::vector<std::string>& names) 
 class Runner {
  public:
   Runner(const Options& o) : dev_{o.device == "cuda" ? kDLCUDA : kDLCPU, 0} {
+    VerifyBuild(o.build);
     auto manifest = ParseObject(ReadFile(o.build + "/manifest.json"), "manifest.json");
     auto model = manifest["model"].cast<ffi::Map<ffi::Any, ffi::Any>>();
     chunk_ = manifest["chunk"].cast<int64_t>();
