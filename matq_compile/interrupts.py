@@ -1,8 +1,8 @@
 """SIGINT and SIGTERM as exceptions, so `finally` blocks (atomic writes) remove their temporaries before exit.
 
 The CLI installs the handlers around a command; the first signal raises KeyboardInterrupt (SIGINT) or Terminated
-(SIGTERM) in the main thread, and later ones are ignored so that the cleanup itself is not cut short. Exit codes follow the shell:
-128 + signal number (130, 143).
+(SIGTERM) in the main thread, and later ones are ignored so that the cleanup itself is not cut short. Exit codes
+follow the shell: 128 + signal number (130, 143).
 
 Test hook: with MATQ_TEST_HOLD_WRITE=FILE in the environment, every atomic write writes its temporary's path to FILE
 and then waits (up to 120 s) before finishing, so a test can signal the process while a write is in progress.

@@ -41,7 +41,7 @@ class Env:
     def ckpt_with_shard(self, change: Callable[[bytes], bytes]) -> Path:
         """A copy of the checkpoint whose (first) safetensors shard is rewritten by `change`."""
         c = Path(shutil.copytree(self.ckpt, self.work / "ckpt"))
-        shard = sorted(c.glob("*.safetensors"))[0]
+        shard = min(c.glob("*.safetensors"))
         shard.write_bytes(change(shard.read_bytes()))
         return c
 

@@ -23,8 +23,8 @@ _LINE = re.compile(r"^([0-9a-f]{64})  (\S(?:.*\S)?)$")
 
 def build_files(build_dir: Path) -> list[str]:
     """Every regular file under the build, as relative POSIX paths, except the digest file itself."""
-    return sorted(p.relative_to(build_dir).as_posix() for p in build_dir.rglob("*")
-                  if p.is_file() and p.name != DIGEST_NAME)
+    names = (p.relative_to(build_dir).as_posix() for p in build_dir.rglob("*") if p.is_file())
+    return sorted(n for n in names if n != DIGEST_NAME)
 
 
 def write_digests(build_dir: str | Path) -> Path:

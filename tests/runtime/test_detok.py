@@ -10,7 +10,7 @@ import pytest
 
 from matq_compile.runtime.detok import StreamDecoder
 
-TEXT = "日本の首都は東京です。うくさとおよい。🙂 ok"  # 3- and 4-byte characters, one token per byte
+TEXT = "日本の首都は東京です。うくさとおよい。🙂 ok"  # 3- and 4-byte characters; one token a byte
 
 
 @pytest.fixture(scope="module")
