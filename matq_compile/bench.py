@@ -7,7 +7,6 @@ another target or from another database.
 """
 from __future__ import annotations
 
-import json
 import logging
 import platform
 from dataclasses import asdict, dataclass, field
@@ -17,7 +16,7 @@ import numpy as np
 
 from matq_compile import layout
 from matq_compile._log import progress
-from matq_compile.io_utils import write_json
+from matq_compile.io_utils import FormatError, read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -54,15 +53,16 @@ def load_table(path: str | Path, spec, db_dir: str | Path | None = None) -> Late
     """Read a table; refuse another format, another target, or (given db_dir) another database."""
     from matq_compile.tune import database_hash
 
-    data = json.loads(Path(path).read_text())
-    if data.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{path}: unknown latency table format {data.get('format_version')!r}")
-    if data["target"] != spec.name:
+    data = read_json(path, "latency table", FORMAT_VERSION)
+    if data.get("target") != spec.name:
         raise ValueError(f"{path} was measured on target {data['target']!r}, not {spec.name!r}")
     if db_dir is not None and data["db_hash"] != database_hash(db_dir):
         raise ValueError(f"{path} was measured with another tuning database than {db_dir} (hash differs)")
-    rows = tuple(Row(**r) for r in data["rows"])
-    return LatencyTable(data["target"], data["tvm_version"], data["db_hash"], rows)
+    try:
+        rows = tuple(Row(**r) for r in data["rows"])
+        return LatencyTable(data["target"], data["tvm_version"], data["db_hash"], rows)
+    except (KeyError, TypeError) as e:  # a missing field, or rows that are not {field: value} objects
+        raise FormatError(f"{path} is not a valid latency table ({type(e).__name__}: {e})") from None
 
 
 def random_args(key: layout.KernelKey, m: int, seed: int = 0) -> list[np.ndarray]:

@@ -169,6 +169,16 @@ def _run_edited(change: Callable[[Path], None]) -> Callable[[Env], list[str]]:
     return prepare
 
 
+def _table(rows: list) -> dict:
+    """A latency table for this machine's target and committed database whose rows are `rows`."""
+    from matq_compile import targets, tune
+    from matq_compile.cli.search_steps import committed_db_dir
+
+    spec = targets.load("host")
+    return {"format_version": 1, "target": spec.name, "tvm_version": "x",
+            "db_hash": tune.database_hash(committed_db_dir(spec)), "rows": rows}
+
+
 BAD_RECORD = "[0, [1, 2]]"  # valid JSON, not a tuning record
 FAR_RECORD = '[999, [[], [1.0], {"kind": "llvm"}, []]]'  # a record of a workload the database does not hold
 
@@ -236,6 +246,12 @@ CASES: list[tuple[str, Callable[[Env], list[str]], str]] = [
     ("search-bad-budget", lambda e: _s(e, "--budget", "speed:9", "--out", str(e.work / "s")), "budget must look like"),
     ("search-bad-levels", lambda e: _s(e, "--budget", "avg-bits:4", "--levels", "2,9", "--out", str(e.work / "s")),
      "levels must be distinct integers in 2..8"),
+    ("search-latency-table-not-object", lambda e: _s(e, "--target", "host", "--budget", "latency:1ms", "--no-measure",
+                                                     "--latency-table", str(e.file("t.json", "[]")), "--out",
+                                                     str(e.work / "s")), "expected a JSON object, got list"),
+    ("search-latency-table-bad-rows", lambda e: _s(e, "--target", "host", "--budget", "latency:1ms", "--no-measure",
+                                                   "--latency-table", str(e.file("t.json", json.dumps(_table([{}])))),
+                                                   "--out", str(e.work / "s")), "is not a valid latency table"),
     ("search-ckpt-missing", lambda e: ["search", "--checkpoint", str(e.work / "c"), "--budget", "avg-bits:4",
                                        "--out", str(e.work / "s")], "does not exist"),
     # compile
