@@ -271,8 +271,10 @@ def _check_file(path: Path, name: str, sha: str, size: int | None = None) -> Non
     f = path / name
     if not f.is_file():
         raise FileNotFoundError(f"checkpoint {path}: file {name} is missing")
-    if size is not None and f.stat().st_size != size:
-        raise ValueError(f"checkpoint {path}: {name} has {f.stat().st_size} bytes, expected {size} (truncated?)")
+    actual = f.stat().st_size
+    if size is not None and actual != size:
+        why = "truncated?" if actual < size else "too large: appended to or replaced?"
+        raise ValueError(f"checkpoint {path}: {name} has {actual} bytes, expected {size} ({why})")
     if sha256_file(f) != sha:
         raise ValueError(f"checkpoint {path}: sha256 of {name} does not match matq_config.json (corrupt or modified)")
 

@@ -5,6 +5,7 @@
     <out>/config.json, tokenizer files (copied from the checkpoint)
     <out>/manifest.json         provenance (checkpoint hash, plan, target, TVM/ffi versions, database hash),
                                 parameter order, cache shapes, sha256 of the library and the weights
+    <out>/SHA256SUMS            sha256 of every file above, the manifest included (runtime/verify.py)
 
 The library takes the weights as trailing parameters in manifest["params"] order, so the Python runtime and the
 C++ runner both feed it from weights.safetensors. Nothing here imports torch except checkpoint loading.
@@ -25,6 +26,7 @@ from matq_compile.io_utils import atomic_dir, read_json, sha256_file, write_json
 log = logging.getLogger(__name__)
 
 from matq_compile.runtime import FORMAT_VERSION, LIB_NAME, MANIFEST_NAME, WEIGHTS_NAME  # noqa: E402
+from matq_compile.runtime.verify import write_digests
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json")
 CUDA_SOURCE_NAME = "kernels.cu"
 CHUNK = max(layout.M_BUCKETS)  # prefill chunk: tokens per prefill call (a tuned static M bucket)
@@ -114,10 +116,11 @@ def _tokenizer_files(ckpt_dir: Path, required: bool) -> list[Path]:
 
 def _db_dir(spec, opts: CompileOptions) -> Path | None:
     from matq_compile import schedules
+    from matq_compile.tune import check_database
 
     db = Path(opts.db_dir) if opts.db_dir else schedules.db_dir(spec)
     if (db / "target.json").is_file():
-        return db
+        return check_database(db, spec)  # now, not from inside a compiler pass (TVM would wrap the error)
     if opts.db_dir:
         raise FileNotFoundError(f"tuning database {db} does not exist (no target.json)")
     if not opts.allow_untuned:
@@ -213,6 +216,7 @@ def compile_model(ckpt_dir: str | Path, out_dir: str | Path, bits: int | None = 
             shutil.copyfile(f, tmp / f.name)
         manifest = _llm_manifest(ckpt, ckpt_dir, plan_info, layer_bits, spec, db, opts, ex, cfg, hf, arrays, tmp)
         write_json(tmp / MANIFEST_NAME, manifest)
+        write_digests(tmp)  # last: covers every file above, the manifest included
     log.info("wrote %s (%s, %.1f MB weights)", out_dir, spec.name, (out_dir / WEIGHTS_NAME).stat().st_size / 1e6)
     return out_dir
 
@@ -264,4 +268,5 @@ def compile_onnx(onnx_path: str | Path, out_dir: str | Path, bits: int,
             "database": None if db is None else {"path": str(db), "hash": database_hash(db)},
             "allow_untuned": opts.allow_untuned, "modules": module_kinds(ex.mod), "inputs": inputs,
             "files": {LIB_NAME: sha256_file(tmp / LIB_NAME)}})
+        write_digests(tmp)
     return out_dir

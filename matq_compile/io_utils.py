@@ -1,4 +1,7 @@
-"""Atomic file and directory writes: outputs appear complete or not at all."""
+"""Atomic file and directory writes: outputs appear complete or not at all.
+
+Temporaries are hidden siblings tagged with the writer's PID (matq_compile._tmpfiles); each write first sweeps those
+of its own output left by dead processes, and the finished output gets the umask's permissions."""
 from __future__ import annotations
 
 import contextlib
@@ -6,10 +9,12 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from matq_compile._tmpfiles import honour_umask, make_temp
+from matq_compile.interrupts import hold_for_test
 
 
 @contextlib.contextmanager
@@ -17,11 +22,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary sibling path; rename it onto `path` only if the body succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = make_temp(path, is_dir=False)
     try:
         yield tmp_path
+        hold_for_test(tmp_path)
+        honour_umask(tmp_path, is_dir=False)
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
@@ -35,9 +40,11 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Path
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} already exists")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp = make_temp(path, is_dir=True)
     try:
         yield tmp
+        hold_for_test(tmp)
+        honour_umask(tmp, is_dir=True)
         if path.exists():
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)

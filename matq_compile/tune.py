@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from matq_compile import layout
+from matq_compile.db_records import check_rows
 from matq_compile.io_utils import read_json, sha256_file, write_json
 
 log = logging.getLogger(__name__)
@@ -55,10 +56,12 @@ def check_database(db_dir: str | Path, spec, create: bool = False) -> Path:
     if stored.get("name") != spec.name or stored.get("target") != spec.target_dict():
         raise ValueError(f"tuning database {db_dir} belongs to target {stored.get('name')!r} "
                          f"({stored.get('target')}), not {spec.name!r}; use one database per target")
+    n_workloads = 0
     for name in DB_FILES:
         path = db_dir / name
         if not path.exists():
             continue
+        rows = []
         for n, line in enumerate(path.read_text().splitlines(), 1):
             try:
                 row = json.loads(line) if line.strip() else []
@@ -66,6 +69,10 @@ def check_database(db_dir: str | Path, spec, create: bool = False) -> Path:
                 raise ValueError(f"corrupt tuning database {path} line {n}: {e}") from e
             if not isinstance(row, list):
                 raise ValueError(f"corrupt tuning database {path} line {n}: expected a JSON list")
+            if line.strip():
+                rows.append((n, row))
+        check_rows(path, rows, n_workloads)  # records point into the workloads (DB_FILES lists those first)
+        n_workloads = len(rows)
     return db_dir
 
 

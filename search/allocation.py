@@ -97,13 +97,20 @@ def plan_from_json(obj: Mapping[str, Any], source: str = "<json>") -> Plan:
         raise ValueError(f"{source}: unknown plan format_version {obj.get('format_version')!r} "
                          f"(this version reads {PLAN_FORMAT_VERSION})")
     try:
-        return Plan(layers={str(k): int(v) for k, v in obj["layers"].items()},
-                    checkpoint_hash=str(obj["checkpoint_hash"]), levels=tuple(int(b) for b in obj["levels"]),
+        # bits pass through unconverted: int(4.7) would silently compile a 4.7 as 4; Plan refuses non-integers
+        return Plan(layers={str(k): v for k, v in obj["layers"].items()},
+                    checkpoint_hash=str(obj["checkpoint_hash"]), levels=tuple(_whole(b) for b in obj["levels"]),
                     solver=str(obj["solver"]), budgets=tuple(Budget.from_json(b) for b in obj.get("budgets", [])),
                     predicted={str(k): float(v) for k, v in obj.get("predicted", {}).items()},
                     target=obj.get("target"), seed=obj.get("seed"), meta=dict(obj.get("meta", {})))
     except (KeyError, TypeError, AttributeError) as e:
         raise ValueError(f"{source}: malformed plan ({e!r})") from e
+
+
+def _whole(v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ValueError(f"plan levels must be integers, got {v!r}")  # noqa: TRY004 - the CLI reports ValueErrors
+    return v
 
 
 def load_plan(path: str | os.PathLike, layer_names: Sequence[str] | None = None,

@@ -11,6 +11,8 @@ import logging
 import sys
 
 from matq_compile._log import enable_logging
+from matq_compile.cli.errors import USER_ERRORS, describe
+from matq_compile.interrupts import Terminated, exit_code, signals_as_exceptions
 
 # Order here is the order in `matq --help`: the pipeline, stage by stage.
 SUBCOMMANDS = ("quantize", "eval", "tune", "bench_kernels", "search", "compile", "run")
@@ -37,10 +39,16 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     enable_logging(args.verbose)
     try:
-        return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, FileExistsError, KeyError) as e:
-        log.error("%s", e)
+        with signals_as_exceptions():
+            return int(args.func(args) or 0)
+    except USER_ERRORS as e:
+        log.debug("traceback of the error below", exc_info=True)  # --verbose
+        log.error("%s", describe(e))
         return 2
+    except (KeyboardInterrupt, Terminated) as e:
+        log.error("interrupted (%s); partial outputs removed", "SIGINT" if isinstance(e, KeyboardInterrupt)
+                  else "SIGTERM")
+        return exit_code(e)
 
 
 if __name__ == "__main__":

@@ -21,11 +21,14 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from matq_compile import bench, targets
+    from matq_compile.cli import preflight
 
+    preflight.at_least(args.repeat, 1, "--repeat")
     spec = targets.load(args.target)
     db_dir = args.db_dir or Path("tuning") / spec.name
-    table = bench.measure(keys_from_args(args), spec, db_dir, args.repeat, args.allow_untuned)
     out = args.out or db_dir / "latency.json"
+    preflight.out_file(out, "--out")
+    table = bench.measure(keys_from_args(args), spec, db_dir, args.repeat, args.allow_untuned)
     table.save(out)
     print(f"{'kernel':<52} {'median_us':>10} {'GB/s':>7}")
     for key, median in table.entries.items():

@@ -39,7 +39,14 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from matq_compile.cli import preflight
     from matq_compile.export import CompileOptions, compile_model, compile_onnx
+
+    preflight.out_dir(args.out)
+    preflight.out_dir(args.dump_ir, "--dump-ir")
+    preflight.in_file(args.plan, "--plan")
+    preflight.in_file(args.onnx, "--onnx")
+    preflight.at_least(args.max_seq_len, 16, "--max-seq-len")
 
     opts = CompileOptions(target=args.target, db_dir=None if args.db_dir is None else str(args.db_dir),
                           allow_untuned=args.allow_untuned, head_dtype=args.head_dtype,

@@ -27,10 +27,18 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from matq_compile.cli import preflight
     from matq_compile.evaluate import EvalSpec, eval_windows, perplexity
     from matq_compile.io_utils import write_json
 
+    preflight.in_file(args.text, "--text")  # before the model loads
+    preflight.in_file(args.plan, "--plan")
+    preflight.out_file(args.out, "--out")
+    preflight.at_least(args.windows, 1, "--windows")
+    preflight.at_least(args.batch_size, 1, "--batch-size")
+
     spec = EvalSpec(args.seq_len, args.windows, None if args.text is None else str(args.text), args.batch_size)
+    spec.text_path()  # the default test text too, before the model loads
     if args.checkpoint is not None:
         model, tokenizer, record = _checkpoint_model(args)
     else:

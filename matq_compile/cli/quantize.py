@@ -60,10 +60,16 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from matq_compile.cli import preflight
     from matq_compile.config import QuantSpec
     from matq_compile.data import CalibSpec
     from matq_compile.evaluate import EvalSpec
     from matq_compile.quantize_stage import calibration_source, quantize_to_checkpoint, slice_table
+
+    preflight.out_dir(args.out)
+    preflight.out_file(args.eval_json, "--eval-json")
+    preflight.in_file(args.eval_text, "--eval-text")
+    preflight.group_size(args.model, args.group_size)
 
     spec = QuantSpec(method=args.method, bits=args.bits, group_size=args.group_size, sym=args.sym,
                      slice_rule=args.slice_rule, trained_bits=args.trained_bits, lambdas=args.lambdas, mu=args.mu,

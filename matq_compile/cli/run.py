@@ -31,25 +31,25 @@ def _prompt_ids(tokenizer, text: str, chat: bool) -> list[int]:
 
 def run(args: argparse.Namespace) -> int:
     from matq_compile import runtime
+    from matq_compile.cli import preflight
     from matq_compile.io_utils import write_json
+    from matq_compile.runtime.detok import StreamDecoder
 
+    preflight.out_file(args.json, "--json")
+    preflight.at_least(args.max_new_tokens, 1, "--max-new-tokens")
     if not runtime.block_torch():
         log.debug("torch was already imported in this process")
     model = runtime.load(args.build, args.device)
     tokenizer = runtime.load_tokenizer(args.build)
     ids = _prompt_ids(tokenizer, args.prompt, args.chat)
-    shown: list[int] = []
-    text_so_far = ""
+    detok = StreamDecoder(tokenizer)
 
-    def stream(tok: int) -> None:  # decode the whole tail so multi-token characters print correctly
-        nonlocal text_so_far
-        shown.append(tok)
-        text = tokenizer.decode(shown)
-        sys.stdout.write(text[len(text_so_far):])
+    def stream(tok: int) -> None:
+        sys.stdout.write(detok.push(tok))
         sys.stdout.flush()
-        text_so_far = text
 
     gen = model.generate(ids, args.max_new_tokens, on_token=stream, stop_at_eos=not args.ignore_eos)
+    sys.stdout.write(detok.flush())
     sys.stdout.write("\n")
     stats = {"prompt_tokens": gen.prompt_tokens, "new_tokens": len(gen.tokens), "tokens": gen.tokens,
              "prefill_tok_s": gen.prefill_tok_s, "decode_tok_s": gen.decode_tok_s}

@@ -60,8 +60,11 @@ def options(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     from matq_compile import search_stage
     from matq_compile.ckpt import load_checkpoint
+    from matq_compile.cli import preflight
     from matq_compile.search.budget import parse_budget
 
+    preflight.out_dir(args.out)
+    preflight.at_least(args.sweep, 0, "--sweep")
     opts = options(args)
     budgets = [parse_budget(b) for b in args.budget]
     if not budgets and args.sweep == 0:

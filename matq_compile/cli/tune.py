@@ -38,36 +38,43 @@ def keys_from_args(args) -> list:
     units: each layer's own kernel and the fused sibling kernels), then each --shape."""
     from dataclasses import replace
 
+    from matq_compile.cli import preflight
     from matq_compile.kernel_units import kernel_keys
     from matq_compile.layout import KernelKey
 
-    bits = [int(b) for b in args.bits.split(",")]
-    ms = [int(m) for m in args.m_buckets.split(",")]
+    bits = preflight.int_list(args.bits, "--bits", minimum=2)
+    ms = preflight.int_list(args.m_buckets, "--m-buckets")
+    shapes = []
+    for s in args.shape:
+        try:
+            n, k = (int(v) for v in s.lower().split("x"))
+        except ValueError as e:
+            raise ValueError(f"--shape must look like 576x1536 (N x K), got {s!r}") from e
+        shapes.append((n, k))
+    if not shapes and not args.checkpoint:
+        raise ValueError("give --checkpoint or at least one --shape")
     keys = []
     if args.checkpoint:
         from matq_compile.ckpt import read_linear_slices
 
         slices = {n: replace(sl, dtype=args.dtype) for n, sl in read_linear_slices(args.checkpoint).items()}
         keys = kernel_keys(slices, bits, ms)
-    for s in args.shape:
-        try:
-            n, k = (int(v) for v in s.lower().split("x"))
-        except ValueError as e:
-            raise ValueError(f"--shape must look like 576x1536 (N x K), got {s!r}") from e
-        keys += [KernelKey(n, k, b, args.group, m, args.dtype) for m in ms for b in bits]
-    if not keys:
-        raise ValueError("give --checkpoint or at least one --shape")
+    keys += [KernelKey(n, k, b, args.group, m, args.dtype) for n, k in shapes for m in ms for b in bits]
     return list(dict.fromkeys(keys))
 
 
 def run(args) -> int:
     from matq_compile import targets, tune
+    from matq_compile.cli import preflight
 
+    preflight.at_least(args.trials, 1, "--trials")  # 0 must not mean "the target's default"
     spec = targets.load(args.target)
     keys = keys_from_args(args)
     db_dir = args.db_dir or Path("tuning") / spec.name
+    preflight.out_dir(db_dir, "--db-dir")
     rpc = tune.RPCSettings(args.tracker_host, args.tracker_port, args.tracker_key)
-    ran = tune.tune(keys, spec, db_dir, args.trials or spec.trials, runner=args.runner, rpc=rpc, seed=args.seed,
+    trials = spec.trials if args.trials is None else args.trials
+    ran = tune.tune(keys, spec, db_dir, trials, runner=args.runner, rpc=rpc, seed=args.seed,
                     builder=args.builder)
     for name, n in ran.items():
         log.info("%s: %d new trials", name, n)

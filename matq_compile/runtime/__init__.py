@@ -1,6 +1,6 @@
 """Load an exported matq build and generate with the TVM runtime only (numpy, safetensors, tvm; never torch).
 
-    m = load("build/")                      # checks the manifest and file hashes, loads the library and weights
+    m = load("build/")                      # verifies the whole build (SHA256SUMS), loads the library and weights
     logits = m.prefill(ids)                 # [V] logits of the last prompt token (chunks of manifest["chunk"])
     logits = m.decode(token)                # [V] next-token logits
     out = m.generate(ids, 32, on_token=cb)  # greedy; Generation(tokens, prefill_tok_s, decode_tok_s, ...)
@@ -20,11 +20,12 @@ from typing import Any
 import numpy as np
 
 from matq_compile._threads import configure_tvm_threads
-from matq_compile.io_utils import sha256_file
+from matq_compile.io_utils import FormatError, read_json
+from matq_compile.runtime.verify import as_mismatch, check_binding, check_device, verify_build
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: SHA256SUMS over the whole build
 LIB_NAME, WEIGHTS_NAME, MANIFEST_NAME = "model.so", "weights.safetensors", "manifest.json"
 
 
@@ -64,21 +65,33 @@ def block_torch() -> bool:
 
 
 def read_manifest(build_dir: str | Path, verify: bool = True) -> dict[str, Any]:
-    """manifest.json of a build, with the library and weights checked against their recorded sha256."""
-    from matq_compile.io_utils import read_json
-
+    """manifest.json of a build; with verify, the whole build is checked against SHA256SUMS first (runtime.verify)."""
     build_dir = Path(build_dir)
-    path = build_dir / MANIFEST_NAME
-    if not path.is_file():
+    if not (build_dir / MANIFEST_NAME).is_file():
         raise FileNotFoundError(f"{build_dir} is not a matq build: {MANIFEST_NAME} is missing")
-    manifest = read_json(path, "build manifest", FORMAT_VERSION)
-    for name, sha in manifest["files"].items():
-        f = build_dir / name
-        if not f.is_file():
+    if verify:
+        verify_build(build_dir)
+    manifest = read_json(build_dir / MANIFEST_NAME, "build manifest", FORMAT_VERSION)
+    for name in manifest["files"]:
+        if not (build_dir / name).is_file():
             raise FileNotFoundError(f"{build_dir}: {name} is missing")
-        if verify and sha256_file(f) != sha:
-            raise ValueError(f"{f} is corrupt or was replaced (sha256 differs from {MANIFEST_NAME}); recompile")
     return manifest
+
+
+def _weights(build_dir: Path, params: Sequence[dict[str, Any]], load_file: Callable) -> list[np.ndarray]:
+    """The weights in manifest order, each with the manifest's shape and dtype."""
+    try:
+        arrays = load_file(str(build_dir / WEIGHTS_NAME))
+    except Exception as e:  # noqa: BLE001 - safetensors raises SafetensorError (an Exception) and OSError
+        raise FormatError(f"cannot read {build_dir / WEIGHTS_NAME}: {e}") from None
+    out = []
+    for p in params:
+        a = arrays.get(p["name"])
+        if a is None or list(a.shape) != list(p["shape"]) or str(a.dtype) != p["dtype"]:
+            raise FormatError(f"{build_dir / WEIGHTS_NAME}: parameter {p['name']!r} is missing or not "
+                              f"{p['dtype']}{p['shape']}; recompile")
+        out.append(a)
+    return out
 
 
 class Model:
@@ -94,14 +107,15 @@ class Model:
         self.manifest = read_manifest(self.dir, verify)
         if self.manifest.get("kind", "llm") != "llm":
             raise ValueError(f"{self.dir} is a {self.manifest['kind']} build; run it with runtime.run_graph")
+        check_device(self.manifest, device, self.dir)
         self.dev = tvm.device(device, 0)
         try:
             lib = tvm.runtime.load_module(str(self.dir / LIB_NAME))
         except Exception as e:  # noqa: BLE001 - TVM raises several error types for a bad shared object
             raise ValueError(f"cannot load {self.dir / LIB_NAME}: {e}") from None
         self.vm = relax.VirtualMachine(lib, self.dev)
-        arrays = load_file(str(self.dir / WEIGHTS_NAME))
-        self.params = [tvm.runtime.tensor(arrays[p["name"]], self.dev) for p in self.manifest["params"]]
+        check_binding(self.vm.module, self.manifest["params"], self.dir)
+        self.params = [tvm.runtime.tensor(a, self.dev) for a in _weights(self.dir, self.manifest["params"], load_file)]
         self.chunk = int(self.manifest["chunk"])
         self.max_seq_len = int(self.manifest["model"]["max_seq_len"])
         self.vocab = int(self.manifest["model"]["vocab_size"])
@@ -131,6 +145,25 @@ class Model:
         if self.pos + n > self.max_seq_len:
             raise ValueError(f"{self.pos} cached + {n} new tokens exceed max_seq_len {self.max_seq_len}")
 
+    def _call(self, func: str, *args: Any) -> Any:
+        try:
+            return self.vm[func](*args)
+        except RuntimeError as e:  # TVM reports its argument checks as RuntimeError
+            mismatch = as_mismatch(e, self.dir)
+            if mismatch is None:
+                raise
+            raise mismatch from None
+
+    def check_room(self, prompt_tokens: int, max_new_tokens: int) -> None:
+        """Refuse, before any work, a generation the KV cache cannot hold (prefill pads to whole chunks; the last
+        new token comes from the logits and is never cached)."""
+        prefill = -(-prompt_tokens // self.chunk) * self.chunk
+        total = max(prefill, prompt_tokens + max_new_tokens - 1)
+        if total > self.max_seq_len:
+            raise ValueError(f"{prompt_tokens} prompt tokens + {max_new_tokens} new tokens need {total} cache "
+                             f"positions; the build holds max_seq_len {self.max_seq_len} (lower --max-new-tokens "
+                             f"or compile with a larger --max-seq-len)")
+
     def _chunks(self, ids: np.ndarray):
         """(padded chunk [1, chunk], real length) pieces; the KV cache room includes the padding."""
         self._room(-(-len(ids) // self.chunk) * self.chunk)
@@ -145,7 +178,7 @@ class Model:
             raise ValueError("prefill needs at least one token")
         out = None
         for chunk, n in self._chunks(ids):
-            out = self.vm["prefill"](self._tensor(chunk, self.dev), self._shape([self.pos]), self._shape([n - 1]),
+            out = self._call("prefill", self._tensor(chunk, self.dev), self._shape([self.pos]), self._shape([n - 1]),
                                      self.kt, self.vc, *self.params)
             self.pos += n
         return out[0].numpy()[0]
@@ -154,7 +187,7 @@ class Model:
         """Append one token; [V] logits of the next one."""
         ids = self._ids([token])
         self._room(1)
-        out = self.vm["decode"](self._tensor(ids[None, :], self.dev), self._shape([self.pos]), self.kt, self.vc,
+        out = self._call("decode", self._tensor(ids[None, :], self.dev), self._shape([self.pos]), self.kt, self.vc,
                                 *self.params)
         self.pos += 1
         return out[0].numpy()[0]
@@ -164,7 +197,7 @@ class Model:
         ids = self._ids(ids)
         rows = []
         for chunk, n in self._chunks(ids):
-            out = self.vm["score"](self._tensor(chunk, self.dev), self._shape([self.pos]), self.kt, self.vc,
+            out = self._call("score", self._tensor(chunk, self.dev), self._shape([self.pos]), self.kt, self.vc,
                                    *self.params)
             rows.append(out[0].numpy()[:n])
             self.pos += n
@@ -175,6 +208,7 @@ class Model:
         """Greedy generation from a fresh cache; on_token is called with each new id as soon as it exists."""
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        self.check_room(len(ids), max_new_tokens)
         eos = set(self.manifest.get("eos_token_ids", [])) if stop_at_eos else set()
         self.reset()
         t0 = time.perf_counter()
@@ -200,6 +234,7 @@ def run_graph(build_dir: str | Path, *inputs: np.ndarray, device: str = "cpu") -
     manifest = read_manifest(build_dir)
     if manifest.get("kind") != "onnx":
         raise ValueError(f"{build_dir} is not an imported-graph build (kind {manifest.get('kind')!r})")
+    check_device(manifest, device, Path(build_dir))
     if len(inputs) != len(manifest["inputs"]):
         raise ValueError(f"{build_dir} takes {len(manifest['inputs'])} inputs, got {len(inputs)}")
     dev = tvm.device(device, 0)
@@ -232,4 +267,7 @@ def load_tokenizer(build_dir: str | Path):
     path = Path(build_dir) / "tokenizer.json"
     if not path.is_file():
         raise FileNotFoundError(f"{build_dir} has no tokenizer.json")
-    return Tokenizer.from_file(str(path))
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as e:  # noqa: BLE001 - tokenizers raises a bare Exception for any parse error
+        raise FormatError(f"{path} is not a valid tokenizer ({e})") from None

@@ -2,7 +2,8 @@
 //
 //   matq_run BUILD_DIR --ids 1,2,3 [--max-new-tokens N] [--device cpu|cuda]
 //
-// Reads BUILD_DIR/manifest.json (parameter order, chunk, cache shapes), the weights from
+// Checks the whole build against BUILD_DIR/SHA256SUMS first, then reads BUILD_DIR/manifest.json (parameter order,
+// checked against the library's own record of it; chunk, cache shapes), the weights from
 // BUILD_DIR/weights.safetensors, loads BUILD_DIR/model.so into a Relax VM, runs the chunked prefill and N-1 decode
 // steps (argmax) and prints one JSON object: {"prompt_tokens", "tokens", "prefill_s", "decode_s",
 // "prefill_tok_s", "decode_tok_s"}. Token ids in and out: tokenization stays in Python (`tokenizers`).
@@ -11,15 +12,19 @@
 #include <tvm/ffi/container/tensor.h>
 #include <tvm/ffi/function.h>
 
+#include <openssl/evp.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <map>
+#include <set>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -28,8 +33,22 @@
 
 namespace ffi = tvm::ffi;
 using ffi::Tensor;
-
 namespace {
+
+// SHA-256 of a byte string as lowercase hex (OpenSSL's EVP digest), to check a build against its SHA256SUMS.
+std::string Sha256Hex(const std::string& data) {
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  if (EVP_Digest(data.data(), data.size(), md, &len, EVP_sha256(), nullptr) != 1)
+    throw std::runtime_error("sha256 failed (OpenSSL EVP_Digest)");
+  static const char* hex = "0123456789abcdef";
+  std::string out;
+  for (unsigned int i = 0; i < len; ++i) {
+    out += hex[md[i] >> 4];
+    out += hex[md[i] & 15];
+  }
+  return out;
+}
 
 // Tensor allocation and host copies through the TVM runtime's registered functions (the wheel ships the
 // tvm-ffi headers complete, but not every header tvm/runtime/tensor.h includes).
@@ -104,6 +123,28 @@ std::map<std::string, Tensor> LoadSafetensors(const std::string& path, DLDevice 
   return out;
 }
 
+// The build as a whole, before anything in it is parsed or loaded (matq_compile/runtime/verify.py does the same):
+// SHA256SUMS lists manifest.json and model.so, every listed file matches, and no unlisted file is present.
+void VerifyBuild(const std::string& dir) {
+  std::istringstream sums(ReadFile(dir + "/SHA256SUMS"));
+  std::set<std::string> listed;
+  for (std::string line; std::getline(sums, line);) {
+    if (line.size() < 67 || line.compare(64, 2, "  ") != 0 || line.find("..") != std::string::npos || line[66] == '/')
+      throw std::runtime_error(dir + "/SHA256SUMS: not a 'SHA256  FILE' line: " + line.substr(0, 80));
+    std::string name = line.substr(66);
+    if (Sha256Hex(ReadFile(dir + "/" + name)) != line.substr(0, 64))
+      throw std::runtime_error(dir + "/" + name + " is corrupt or was replaced (sha256 differs from SHA256SUMS)");
+    listed.insert(name);
+  }
+  for (const char* name : {"manifest.json", "model.so"})
+    if (!listed.count(name)) throw std::runtime_error(dir + "/SHA256SUMS does not list " + name);
+  for (const auto& entry : std::filesystem::recursive_directory_iterator(dir)) {
+    std::string name = entry.path().lexically_relative(dir).generic_string();
+    if (entry.is_regular_file() && name != "SHA256SUMS" && !listed.count(name))
+      throw std::runtime_error(dir + " holds a file its SHA256SUMS does not list: " + name);
+  }
+}
+
 struct Options {
   std::string build, device = "cpu";
   std::vector<int32_t> ids;
@@ -136,9 +177,30 @@ Options ParseArgs(int argc, char** argv) {
   return o;
 }
 
+// The library records each function's parameter names: its trailing ones must be the manifest's parameter order,
+// or weights would be fed to the wrong parameters (an edited manifest; matq_compile/runtime/verify.py does the same).
+void CheckBinding(const ffi::Module& vm, const std::vector<std::string>& names) {
+  ffi::Function arity = vm->GetFunction("get_function_arity", false).value();
+  ffi::Function param_name = vm->GetFunction("get_function_param_name", false).value();
+  for (const char* func : {"prefill", "decode"}) {
+    int64_t n = arity(ffi::String(func)).cast<int64_t>();
+    int64_t first = n - static_cast<int64_t>(names.size());
+    if (first <= 0)
+      throw std::runtime_error(std::string("model.so: ") + func + " takes fewer parameters than manifest.json lists");
+    for (size_t i = 0; i < names.size(); ++i) {
+      std::string lib = param_name(ffi::String(func), static_cast<int>(first + i)).cast<ffi::String>();
+      if (lib != names[i])
+        throw std::runtime_error("model.so was compiled for another parameter order than manifest.json lists (" +
+                                 std::string(func) + " parameter #" + std::to_string(i) + ": library '" + lib +
+                                 "', manifest '" + names[i] + "'); recompile");
+    }
+  }
+}
+
 class Runner {
  public:
   Runner(const Options& o) : dev_{o.device == "cuda" ? kDLCUDA : kDLCPU, 0} {
+    VerifyBuild(o.build);
     auto manifest = ParseObject(ReadFile(o.build + "/manifest.json"), "manifest.json");
     auto model = manifest["model"].cast<ffi::Map<ffi::Any, ffi::Any>>();
     chunk_ = manifest["chunk"].cast<int64_t>();
@@ -146,11 +208,13 @@ class Runner {
     int64_t L = model["num_layers"].cast<int64_t>(), KV = model["num_kv_heads"].cast<int64_t>();
     int64_t D = model["head_dim"].cast<int64_t>();
     auto weights = LoadSafetensors(o.build + "/weights.safetensors", dev_);
+    std::vector<std::string> names;
     for (const ffi::Any& p : manifest["params"].cast<ffi::Array<ffi::Any>>()) {
       std::string name = p.cast<ffi::Map<ffi::Any, ffi::Any>>()["name"].cast<ffi::String>();
       auto it = weights.find(name);
       if (it == weights.end()) throw std::runtime_error("weights.safetensors lacks " + name);
       params_.push_back(it->second);
+      names.push_back(name);
     }
     DLDataType f32{kDLFloat, 32, 1};
     kt_ = Empty({L, KV, D, max_seq_}, f32, dev_);
@@ -163,6 +227,7 @@ class Runner {
       vm->GetFunction("vm_initialization", false).value()(static_cast<int>(dev_.device_type), 0, kPooledAllocator,
                                                           static_cast<int>(kDLCPU), 0, kPooledAllocator);
     }
+    CheckBinding(vm, names);
     prefill_ = vm->GetFunction("prefill", false).value();
     decode_ = vm->GetFunction("decode", false).value();
     vm_ = vm;

@@ -80,3 +80,37 @@ def test_cpp_runner_prints_the_same_ids(build, runner_exe):
 def test_cpp_runner_rejects_a_missing_build(runner_exe, tmp_path):
     res = subprocess.run([str(runner_exe), str(tmp_path / "nope"), "--ids", "1"], capture_output=True, text=True)
     assert res.returncode == 1 and "cannot open" in res.stderr
+
+
+def swapped_manifest_copy(build: Path, dest: Path, rehash: bool) -> Path:
+    """A copy of the build with two same-shape parameters swapped in manifest.json (SHA256SUMS redone or not)."""
+    from matq_compile.runtime.verify import write_digests
+
+    bad = Path(shutil.copytree(build, dest))
+    m = json.loads((bad / "manifest.json").read_text())
+    params = m["params"]
+    i, j = next((i, j) for i in range(len(params)) for j in range(i + 1, len(params))
+                if params[i]["shape"] == params[j]["shape"] and params[i]["dtype"] == params[j]["dtype"])
+    params[i]["name"], params[j]["name"] = params[j]["name"], params[i]["name"]
+    (bad / "manifest.json").write_text(json.dumps(m))
+    if rehash:
+        write_digests(bad)
+    return bad
+
+
+@pytest.mark.parametrize("rehash, error", [(False, "manifest.json is corrupt or was replaced"),
+                                           (True, "another parameter order")])
+def test_cpp_runner_refuses_an_edited_manifest(build, runner_exe, tmp_path, rehash, error):
+    """Edited alone, the manifest fails SHA256SUMS (the runner's own sha256); edited with SHA256SUMS redone, the
+    library's own parameter names disagree with it."""
+    bad = swapped_manifest_copy(build, tmp_path / "bad", rehash)
+    res = subprocess.run([str(runner_exe), str(bad), "--ids", "1,2,3"], capture_output=True, text=True, timeout=120,
+                         check=False)
+    assert res.returncode == 1 and error in res.stderr, res.stderr
+
+
+def test_cpp_runner_refuses_unlisted_files(build, runner_exe, tmp_path):
+    bad = Path(shutil.copytree(build, tmp_path / "bad"))
+    (bad / "extra.so").write_bytes(b"\0")
+    res = subprocess.run([str(runner_exe), str(bad), "--ids", "1"], capture_output=True, text=True, check=False)
+    assert res.returncode == 1 and "does not list: extra.so" in res.stderr, res.stderr
