@@ -189,7 +189,7 @@ def e2e_check(ckpt_dir: Path, spec, db_dir: Path | None, work: Path, bits: int, 
     build = compile_model(ckpt_dir, work / f"build_int{bits}", bits=bits,
                           opts=CompileOptions(target=spec.name, db_dir=None if db_dir is None else str(db_dir),
                                               allow_untuned=True, require_tokenizer=False))
-    ids = list(np.random.default_rng(0).integers(0, 1000, prompt_len))
+    ids = [int(i) for i in np.random.default_rng(0).integers(0, 1000, prompt_len)]
     model = runtime.load(build, "cuda")
     model.reset()
     logits = np.asarray(model.prefill(ids), np.float64).reshape(-1)
@@ -219,7 +219,7 @@ def write_results(out_dir: Path, gpu: GPU, spec, checks: list[dict], kernels: li
     from matq_compile.io_utils import write_json
 
     head = {"device": gpu.name, "compute_capability": gpu.capability, "target": spec.name,
-            "tvm_version": TVM_VERSION, "date": datetime.datetime.now(datetime.timezone.utc).isoformat()}
+            "tvm_version": TVM_VERSION, "date": datetime.datetime.now(datetime.UTC).isoformat()}
     kpath, epath = result_paths(out_dir, gpu.arch)
     write_json(kpath, {**head, "tuned_trials_per_task": tuned_trials, "numerics": checks, "kernels": kernels})
     write_json(epath, {**head, "model": "smollm2-135m", **({"e2e": e2e} if e2e else {"e2e": None})})

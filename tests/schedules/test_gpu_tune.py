@@ -30,4 +30,4 @@ def test_cuda_r4_records_serve_every_width(tmp_path):
         mod = tune.apply_database(kernels.linear_func(key, gpu=True), spec, tmp_path)  # raises on a miss
         ex = tvm.compile(mod, target=spec.to_tvm())
         assert [m.kind for m in ex.mod.imports] == ["cuda"], key.name
-        assert key.name.replace("_b4_", f"_b{key.bits}_") in ex.mod.imports[0].inspect_source("cuda")
+        assert key.name in ex.mod.imports[0].inspect_source("cuda")  # the width's own kernel, not r = 4's
