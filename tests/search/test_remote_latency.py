@@ -115,3 +115,17 @@ def test_rotated_sets_share_x_and_output_but_not_weights():
     assert len(sets) == 3 and all(s[0] is args[0] and s[-1] is args[-1] for s in sets)
     assert len({id(s[1]) for s in sets}) == 3
     assert all(np.array_equal(s[1].numpy(), args_np[1]) for s in sets)
+
+
+def test_gpu_timing_path_runs_on_any_device():
+    """Session.time's GPU branch (rotated weights, one timed call per sample) driven on the CPU device."""
+    from matq_compile._tvm import tvm
+
+    host = targets.load("host")
+    key = layout.KernelKey(64, 128, 3, 64, 1)
+    session = remote.Session(tvm.cpu(), "cpu as gpu (test)", gpu=True)
+    t = session.time(session.load(bench.build_kernel(key, host, "/nonexistent-db", fallback=True)), "main",
+                     bench.random_args(key, 1), repeat=5)
+    assert t.shape == (5,) and np.all((t > 0) & (t < 1))
+    with pytest.raises(ValueError, match="repeat must be positive"):
+        session.time(None, "main", [], repeat=0)
