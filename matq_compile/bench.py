@@ -2,10 +2,10 @@
 measure(keys, spec, db_dir), and cached_latency, which reads the table kept beside a database and measures only
 what it lacks.
 
-Timing is cache-cold on CPU: the weights (every argument but X) are flushed from the caches before each call
-(TVM's cache_flush_cpu_non_first_arg, number=1), so a 576x576 layer that fits in L3 is not timed from L3.
-The table records the target, the TVM version, the database hash and the CPU; a table made for another target or
-from another database is refused.
+Kernels are built here and timed where remote.open_session says (this machine's CPU or GPU, or an RPC server on
+any target), cache-cold (remote.py: flushed CPU caches, rotated GPU weights). The table records the target, the
+TVM version, the database hash and the device that timed it; a table made for another target or from another
+database is refused.
 """
 from __future__ import annotations
 
@@ -34,9 +34,10 @@ def table_path(db_dir: str | Path, m_bucket: int) -> Path:
 
 
 def cached_latency(keys: list[layout.KernelKey], spec, db_dir: str | Path, path: str | Path,
-                   measure_missing: bool = True) -> LatencyTable:
+                   measure_missing: bool = True, runner: str = "local", rpc=None) -> LatencyTable:
     """The table at `path` (refused if from another target or database), with the kernels of `keys` it lacks
-    measured and saved into it; measure_missing=False makes a missing kernel an error instead."""
+    measured (where `runner` says: any target, a GPU one on a local GPU or over RPC) and saved into it;
+    measure_missing=False makes a missing kernel an error instead."""
     path = Path(path)
     table = load_table(path, spec, db_dir) if path.is_file() else None
     missing = keys if table is None else table.missing(keys)
@@ -45,7 +46,7 @@ def cached_latency(keys: list[layout.KernelKey], spec, db_dir: str | Path, path:
             raise ValueError(f"latency table {path} lacks {len(missing)} kernels, e.g. {missing[0].name}; "
                              f"measure them with matq bench-kernels or drop --no-measure")
         log.info("measuring %d kernel latencies on %s (cold cache)", len(missing), spec.name)
-        fresh = measure(missing, spec, db_dir)
+        fresh = measure(missing, spec, db_dir, runner=runner, rpc=rpc)
         table = fresh if table is None else table.merged(fresh)
         table.save(path)
         log.info("latency table saved to %s", path)
@@ -65,51 +66,63 @@ def random_args(key: layout.KernelKey, m: int, seed: int = 0) -> list[np.ndarray
     return [x, arr["P"], arr["S"], arr["Z"], np.zeros(ys, yd)]
 
 
-def time_kernel(ex, name: str, args_np: list[np.ndarray], dev, repeat: int = 50, cold: bool = True) -> np.ndarray:
-    """Seconds per call (repeat samples). cold=True flushes every argument but X from the CPU caches first."""
-    from matq_compile._tvm import tensor
-
-    args = [tensor(a, dev) for a in args_np]
-    ex[name](*args)  # warm-up: first-call costs are not kernel time
-    kw = {"f_preproc": "cache_flush_cpu_non_first_arg"} if cold and dev.dlpack_device_type() == 1 else {}  # kDLCPU
-    timer = ex.mod.time_evaluator(name, dev, number=1, repeat=repeat, min_repeat_ms=0, **kw)
-    return np.asarray(timer(*args).results)
-
-
 def traffic_bytes(key: layout.KernelKey, m: int) -> int:
     act = {"float32": 4, "float16": 2, "bfloat16": 2}[key.dtype]
     return key.weight_bytes() + m * (key.K + key.N) * act
 
 
-def measure(keys: list[layout.KernelKey], spec, db_dir: str | Path, repeat: int = 50,
-            fallback: bool = False) -> LatencyTable:
-    """Median cold-cache latency of each (static-M) key, scheduled from db_dir."""
-    from matq_compile._tvm import TVM_VERSION, tvm
-    from matq_compile.lower.kernels import linear_func
-    from matq_compile.tune import apply_database, database_hash
+def measure(keys: list[layout.KernelKey], spec, db_dir: str | Path, repeat: int = 50, fallback: bool = False,
+            runner: str = "local", rpc=None) -> LatencyTable:
+    """Median cold-cache latency of each (static-M) key, scheduled from db_dir, timed where `runner` says
+    (remote.open_session: this machine's CPU or GPU, or an RPC server); the table names the device that timed it.
 
-    if spec.is_gpu:
-        raise ValueError("measure() times on this machine; GPU tables need the GPU host (not implemented here)")
-    dev, entries, stats = tvm.cpu(), {}, {}
-    for key in progress(keys, desc="bench"):
+    fallback: kernels without records (or no database at all) get the target's default schedule."""
+    from matq_compile import remote
+    from matq_compile._tvm import TVM_VERSION
+    from matq_compile.tune import database_hash
+
+    if repeat <= 0:
+        raise ValueError(f"repeat must be positive, got {repeat}")
+    for key in keys:
         if key.m_bucket is None:
             raise ValueError(f"{key.name}: latency tables hold static-M kernels only")
-        ex = tvm.compile(apply_database(linear_func(key, "main"), spec, db_dir, fallback), target=spec.to_tvm())
-        t = time_kernel(ex, "main", random_args(key, key.m_bucket), dev, repeat)
+    session = remote.open_session(spec, runner, rpc)
+    log.info("timing %d kernels on %s", len(keys), session.device_name)
+    entries, stats = {}, {}
+    for key in progress(keys, desc="bench"):
+        mod = session.load(build_kernel(key, spec, db_dir, fallback))
+        t = session.time(mod, "main", random_args(key, key.m_bucket), repeat)
         entries[key] = float(np.median(t))
         stats[key] = {"min_s": float(t.min()), "gbps": traffic_bytes(key, key.m_bucket) / entries[key] / 1e9}
         log.info("%s: %.1f us", key.name, entries[key] * 1e6)
-    return LatencyTable(spec.name, TVM_VERSION, database_hash(db_dir), entries, stats, _cpu_model())
+    return LatencyTable(spec.name, TVM_VERSION, database_hash(db_dir), entries, stats, session.device_name)
+
+
+def build_kernel(key: layout.KernelKey, spec, db_dir: str | Path, fallback: bool = False):
+    """The compiled kernel of `key` (symbol "main") for `spec`, scheduled from db_dir; with fallback, a missing
+    record or a missing database means the target's default schedule."""
+    from matq_compile import schedules
+    from matq_compile._tvm import tvm
+    from matq_compile.lower.kernels import linear_func
+    from matq_compile.tune import TARGET_FILE, apply_database
+
+    func = linear_func(key, "main", gpu=spec.is_gpu)
+    if fallback and not (Path(db_dir) / TARGET_FILE).exists():
+        log.warning("%s: no tuning database at %s; default schedule", key.name, db_dir)
+        mod = tvm.IRModule({"main": schedules.default_schedule(func, spec)})
+    else:
+        mod = apply_database(func, spec, db_dir, fallback)
+    return tvm.compile(mod, target=spec.to_tvm())
 
 
 def machine_info() -> dict:
     from matq_compile._threads import configure_tvm_threads, usable_cores
 
-    return {"platform": platform.platform(), "processor": _cpu_model(), "cores": usable_cores(),
+    return {"platform": platform.platform(), "processor": cpu_model(), "cores": usable_cores(),
             "tvm_threads": configure_tvm_threads()}
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):

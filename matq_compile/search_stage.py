@@ -22,6 +22,7 @@ from matq_compile.search.milp import sweep_values
 from matq_compile.search.problem import Solution
 from matq_compile.search.tables import (DEFAULT_LEVELS, ByteModel, SearchTable, build_table, latency_keys,
                                         layers_from_sensitivity, plan_kernels, plan_latency)
+from matq_compile.tune import RPCSettings
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 class SearchOptions:
     """levels the search may pick; proxy; ties ("fused": siblings the compiler fuses share a width, "none");
     target / db_dir / latency_table / measure (missing kernels timed and saved) / m_bucket: the latency regime;
+    runner / rpc: where missing kernels are timed (remote.open_session: "local", or "rpc" with RPCSettings);
     fuse_siblings: the compiler's setting the plan will be built with; refine: KL refinement (None: MILP only)."""
 
     levels: tuple[int, ...] = DEFAULT_LEVELS
@@ -40,6 +42,8 @@ class SearchOptions:
     latency_table: str | None = None
     measure: bool = True
     m_bucket: int = 1
+    runner: str = "local"
+    rpc: RPCSettings | None = None
     fuse_siblings: bool = True
     seed: int = 0
     refine: RefineOptions = field(default_factory=RefineOptions)
@@ -56,7 +60,7 @@ def latency_for(ckpt, opts: SearchOptions) -> LatencyTable:
     path = Path(opts.latency_table) if opts.latency_table else bench.table_path(db_dir, opts.m_bucket)
     layers = layers_from_sensitivity(ckpt.sensitivity, ckpt.layer_names, bool(ckpt.spec.act_order))
     keys = latency_keys(layers, opts.levels, opts.m_bucket, opts.fuse_siblings)
-    return bench.cached_latency(keys, spec, db_dir, path, opts.measure)
+    return bench.cached_latency(keys, spec, db_dir, path, opts.measure, opts.runner, opts.rpc)
 
 
 def search_table(ckpt, opts: SearchOptions, latency: LatencyTable | None) -> SearchTable:

@@ -1,9 +1,13 @@
 """Shared fixtures: seeds, a tiny random Llama (with or without a byte-level tokenizer), the shared data directory,
-tolerance table, gpu/slow gating."""
+tolerance table, gpu/slow gating, a local RPC tracker + server."""
 from __future__ import annotations
 
 import os
 import shutil
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -105,3 +109,47 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords and not has_gpu:
             item.add_marker(pytest.mark.skip(reason="needs a CUDA device"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for(pred, what: str, timeout: float = 90.0) -> None:
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            if pred():
+                return
+        except (OSError, RuntimeError):
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{what} did not come up within {timeout} s")
+
+
+@pytest.fixture(scope="module")
+def rpc_tracker():
+    """A local TVM RPC tracker with one CPU server under key matq-test (a stand-in for a remote GPU host)."""
+    from tvm import rpc
+
+    port, sport = _free_port(), _free_port()  # explicit ranges: the default end (9199) is below a free port
+    tracker = subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", "127.0.0.1",
+                                "--port", str(port), "--port-end", str(port + 1)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = None
+    try:
+        _wait_for(lambda: socket.create_connection(("127.0.0.1", port), timeout=1).close() is None, "rpc tracker")
+        server = subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_server", f"--tracker=127.0.0.1:{port}",
+                                   "--key=matq-test", "--host", "127.0.0.1", "--port", str(sport),
+                                   "--port-end", str(sport + 1)],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _wait_for(lambda: "matq-test" in rpc.connect_tracker("127.0.0.1", port).text_summary(), "rpc server")
+        from matq_compile import tune
+
+        yield tune.RPCSettings("127.0.0.1", port, "matq-test", 60)
+    finally:
+        for p in (server, tracker):
+            if p is not None:
+                p.terminate()
+                p.wait(timeout=10)

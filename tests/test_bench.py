@@ -21,7 +21,7 @@ def test_measure_save_load_and_refusals(tmp_path, host):
     with pytest.raises(ValueError, match="no tuning records"):
         bench.measure(keys, host, db, repeat=3)
     table = bench.measure(keys, host, db, repeat=5, fallback=True)
-    assert list(table.entries) == keys
+    assert list(table.entries) == keys and table.device == bench.cpu_model()  # timed here: this CPU
     assert all(0 < table.stats[k]["min_s"] <= t < 1 and table.stats[k]["gbps"] > 0 for k, t in table.entries.items())
     path = tmp_path / "latency.json"
     table.save(path)

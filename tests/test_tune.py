@@ -2,10 +2,6 @@
 from __future__ import annotations
 
 import json
-import socket
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
@@ -83,47 +79,6 @@ def test_foreign_and_corrupt_databases_are_refused(tuned_db, host, tmp_path):
     with pytest.raises(FileNotFoundError):
         tune.open_database(tmp_path / "missing", host)
     assert json.loads((tuned_db / "target.json").read_text())["name"] == host.name
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_for(pred, what: str, timeout: float = 90.0) -> None:
-    end = time.time() + timeout
-    while time.time() < end:
-        try:
-            if pred():
-                return
-        except (OSError, RuntimeError):
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"{what} did not come up within {timeout} s")
-
-
-@pytest.fixture
-def rpc_tracker():
-    from tvm import rpc
-
-    port, sport = _free_port(), _free_port()  # explicit ranges: the default end (9199) is below a free port
-    tracker = subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", "127.0.0.1",
-                                "--port", str(port), "--port-end", str(port + 1)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    server = None
-    try:
-        _wait_for(lambda: socket.create_connection(("127.0.0.1", port), timeout=1).close() is None, "rpc tracker")
-        server = subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_server", f"--tracker=127.0.0.1:{port}",
-                                   "--key=matq-test", "--host", "127.0.0.1", "--port", str(sport),
-                                   "--port-end", str(sport + 1)],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        _wait_for(lambda: "matq-test" in rpc.connect_tracker("127.0.0.1", port).text_summary(), "rpc server")
-        yield tune.RPCSettings("127.0.0.1", port, "matq-test", 60)
-    finally:
-        for p in (server, tracker):
-            if p is not None:
-                p.terminate()
-                p.wait(timeout=10)
 
 
 def test_rpc_runner_against_local_server(rpc_tracker, host, tmp_path):

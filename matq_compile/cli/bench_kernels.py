@@ -1,20 +1,22 @@
-"""`matq bench-kernels`: cold-cache latency table of tuned kernels (JSON, stored beside the database)."""
+"""`matq bench-kernels`: cold-cache latency table of tuned kernels (JSON, stored beside the database), timed on this
+machine or on a remote device through a TVM RPC tracker (any target: a GPU host for cuda-*)."""
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 
-from matq_compile.cli.tune import add_key_arguments, keys_from_args
+from matq_compile.cli.tune import add_key_arguments, add_runner_arguments, keys_from_args, rpc_from_args
 
 log = logging.getLogger(__name__)
 
 
 def register(sub) -> None:
-    p = sub.add_parser("bench-kernels", help="measure the latency table of tuned kernels on this machine")
+    p = sub.add_parser("bench-kernels", help="measure the latency table of tuned kernels (here or over RPC)")
     add_key_arguments(p)
     p.add_argument("--db-dir", type=Path, default=None, help="tuning database (default: ./tuning/<target>)")
     p.add_argument("--out", type=Path, default=None, help="table path (default: <db-dir>/latency.json)")
     p.add_argument("--repeat", type=int, default=50)
+    add_runner_arguments(p)
     p.add_argument("--allow-untuned", action="store_true", help="default schedule for kernels without records")
     p.set_defaults(func=run)
 
@@ -28,8 +30,10 @@ def run(args) -> int:
     db_dir = args.db_dir or Path("tuning") / spec.name
     out = args.out or db_dir / "latency.json"
     preflight.out_file(out, "--out")
-    table = bench.measure(keys_from_args(args), spec, db_dir, args.repeat, args.allow_untuned)
+    table = bench.measure(keys_from_args(args), spec, db_dir, args.repeat, args.allow_untuned, args.runner,
+                          rpc_from_args(args))
     table.save(out)
+    print(f"device: {table.device}")
     print(f"{'kernel':<52} {'median_us':>10} {'GB/s':>7}")
     for key, median in table.entries.items():
         print(f"{key.name:<52} {median * 1e6:>10.1f} {table.stats[key]['gbps']:>7.2f}")

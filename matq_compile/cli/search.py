@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import logging
 
+from matq_compile.cli.tune import add_runner_arguments, rpc_from_args
+
 log = logging.getLogger(__name__)
 
 
@@ -29,6 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="latency table file (default: latency_m<M>.json beside the tuning database)")
     p.add_argument("--no-measure", action="store_true", help="fail instead of measuring missing kernel latencies")
     p.add_argument("--m-bucket", type=int, default=1, help="M of the latency regime: 1 = decode (default)")
+    add_runner_arguments(p)
     p.add_argument("--sweep", type=int, default=0, metavar="N",
                    help="solve N budgets from the cheapest to the dearest (the Pareto front)")
     p.add_argument("--sweep-kind", default="latency", choices=("latency", "bytes", "avg_bits"),
@@ -54,7 +57,8 @@ def options(args: argparse.Namespace):
     refine = RefineOptions(args.refine_generations, args.refine_offspring, stage_tokens(args.refine_tokens),
                            args.refine_seq_len, args.model, args.calibration, args.seed)
     return SearchOptions(parse_levels(args.levels), args.proxy, args.ties, args.target, args.db_dir,
-                         args.latency_table, not args.no_measure, args.m_bucket, seed=args.seed, refine=refine)
+                         args.latency_table, not args.no_measure, args.m_bucket, args.runner, rpc_from_args(args),
+                         seed=args.seed, refine=refine)
 
 
 def run(args: argparse.Namespace) -> int:

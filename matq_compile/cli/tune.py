@@ -13,11 +13,8 @@ def register(sub) -> None:
     add_key_arguments(p)
     p.add_argument("--trials", type=int, default=None, help="trials per (shape, M bucket); default: the target's")
     p.add_argument("--db-dir", type=Path, default=None, help="database directory (default: ./tuning/<target>)")
-    p.add_argument("--runner", choices=("local", "rpc"), default="local")
+    add_runner_arguments(p)
     p.add_argument("--builder", choices=("inprocess", "local"), default="inprocess")
-    p.add_argument("--tracker-host", default="127.0.0.1")
-    p.add_argument("--tracker-port", type=int, default=9190)
-    p.add_argument("--tracker-key", default="local", help="key the RPC servers registered with")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=run)
 
@@ -31,6 +28,21 @@ def add_key_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bits", default="2,3,4,6,8", help="comma list of slice widths")
     p.add_argument("--m-buckets", default="1,16", help="comma list of static batch sizes")
     p.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
+
+
+def add_runner_arguments(p: argparse.ArgumentParser) -> None:
+    """Flags shared by tune, bench-kernels and search: where kernels are timed (this machine, or an RPC server)."""
+    p.add_argument("--runner", choices=("local", "rpc"), default="local",
+                   help="local: this machine (its GPU for a cuda target); rpc: a server of the tracker below")
+    p.add_argument("--tracker-host", default="127.0.0.1")
+    p.add_argument("--tracker-port", type=int, default=9190)
+    p.add_argument("--tracker-key", default="local", help="key the RPC servers registered with")
+
+
+def rpc_from_args(args):
+    from matq_compile.tune import RPCSettings
+
+    return RPCSettings(args.tracker_host, args.tracker_port, args.tracker_key)
 
 
 def keys_from_args(args) -> list:
@@ -72,9 +84,8 @@ def run(args) -> int:
     keys = keys_from_args(args)
     db_dir = args.db_dir or Path("tuning") / spec.name
     preflight.out_dir(db_dir, "--db-dir")
-    rpc = tune.RPCSettings(args.tracker_host, args.tracker_port, args.tracker_key)
     trials = spec.trials if args.trials is None else args.trials
-    ran = tune.tune(keys, spec, db_dir, trials, runner=args.runner, rpc=rpc, seed=args.seed,
+    ran = tune.tune(keys, spec, db_dir, trials, runner=args.runner, rpc=rpc_from_args(args), seed=args.seed,
                     builder=args.builder)
     for name, n in ran.items():
         log.info("%s: %d new trials", name, n)

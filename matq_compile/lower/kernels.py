@@ -13,8 +13,9 @@ Grouped form (CPU decode, M = 1, group size a multiple of 32): the scale and zer
 so the innermost loop is decode + one FMA per weight (the flat form spends a subtract and a multiply more).
 Blocks: "decode" (float code, inlined), "gemm" (part; the anchor block), "xsum", "scale" (-> Y), "cast".
 
-Flat form (M > 1 or dynamic M, other group sizes, and every GPU kernel: dlight's GEMV rule schedules it, while
-the grouped form falls to dlight's Fallback, which materialises the partial sums in global memory):
+Flat form (M > 1 or dynamic M, other group sizes, and every GPU kernel: the GEMV rules schedule it at M = 1
+(schedules/gpu_dlight.py), while the grouped form would fall to dlight's Fallback, which materialises the partial
+sums in global memory):
 "dequant" W = (code - Z) * S (inlined), "gemm" acc = sum_k X * W, "cast".
 
 In both forms the "gemm" block is identical for every bits r (it reads decoded codes or weights), so under

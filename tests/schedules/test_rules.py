@@ -55,4 +55,4 @@ def test_space_per_target_kind():
 
     assert isinstance(schedules.space(targets.load("host")), ms.space_generator.ScheduleFn)
     assert isinstance(schedules.space(targets.load("cuda-sm90")), ms.space_generator.PostOrderApply)
-    assert len(schedules.default_rules(targets.load("cuda-sm80"))) == 4
+    assert len(schedules.default_rules(targets.load("cuda-sm80"))) == 5
