@@ -76,8 +76,9 @@ def _packed_weights(ckpt, bits: dict[str, int], slices: dict) -> dict[str, np.nd
     for name in progress(ckpt.layer_names, desc="pack"):
         res, sl = ckpt.layers[name], slices[name]
         zeros = None if res.zeros is None else res.zeros.numpy()
-        packed = layout.pack_slice(res.qweight.numpy(), res.scales.numpy(), zeros, sl.bits, ckpt.spec.slice_rule,
-                                   sl.group)
+        # a slice with refitted scales (checkpoint format 2) is packed with them; others use the parent's
+        packed = layout.pack_slice(res.qweight.numpy(), res.scales_for(sl.bits).numpy(), zeros, sl.bits,
+                                   ckpt.spec.slice_rule, sl.group)
         arrays.update({f"{name}.{k}": v for k, v in packed.items()})
         if res.perm is not None:
             arrays[f"{name}.perm"] = res.perm.numpy().astype(np.int32)

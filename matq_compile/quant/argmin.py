@@ -121,3 +121,87 @@ def propagated_error(x: torch.Tensor, q: torch.Tensor, s: torch.Tensor, z: torch
         term = term if ss.mus[j] == 1.0 else ss.mus[j] * term
         e = term if e is None else e + term
     return e
+
+
+# --- per-slice targets: one compensated target T_r per trained slice (feedback = per-slice) ---------------------
+
+def objective_multi(T: torch.Tensor, cand: torch.Tensor | None, s: torch.Tensor, z: torch.Tensor, ss: SliceSet
+                    ) -> torch.Tensor:
+    """Σ_r λ_r (T_r - s (L_r[q] - z))² for targets T [|R|, n] (ss.bits order), s, z [n], cand [n, k] or None."""
+    s, z = s[:, None], z[:, None]
+    total = None
+    for j in range(len(ss.bits)):
+        lev = ss.levels[j][None, :] if cand is None else ss.levels[j][cand]
+        term = ss.lambdas[j] * (T[j][:, None] - s * (lev - z)).square()
+        total = term if total is None else total + term
+    return total
+
+
+def exhaustive_multi(T: torch.Tensor, s: torch.Tensor, z: torch.Tensor, ss: SliceSet, chunk: int = 4096
+                     ) -> torch.Tensor:
+    """Reference argmin over all 256 codes with one target per slice; int64 codes [n]."""
+    out = torch.empty(T.shape[1], dtype=torch.int64)
+    for a in range(0, T.shape[1], chunk):
+        b = a + chunk
+        out[a:b] = objective_multi(T[:, a:b], None, s[a:b], z[a:b], ss).argmin(dim=1)
+    return out
+
+
+@dataclass(frozen=True)
+class _Segments:
+    lo: torch.Tensor  # int64 [256]: first code of the segment holding code q
+    hi: torch.Tensor  # int64 [256]: last code of that segment
+
+
+_SEGMENTS: dict[tuple[tuple[int, ...], str], _Segments] = {}
+
+
+def _segments(ss: SliceSet) -> _Segments:
+    """Maximal code ranges on which every trained slice below 8 bits has one value (cached per R and rule)."""
+    key = (ss.bits, ss.rule)
+    if key not in _SEGMENTS:
+        low = ss.levels[[j for j, r in enumerate(ss.bits) if r < 8]]
+        start = torch.ones(256, dtype=torch.bool)
+        start[1:] = (low[:, 1:] != low[:, :-1]).any(dim=0)
+        seg = torch.cumsum(start.long(), 0) - 1
+        first = torch.nonzero(start).squeeze(1)
+        last = torch.cat([first[1:] - 1, torch.tensor([255])])
+        _SEGMENTS[key] = _Segments(first[seg], last[seg])
+    return _SEGMENTS[key]
+
+
+def windowed_multi(T: torch.Tensor, s: torch.Tensor, z: torch.Tensor, ss: SliceSet) -> torch.Tensor:
+    """Exact fast argmin with one target per slice; int64 codes [n].
+
+    Every term is non-increasing below its own minimiser set and non-decreasing above it (levels are monotone in
+    the code), and the 8-bit term is strictly so, so the lowest-code minimiser lies in [min_r c_r - w, max_r c_r
+    + w] with c_r = q8(T_r) and w = 2^(8 - r_min) + 1 (each slice's minimiser set is within w of c_r). Inside that
+    hull only the 8-bit term varies on a segment, so each segment contributes its code nearest c_8, and the
+    segment holding c_8 also c_8 ± 1 (fp32 ties). Without a usable 8-bit term, all 256 codes are scored.
+    """
+    k8 = ss.bits.index(8)
+    if ss.bits == (8,):
+        return rtn_codes(T[0], s, z, 8).to(torch.int64)
+    if not _has_usable_8(ss):
+        return exhaustive_multi(T, s, z, ss)
+    c = rtn_codes(T, s[None, :], z[None, :], 8).to(torch.int64)  # [|R|, n]
+    c8 = c[k8]
+    w = ss.window + 1
+    lo = (c.amin(dim=0) - w).clamp(0, 255)
+    hi = (c.amax(dim=0) + w).clamp(0, 255)
+    seg = _segments(ss)
+    cands = [(c8 - 1).clamp(0, 255), c8, (c8 + 1).clamp(0, 255)]
+    start = lo
+    while True:
+        cands.append(torch.minimum(torch.maximum(c8, seg.lo[start]), seg.hi[start]))
+        nxt = seg.hi[start] + 1
+        if bool((nxt > hi).all()):
+            break
+        start = torch.minimum(nxt, hi)  # rows already past hi repeat their last segment (harmless duplicates)
+    cand = torch.sort(torch.stack(cands, dim=1), dim=1).values
+    best = objective_multi(T, cand, s, z, ss).argmin(dim=1)
+    return cand.gather(1, best[:, None]).squeeze(1)
+
+
+def _has_usable_8(ss: SliceSet) -> bool:
+    return any(r == 8 and w >= SEGMENT_MIN_LAMBDA8 * max(ss.lambdas) for r, w in zip(ss.bits, ss.lambdas))

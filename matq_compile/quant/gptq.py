@@ -3,6 +3,11 @@
 `gptq_loop` is the classic lazy-block GPTQ (IST-DASLab/gptq fasterquant) with two hooks: how a group's grid is
 found and how a column's codes and propagated residual are chosen. Plain GPTQ rounds to the nearest code and
 propagates x - ŵ; MatGPTQ picks the joint argmin over the trained slices R and propagates Σ_r μ_r (x - ŵ_r).
+
+`gptq_loop_per_slice` keeps one working copy per trained slice instead (feedback = per-slice): slice r's copy is
+compensated only for slice r's own residual, so the 8-bit copy never absorbs 3- and 4-bit errors it did not make.
+The code is the joint argmin of Σ_r λ_r (T_r - ŵ_r(q))² over each copy's own target T_r; group grids come from the
+8-bit copy. This is GPTQ's update run |R| times in lockstep with a shared code.
 """
 from __future__ import annotations
 
@@ -54,6 +59,41 @@ def gptq_loop(W: torch.Tensor, U: torch.Tensor, group: int, block: int, find_par
     return Q, S, Z
 
 
+def gptq_loop_per_slice(W: torch.Tensor, U: torch.Tensor, group: int, block: int, find_params: FindParams,
+                        ss: argmin.SliceSet) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Like gptq_loop, with one error state per trained slice (W is not modified). Same outputs."""
+    out, n = W.shape
+    if group != n and block % group:
+        raise ValueError(f"block size {block} must be a multiple of group size {group}")
+    k, k8 = len(ss.bits), ss.bits.index(8)
+    Ws = W.unsqueeze(0).repeat(k, 1, 1)  # [|R|, out, n], ss.bits order
+    rows = torch.arange(k)[:, None]
+    Q = torch.zeros(out, n, dtype=torch.float32)
+    S = torch.zeros(out, n // group, dtype=torch.float32)
+    Z = torch.zeros(out, n // group, dtype=torch.float32)
+    s = z = None
+    for c1 in range(0, n, block):
+        c2 = min(c1 + block, n)
+        W1 = Ws[:, :, c1:c2]
+        U1 = U[c1:c2, c1:c2]
+        Err = torch.zeros(k, out, c2 - c1, dtype=torch.float32)
+        for j in range(c2 - c1):
+            i = c1 + j
+            if i % group == 0:
+                s, z = find_params(Ws[k8, :, i:i + group])
+                S[:, i // group], Z[:, i // group] = s, z
+            T = W1[:, :, j]
+            q = argmin.windowed_multi(T, s, z, ss)
+            err = (T - s * (ss.levels[rows, q[None, :]] - z)) / U1[j, j]
+            W1[:, :, j + 1:] -= err[:, :, None] * U1[j, j + 1:][None, None, :]
+            Err[:, :, j] = err
+            Q[:, i] = q.float()
+        if c2 < n:
+            # one 2-D matmul over all copies (with |R| = 1 it is exactly gptq_loop's lazy update)
+            Ws[:, :, c2:] -= Err.reshape(k * out, c2 - c1).matmul(U[c1:c2, c2:]).reshape(k, out, n - c2)
+    return Q, S, Z
+
+
 @contextlib.contextmanager
 def single_thread() -> Iterator[None]:
     """Run on one intra-op thread: the column loop's ops are tiny ([out, ~10]), and on a busy machine OpenMP
@@ -94,9 +134,10 @@ def gptq_quantize(W: torch.Tensor, U: torch.Tensor, spec: QuantSpec
     bits = spec.native_bits
     group, block = spec.group_for(W.shape[1]), spec.block_for(W.shape[1])
     ss = slice_set(spec)
-    if spec.method == "gptq" or ss.bits == (8,):
-        choose = nearest_chooser(bits)
+    find = lambda w: grid.find_params(w, bits, spec.sym)  # noqa: E731
+    if spec.method == "matgptq" and spec.feedback == "per-slice":
+        Q, S, Z = gptq_loop_per_slice(W, U, group, block, find, ss)
     else:
-        choose = joint_chooser(ss)
-    Q, S, Z = gptq_loop(W, U, group, block, lambda w: grid.find_params(w, bits, spec.sym), choose)
+        choose = nearest_chooser(bits) if spec.method == "gptq" or ss.bits == (8,) else joint_chooser(ss)
+        Q, S, Z = gptq_loop(W, U, group, block, find, choose)
     return grid.to_parent(Q, S, None if spec.sym else Z, bits)

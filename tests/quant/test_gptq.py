@@ -82,7 +82,11 @@ def test_r8_equals_plain_gptq(g, sym, act_order):
     W[:, 9] = 0  # a dead weight column as well
     Q, S, Z, perm = reference_gptq(W, H, 8, g, sym, act_order=act_order)
     for spec in (QuantSpec(method="gptq", group_size=g, sym=sym, act_order=act_order),
-                 QuantSpec(method="matgptq", trained_bits=(8,), group_size=g, sym=sym, act_order=act_order)):
+                 QuantSpec(method="matgptq", trained_bits=(8,), group_size=g, sym=sym, act_order=act_order),
+                 QuantSpec(method="matgptq", trained_bits=(8,), group_size=g, sym=sym, act_order=act_order,
+                           feedback="per-slice"),
+                 QuantSpec(method="matgptq", trained_bits=(8,), group_size=g, sym=sym, act_order=act_order,
+                           feedback="per-slice", lambdas=((8, 3.0),), mu="lambda")):
         res = quantize_weight(W, H, spec)
         assert torch.equal(res.qweight, Q.to(torch.uint8))
         assert torch.equal(res.scales, S.half())
