@@ -186,9 +186,12 @@ def windowed_multi(T: torch.Tensor, s: torch.Tensor, z: torch.Tensor, ss: SliceS
         return exhaustive_multi(T, s, z, ss)
     c = rtn_codes(T, s[None, :], z[None, :], 8).to(torch.int64)  # [|R|, n]
     c8 = c[k8]
-    w = ss.window + 1
-    lo = (c.amin(dim=0) - w).clamp(0, 255)
-    hi = (c.amax(dim=0) + w).clamp(0, 255)
+    lo, hi = c8 - 1, c8 + 1
+    for j, r in enumerate(ss.bits):  # slice r's minimiser set lies within 2^(8-r) + 1 codes of c_r
+        if r < 8:
+            w = 2 ** (8 - r) + 1
+            lo, hi = torch.minimum(lo, c[j] - w), torch.maximum(hi, c[j] + w)
+    lo, hi = lo.clamp(0, 255), hi.clamp(0, 255)
     seg = _segments(ss)
     cands = [(c8 - 1).clamp(0, 255), c8, (c8 + 1).clamp(0, 255)]
     start = lo
