@@ -94,6 +94,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--group-size", type=int, default=64)
     p.add_argument("--cache-dir", type=Path, default=None)
     p.add_argument("--lock", type=Path, default=None, help="flock this file around each variant's heavy steps")
+    p.add_argument("--rows", default="refit,base",
+                   help="which rows of a MatGPTQ run to evaluate, in this order: refit (refitted slice scales) "
+                        "and/or base (parent scales)")
     p.add_argument("--report-only", action="store_true", help="write the reports from finished steps only")
     return p.parse_args(argv)
 
@@ -175,7 +178,7 @@ def run_variant(ctx: qt.Context, v: Variant) -> None:
     from matq_compile.evaluate import fake_quantize
 
     key = step_name(v)
-    modes = (False, True) if v.method == "matgptq" else (False,)
+    modes = tuple(m == "refit" for m in ctx.args.rows.split(",")) if v.method == "matgptq" else (False,)
     names = [f"{key}{'+refit' if refit else ''}/{b}" for refit in modes for b in v.slices]
     if all(ctx.steps.get(f"ppl/{n}") is not None for n in names):
         return

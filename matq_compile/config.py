@@ -57,6 +57,8 @@ class QuantSpec:
         trained slice, each compensating only its own residual; μ unused).
     refit: slices whose group scales get a Hessian-weighted least-squares multiplier after the codes are fixed
         (stored per slice; codes and the propagated state never see them). Empty = none.
+    static_groups: group grids from the weights before any GPTQ update, fixed in the original column order
+        (IST-DASLab/gptq --static-groups); with act_order the codes are stored unpermuted, so no perm is deployed.
     """
 
     method: Literal["rtn", "gptq", "matgptq"] = "matgptq"
@@ -74,6 +76,7 @@ class QuantSpec:
     levels: tuple[int, ...] = (2, 3, 4, 5, 6, 7, 8)
     feedback: Literal["shared", "per-slice"] = "shared"
     refit: tuple[int, ...] = ()
+    static_groups: bool = False
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -116,7 +119,7 @@ class QuantSpec:
         if refit and self.method == "rtn":
             raise ValueError("refit needs a calibration Hessian; method rtn has none")
         object.__setattr__(self, "refit", refit)
-        for name in ("sym", "act_order", "true_sequential"):
+        for name in ("sym", "act_order", "true_sequential", "static_groups"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
 

@@ -56,6 +56,9 @@ def register(subparsers) -> None:
     g.add_argument("--rel-damp", type=float, default=1e-2)
     g.add_argument("--block-size", type=int, default=128)
     g.add_argument("--act-order", action="store_true")
+    g.add_argument("--static-groups", action="store_true",
+                   help="group grids fixed from the unquantized weights before any update; with --act-order the "
+                        "checkpoint stores no perm (deployment unchanged)")
     g.add_argument("--true-sequential", action="store_true")
     g.add_argument("--levels", type=int_list, default=(2, 3, 4, 5, 6, 7, 8), help="levels in the sensitivity table")
     c = p.add_argument_group("calibration")
@@ -82,7 +85,8 @@ def run(args: argparse.Namespace) -> int:
 
     spec = QuantSpec(method=args.method, bits=args.bits, group_size=args.group_size, sym=args.sym,
                      slice_rule=args.slice_rule, rel_damp=args.rel_damp, block_size=args.block_size,
-                     act_order=args.act_order, true_sequential=args.true_sequential, levels=args.levels,
+                     act_order=args.act_order, static_groups=args.static_groups,
+                     true_sequential=args.true_sequential, levels=args.levels,
                      **recipe_fields(args))
     calib = CalibSpec(_calibration_source(args.calibration), args.calibration_samples, args.calibration_seq_len,
                       args.seed)

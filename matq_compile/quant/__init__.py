@@ -25,7 +25,9 @@ def quantize_weight(W: torch.Tensor, H: torch.Tensor | None, spec: QuantSpec) ->
     with gptq.single_thread():
         Hd, Wp, perm = hessian.prepare(H, W, spec)
         U = hessian.inverse_cholesky(Hd, spec.rel_damp)
-        q, s, z = gptq.gptq_quantize(Wp, U, spec)
+        q, s, z = gptq.gptq_quantize(Wp, U, spec, perm)
+        if spec.static_groups:
+            perm = None  # codes came back in the original column order
         # refit against the original weights and the undamped Hessian (the loss the sensitivity table reports)
         W0, H0 = (W, H) if perm is None else (W[:, perm], H[perm][:, perm])
         fitted = {b: refit.refit_scales(W0.float(), H0.float(), q, s, z, b, spec.slice_rule) for b in spec.refit}
