@@ -149,61 +149,51 @@ def exhaustive_multi(T: torch.Tensor, s: torch.Tensor, z: torch.Tensor, ss: Slic
 
 @dataclass(frozen=True)
 class _Segments:
-    lo: torch.Tensor  # int64 [256]: first code of the segment holding code q
-    hi: torch.Tensor  # int64 [256]: last code of that segment
+    first: torch.Tensor  # int64 [m]: first code of each segment, ascending
+    last: torch.Tensor  # int64 [m]: last code of each segment
+    lambdas: torch.Tensor  # fp32 [|R|, 1, 1]: λ in ss.bits order, for the batched objective
 
 
-_SEGMENTS: dict[tuple[tuple[int, ...], str], _Segments] = {}
+_SEGMENTS: dict[tuple[tuple[int, ...], tuple[float, ...], str], _Segments] = {}
 
 
 def _segments(ss: SliceSet) -> _Segments:
-    """Maximal code ranges on which every trained slice below 8 bits has one value (cached per R and rule)."""
-    key = (ss.bits, ss.rule)
+    """Maximal code ranges on which every trained slice below 8 bits has one value (cached per R, λ and rule)."""
+    key = (ss.bits, ss.lambdas, ss.rule)
     if key not in _SEGMENTS:
         low = ss.levels[[j for j, r in enumerate(ss.bits) if r < 8]]
         start = torch.ones(256, dtype=torch.bool)
         start[1:] = (low[:, 1:] != low[:, :-1]).any(dim=0)
-        seg = torch.cumsum(start.long(), 0) - 1
         first = torch.nonzero(start).squeeze(1)
         last = torch.cat([first[1:] - 1, torch.tensor([255])])
-        _SEGMENTS[key] = _Segments(first[seg], last[seg])
+        lam = torch.tensor(ss.lambdas, dtype=torch.float32)[:, None, None]
+        _SEGMENTS[key] = _Segments(first, last, lam)
     return _SEGMENTS[key]
 
 
 def windowed_multi(T: torch.Tensor, s: torch.Tensor, z: torch.Tensor, ss: SliceSet) -> torch.Tensor:
-    """Exact fast argmin with one target per slice; int64 codes [n].
+    """Exact fast argmin with one target per slice; int64 codes [n] (ties -> lowest code).
 
-    Every term is non-increasing below its own minimiser set and non-decreasing above it (levels are monotone in
-    the code), and the 8-bit term is strictly so, so the lowest-code minimiser lies in [min_r c_r - w, max_r c_r
-    + w] with c_r = q8(T_r) and w = 2^(8 - r_min) + 1 (each slice's minimiser set is within w of c_r). Inside that
-    hull only the 8-bit term varies on a segment, so each segment contributes its code nearest c_8, and the
-    segment holding c_8 also c_8 ± 1 (fp32 ties). Without a usable 8-bit term, all 256 codes are scored.
+    On a segment where every slice below 8 bits is constant only the 8-bit term varies, so each segment's best
+    code is its code nearest c_8 = q8(T_8) (and c_8 ± 1 where fp32 may tie). Scoring those ~|segments| + 2
+    candidates for every row (23 + 2 for R = {8,4,3}) finds the minimum over all 256 codes. The score is
+    objective_multi's arithmetic, batched over slices (elementwise, so the same fp32 values); the lowest code among
+    equal scores is taken explicitly. Without a usable 8-bit term, all 256 codes are scored.
     """
-    k8 = ss.bits.index(8)
     if ss.bits == (8,):
         return rtn_codes(T[0], s, z, 8).to(torch.int64)
     if not _has_usable_8(ss):
         return exhaustive_multi(T, s, z, ss)
-    c = rtn_codes(T, s[None, :], z[None, :], 8).to(torch.int64)  # [|R|, n]
-    c8 = c[k8]
-    lo, hi = c8 - 1, c8 + 1
-    for j, r in enumerate(ss.bits):  # slice r's minimiser set lies within 2^(8-r) + 1 codes of c_r
-        if r < 8:
-            w = 2 ** (8 - r) + 1
-            lo, hi = torch.minimum(lo, c[j] - w), torch.maximum(hi, c[j] + w)
-    lo, hi = lo.clamp(0, 255), hi.clamp(0, 255)
     seg = _segments(ss)
-    cands = [(c8 - 1).clamp(0, 255), c8, (c8 + 1).clamp(0, 255)]
-    start = lo
-    while True:
-        cands.append(torch.minimum(torch.maximum(c8, seg.lo[start]), seg.hi[start]))
-        nxt = seg.hi[start] + 1
-        if bool((nxt > hi).all()):
-            break
-        start = torch.minimum(nxt, hi)  # rows already past hi repeat their last segment (harmless duplicates)
-    cand = torch.sort(torch.stack(cands, dim=1), dim=1).values
-    best = objective_multi(T, cand, s, z, ss).argmin(dim=1)
-    return cand.gather(1, best[:, None]).squeeze(1)
+    c8 = rtn_codes(T[ss.bits.index(8)], s, z, 8).to(torch.int64)[:, None]
+    cand = torch.cat([torch.minimum(torch.maximum(c8, seg.first[None, :]), seg.last[None, :]),
+                      (c8 - 1).clamp(min=0), (c8 + 1).clamp(max=255)], dim=1)  # [n, k]
+    terms = seg.lambdas * (T[:, :, None] - s[:, None] * (ss.levels[:, cand] - z[:, None])).square()
+    total = terms[0]
+    for j in range(1, terms.shape[0]):
+        total = total + terms[j]  # same order as objective_multi
+    best = total.min(dim=1, keepdim=True).values
+    return torch.where(total == best, cand, 256).amin(dim=1)
 
 
 def _has_usable_8(ss: SliceSet) -> bool:
