@@ -104,6 +104,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="which rows of a MatGPTQ run to evaluate, in this order: refit (refitted slice scales) "
                         "and/or base (parent scales)")
     p.add_argument("--report-only", action="store_true", help="write the reports from finished steps only")
+    p.add_argument("--merge", type=Path, nargs="*", default=(),
+                   help="with --report-only: also read the finished steps of these work dirs (parallel runs of "
+                        "the same settings, e.g. one --only subset each)")
     return p.parse_args(argv)
 
 
@@ -128,6 +131,11 @@ def main(argv: list[str] | None = None) -> int:
                 "windows": args.windows, "seq_len": args.seq_len, "group_size": args.group_size}
     args.work_dir.mkdir(parents=True, exist_ok=True)
     steps = qt.Steps(args.work_dir / "steps.json", settings)
+    for other in args.merge:
+        extra = qt.Steps(other / "steps.json", settings)
+        if not extra.results:
+            log.warning("%s has no finished steps with these settings", other)
+        steps.results = {**extra.results, **steps.results}
     variants = MATGPTQ[:2] + GPTQ + MATGPTQ[2:] + GPTQ_REFIT + CALIBRATION
     if args.only:
         keep = set(args.only.split(","))
@@ -307,6 +315,19 @@ def update_table(args: argparse.Namespace, steps: qt.Steps, report: dict) -> Non
             sources[key] = f"quantizer_study.py row {row!r}"
         else:
             sources.setdefault(key, "quantizer_table.py run of " + str(table.get("date", "an earlier date")))
+    # the baseline is the strongest dedicated GPTQ measured at each r (plain or with the same scale refit)
+    plain = dict(table["ppl"].get("gptq") or {})
+    table["ppl"]["gptq_plain"] = plain
+    best, best_src = {}, {}
+    for r in map(str, SLICES):
+        cands = [(plain.get(r), sources.get("gptq", "gptq"))]
+        for row in ("gptq-per-precision-rerun", "gptq-per-precision-rerun+refit"):
+            cands.append((by_name.get(row, {}).get("ppl", {}).get(r), f"quantizer_study.py row {row!r}"))
+        cands = [c for c in cands if c[0] is not None]
+        if cands:
+            best[r], best_src[r] = min(cands, key=lambda c: c[0])
+    table["ppl"]["gptq"] = best
+    sources["gptq"] = best_src
     sources["matgptq"] = f"quantizer_study.py row {args.default!r}"
     sources["fp"] = "quantizer_study.py"
     table["config"]["calibration_samples"] = default["calibration_samples"]
