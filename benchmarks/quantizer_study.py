@@ -103,6 +103,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--rows", default="refit,base",
                    help="which rows of a MatGPTQ run to evaluate, in this order: refit (refitted slice scales) "
                         "and/or base (parent scales)")
+    p.add_argument("--eval-slices", type=lambda t: tuple(int(b) for b in t.split(",")), default=EVAL_ORDER,
+                   help="slices to evaluate and their order (default 8,4,3,6,5)")
     p.add_argument("--report-only", action="store_true", help="write the reports from finished steps only")
     p.add_argument("--merge", type=Path, nargs="*", default=(),
                    help="with --report-only: also read the finished steps of these work dirs (parallel runs of "
@@ -202,7 +204,7 @@ def run_variant(ctx: qt.Context, v: Variant) -> None:
         ctx.steps.put(f"seconds/{key}", ctx.steps.get(f"seconds/{key.replace('/', '_')}"))
         for refit in modes:
             view = SliceView(ckpt, refit)
-            for b in sorted(v.slices, key=lambda r: EVAL_ORDER.index(r) if r in EVAL_ORDER else r):
+            for b in [r for r in ctx.args.eval_slices if r in v.slices]:
                 name = f"{key}{'+refit' if refit else ''}/{b}"
                 if ctx.steps.get(f"ppl/{name}") is None:
                     fake_quantize(ctx.model, view, b)
