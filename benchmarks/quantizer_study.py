@@ -336,7 +336,16 @@ def update_table(args: argparse.Namespace, steps: qt.Steps, report: dict) -> Non
     table["config"]["calibration tokens"] = default["calibration_samples"] * args.calibration_seq_len
     table["config"]["default recipe"] = {"study row": args.default, "flags": default["flags"]}
     table["seconds"]["matgptq"] = default["seconds"]
-    table["seconds"]["gptq"] = by_name.get("gptq8-slice", {}).get("seconds")
+    if "gptq8-slice" in by_name:
+        table["seconds"]["gptq"] = by_name["gptq8-slice"]["seconds"]
+    variant = {v.name: v for v in MATGPTQ}.get(args.default.removesuffix("+refit"))
+    if variant is not None:  # the config describes the default recipe, not the reference's λ = 1, μ uniform
+        kw = variant.kwargs
+        table["config"]["lambda"] = {str(r): w for r, w in kw.get("lambdas", ((8, 1.0), (4, 1.0), (3, 1.0)))}
+        table["config"]["mu"] = kw.get("mu", "uniform") + (" (unused: per-slice feedback)"
+                                                           if kw.get("feedback") == "per-slice" else "")
+        table["config"]["feedback"] = kw.get("feedback", "shared")
+        table["config"]["refit"] = list(REFIT) if args.default.endswith("+refit") else []
     table["study"] = "benchmarks/results/quantizer_study_smollm2.json (same protocol; these keys are copied from it)"
     table["date"] = report["date"]
     write_json(args.table, table)
