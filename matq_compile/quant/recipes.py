@@ -10,7 +10,7 @@ from typing import Any
 
 RECIPES: dict[str, dict[str, Any]] = {
     "reference": {"trained_bits": (8, 4, 3), "lambdas": (), "mu": "uniform", "feedback": "shared", "refit": ()},
-    "default": {"trained_bits": (8, 4, 3), "lambdas": ((8, 16.0), (4, 1.0), (3, 1.0)), "mu": "uniform",
+    "default": {"trained_bits": (8, 4, 3), "lambdas": ((8, 64.0), (4, 1.0), (3, 1.0)), "mu": "uniform",
                 "feedback": "per-slice", "refit": (8, 6, 5, 4, 3)},
 }
 RECIPE_FIELDS: tuple[str, ...] = ("trained_bits", "lambdas", "mu", "feedback", "refit")
