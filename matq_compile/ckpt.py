@@ -1,13 +1,16 @@
 """The sliceable checkpoint: safetensors shards + matq_config.json + sensitivity.json, written atomically.
 
 Layout of a checkpoint directory:
-    model-00001-of-0000N.safetensors   `<layer>.qweight|.scales|.zeros|.perm` and unquantized tensors by name
+    model-00001-of-0000N.safetensors   `<layer>.qweight|.scales|.zeros|.perm|.scales_r<b>` and unquantized tensors
+                                        by name (`scales_r<b>`: refitted scales of slice b, format version 2)
     model.safetensors.index.json        Hugging Face style weight_map
     matq_config.json                    format version, quant spec, slice rule, grid, per-layer/tensor records,
                                         per-shard sha256, sensitivity and extra-file sha256, source
     sensitivity.json                    layer -> {numel, shape, group, loss, nmse, rel_mse}
     <extra files>                       copied verbatim (e.g. config.json, tokenizer files)
 Loading re-checks every hash, name, dtype and shape and refuses anything inconsistent.
+Format versions: 1 (no per-slice scales) and 2 (optional `scales_r<b>` per layer) both load; version 1 is read
+as a checkpoint without refitted scales. Writing always produces version 2.
 """
 from __future__ import annotations
 
@@ -25,7 +28,8 @@ from matq_compile.config import QuantSpec
 from matq_compile.io_utils import atomic_dir, read_json, sha256_file
 from matq_compile.quant.result import QuantResult, validate_parts
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 CONFIG_NAME = "matq_config.json"
 INDEX_NAME = "model.safetensors.index.json"
 SENSITIVITY_NAME = "sensitivity.json"
@@ -87,6 +91,8 @@ def _collect(layers: Mapping[str, QuantResult], tensors: Mapping[str, torch.Tens
             t = getattr(res, part)
             if t is not None:
                 flat[f"{name}.{part}"] = t
+        for r, t in sorted(res.slice_scales.items(), reverse=True):
+            flat[f"{name}.{slice_scales_part(r)}"] = t
     for name, t in tensors.items():
         if not isinstance(t, torch.Tensor):
             raise ValueError(f"tensor {name!r}: expected a torch.Tensor, got {type(t).__name__}")
@@ -94,6 +100,10 @@ def _collect(layers: Mapping[str, QuantResult], tensors: Mapping[str, torch.Tens
             raise ValueError(f"tensor name {name!r} collides with a quantized layer's tensor")
         flat[name] = t
     return {k: v.detach().cpu().contiguous() for k, v in flat.items()}
+
+
+def slice_scales_part(bits: int) -> str:
+    return f"scales_r{bits}"
 
 
 def _plan_shards(flat: dict[str, torch.Tensor], max_bytes: int) -> list[list[str]]:
@@ -189,7 +199,8 @@ def _config(spec: QuantSpec, layers: Mapping[str, QuantResult], flat: dict[str, 
         "mu": {str(r): spec.mu_of(r) for r in R},
         "act_order": spec.act_order,
         "layers": [{"name": n, "shape": list(r.shape), "group_size": r.group_size, "zeros": r.zeros is not None,
-                    "perm": r.perm is not None} for n, r in layers.items()],
+                    "perm": r.perm is not None, "slice_scales": sorted(r.slice_scales, reverse=True)}
+                   for n, r in layers.items()],
         "tensors": [{"name": n, "shape": list(flat[n].shape), "dtype": str(flat[n].dtype).removeprefix("torch.")}
                     for n in tensors],
         "shards": shards,
@@ -256,7 +267,11 @@ def _read_config(path: Path) -> dict[str, Any]:
     cfg_path = path / CONFIG_NAME
     if not cfg_path.is_file():
         raise FileNotFoundError(f"{path} is not a matq checkpoint: {CONFIG_NAME} is missing")
-    config = read_json(cfg_path, "checkpoint config", FORMAT_VERSION)
+    config = read_json(cfg_path, "checkpoint config")
+    version = config.get("format_version")
+    if version not in READABLE_VERSIONS:
+        raise ValueError(f"{cfg_path}: unknown format_version {version!r}; this build reads versions "
+                         f"{', '.join(map(str, READABLE_VERSIONS))}")
     need = ("quant", "slice_rule", "layers", "tensors", "shards", "sensitivity_sha256", "files", "source")
     missing = [k for k in need if k not in config]
     if missing:
@@ -322,7 +337,15 @@ def _split_tensors(path: Path, config: dict[str, Any], flat: dict[str, torch.Ten
             parts[part] = flat.get(key)
             used.add(key)
         validate_parts(parts["qweight"], parts["scales"], parts["zeros"], parts["perm"], f"checkpoint {path}: {name}")
-        res = QuantResult(**parts)
+        sliced = {}
+        for r in rec.get("slice_scales", []):  # absent in format version 1
+            key = f"{name}.{slice_scales_part(int(r))}"
+            if key not in flat:
+                raise ValueError(f"checkpoint {path}: layer {name!r} is missing tensor {key!r}")
+            validate_parts(parts["qweight"], flat[key], parts["zeros"], None, f"checkpoint {path}: {key}")
+            sliced[int(r)] = flat[key]
+            used.add(key)
+        res = QuantResult(**parts, slice_scales=sliced)
         if list(res.shape) != rec["shape"] or res.group_size != rec["group_size"]:
             raise ValueError(f"checkpoint {path}: layer {name!r} has shape {list(res.shape)} group {res.group_size}, "
                              f"config says {rec['shape']} group {rec['group_size']}")

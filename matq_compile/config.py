@@ -9,6 +9,7 @@ from matq_compile.slicing import BITS, check_rule
 
 METHODS: tuple[str, ...] = ("rtn", "gptq", "matgptq")
 MU_MODES: tuple[str, ...] = ("uniform", "lambda")
+FEEDBACK_MODES: tuple[str, ...] = ("shared", "per-slice")
 
 
 def _int_tuple(name: str, values: Any) -> tuple[int, ...]:
@@ -52,6 +53,12 @@ class QuantSpec:
         whose round-rule slice at r = bits reproduces the b-bit grid exactly. matgptq always uses 8.
     lambdas: (bits, weight) pairs bound by key; an empty tuple means 1.0 for every trained slice.
     block_size: lazy-update block B; rounded up to a multiple of group_size so groups never straddle blocks.
+    feedback: shared (one working copy, residual Σ_r μ_r e_r; the reference) | per-slice (one working copy per
+        trained slice, each compensating only its own residual; μ unused).
+    refit: slices whose group scales get a Hessian-weighted least-squares multiplier after the codes are fixed
+        (stored per slice; codes and the propagated state never see them). Empty = none.
+    static_groups: group grids from the weights before any GPTQ update, fixed in the original column order
+        (IST-DASLab/gptq --static-groups); with act_order the codes are stored unpermuted, so no perm is deployed.
     """
 
     method: Literal["rtn", "gptq", "matgptq"] = "matgptq"
@@ -67,6 +74,9 @@ class QuantSpec:
     act_order: bool = False
     true_sequential: bool = False
     levels: tuple[int, ...] = (2, 3, 4, 5, 6, 7, 8)
+    feedback: Literal["shared", "per-slice"] = "shared"
+    refit: tuple[int, ...] = ()
+    static_groups: bool = False
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -103,7 +113,13 @@ class QuantSpec:
         if isinstance(self.block_size, bool) or not isinstance(self.block_size, int) or self.block_size < 1:
             raise ValueError(f"block_size must be a positive integer, got {self.block_size!r}")
         object.__setattr__(self, "levels", tuple(sorted(_int_tuple("levels", self.levels))))
-        for name in ("sym", "act_order", "true_sequential"):
+        if self.feedback not in FEEDBACK_MODES:
+            raise ValueError(f"unknown feedback {self.feedback!r}; known: {', '.join(FEEDBACK_MODES)}")
+        refit = tuple(sorted(_int_tuple("refit", self.refit), reverse=True)) if len(self.refit) else ()
+        if refit and self.method == "rtn":
+            raise ValueError("refit needs a calibration Hessian; method rtn has none")
+        object.__setattr__(self, "refit", refit)
+        for name in ("sym", "act_order", "true_sequential", "static_groups"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
 
@@ -151,6 +167,7 @@ class QuantSpec:
         d = dataclasses.asdict(self)
         d["trained_bits"] = list(self.trained_bits)
         d["levels"] = list(self.levels)
+        d["refit"] = list(self.refit)
         d["lambdas"] = {str(r): lam for r, lam in self.lambdas}
         return d
 
@@ -163,7 +180,7 @@ class QuantSpec:
         if unknown:
             raise ValueError(f"unknown quant spec fields: {unknown}")
         d = dict(d)
-        for key in ("trained_bits", "levels"):
+        for key in ("trained_bits", "levels", "refit"):
             if key in d:
                 d[key] = tuple(d[key])
         if "lambdas" in d:

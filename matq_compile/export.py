@@ -77,8 +77,9 @@ class CheckpointWeights:
         if (layer, bits) not in self._packed:
             res = self.ckpt.layers[layer]
             zeros = None if res.zeros is None else res.zeros.numpy()
-            arrays = layout.pack_slice(res.qweight.numpy(), res.scales.numpy(), zeros, bits, self.ckpt.spec.slice_rule,
-                                       group)
+            # a slice with refitted scales (checkpoint format 2) is packed with them; others use the parent's
+            arrays = layout.pack_slice(res.qweight.numpy(), res.scales_for(bits).numpy(), zeros, bits,
+                                       self.ckpt.spec.slice_rule, group)
             if res.perm is not None:
                 arrays["perm"] = res.perm.numpy().astype(np.int32)
             self._packed[(layer, bits)] = arrays

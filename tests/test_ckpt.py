@@ -70,7 +70,7 @@ def test_same_inputs_identical_bytes(tmp_path):
 
 def test_config_records_the_recipe(ckpt_dir):
     cfg = json.loads((ckpt_dir / CONFIG_NAME).read_text())
-    assert cfg["format_version"] == 1 and cfg["slice_rule"] == "round" and cfg["method"] == "matgptq"
+    assert cfg["format_version"] == 2 and cfg["slice_rule"] == "round" and cfg["method"] == "matgptq"
     assert cfg["grid"] == {"parent_bits": 8, "sym": False, "group_size": 32, "implicit_zero": None}
     assert cfg["trained_bits"] == [8, 4, 3] and cfg["lambdas"] == {"8": 1.0, "4": 1.0, "3": 1.0}
     assert cfg["act_order"] is True and all(layer["perm"] for layer in cfg["layers"])
@@ -95,7 +95,8 @@ def _edit_config(d: Path, fn) -> None:
 
 
 @pytest.mark.parametrize("edit,exc,match", [
-    (lambda c: c.update(format_version=2), ValueError, "unknown format_version 2"),
+    (lambda c: c.update(format_version=3), ValueError, "unknown format_version 3; this build reads versions 1, 2"),
+    (lambda c: c["layers"][0].update(slice_scales=[4]), ValueError, "missing tensor 'model.layers.0.mlp.up_proj.scales_r4'"),
     (lambda c: c.update(slice_rule="truncate"), ValueError, "unknown slice_rule 'truncate'"),
     (lambda c: c["quant"].update(slice_rule="midpoint"), ValueError, "disagrees with the quant spec"),
     (lambda c: c["quant"].update(bits=12), ValueError, "invalid quant spec"),
@@ -112,6 +113,59 @@ def test_inconsistent_config_refused(ckpt_dir, edit, exc, match):
     _edit_config(ckpt_dir, edit)
     with pytest.raises(exc, match=match):
         load_checkpoint(ckpt_dir)
+
+
+def test_refitted_slice_scales_round_trip(tmp_path):
+    spec = QuantSpec(group_size=32, feedback="per-slice", refit=(8, 4, 3))
+    parts = make_parts(seed=2, spec=spec)
+    d = save_checkpoint(tmp_path / "ck", **parts)
+    ck = load_checkpoint(d)
+    assert ck.config["format_version"] == 2 and ck.spec.refit == (8, 4, 3) and ck.spec.feedback == "per-slice"
+    for name, res in parts["layers"].items():
+        got = ck.layers[name]
+        assert sorted(got.slice_scales) == [3, 4, 8]
+        for r in (8, 4, 3):
+            assert torch.equal(got.slice_scales[r], res.slice_scales[r]) and got.slice_scales[r].dtype == torch.float16
+            assert torch.equal(ck.dequant(name, r), res.dequant(r))
+            assert not torch.equal(ck.dequant(name, r), res.dequant(r, refit=False))  # the refit is applied
+        assert torch.equal(ck.dequant(name, 6), res.dequant(6, refit=False))  # no refit stored: parent scales
+
+
+def test_format_version_1_still_loads(tmp_path):
+    """A version-1 checkpoint (no slice_scales records, written before the refit existed) loads unchanged."""
+    parts = make_parts(seed=3, spec=QuantSpec(group_size=32))
+    d = save_checkpoint(tmp_path / "ck", **parts)
+
+    def to_v1(c):
+        c["format_version"] = 1
+        for rec in c["layers"]:
+            del rec["slice_scales"]
+        for key in ("feedback", "refit"):
+            del c["quant"][key]
+    _edit_config(d, to_v1)
+    _rehash(d)
+    ck = load_checkpoint(d)
+    assert ck.config["format_version"] == 1 and ck.spec == parts["spec"]
+    for name, res in parts["layers"].items():
+        assert ck.layers[name].slice_scales == {} and torch.equal(ck.dequant(name, 4), res.dequant(4))
+
+
+def test_unrecorded_slice_scales_refused(tmp_path):
+    spec = QuantSpec(group_size=32, refit=(4,))
+    d = save_checkpoint(tmp_path / "ck", **make_parts(seed=4, spec=spec))
+    _edit_config(d, lambda c: [rec.update(slice_scales=[]) for rec in c["layers"]])
+    _rehash(d)
+    with pytest.raises(ValueError, match="unrecorded tensors.*scales_r4"):
+        load_checkpoint(d)
+
+
+def _rehash(d: Path) -> None:
+    """Re-record the config hash after an edit (as a writer of that config would have)."""
+    from matq_compile.ckpt import INDEX_NAME, config_hash
+
+    index = json.loads((d / INDEX_NAME).read_text())
+    index["metadata"]["matq_hash"] = config_hash(json.loads((d / CONFIG_NAME).read_text()))
+    (d / INDEX_NAME).write_text(json.dumps(index))
 
 
 def test_layer_missing_tensor_refused(tmp_path):

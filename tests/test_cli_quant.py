@@ -162,3 +162,39 @@ def test_same_seed_gives_identical_checkpoint_bytes(setup, tmp_path):
     assert files == sorted(p.name for p in (tmp_path / "b").iterdir())
     for name in files:
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+
+
+def test_recipes_and_explicit_overrides(setup, tmp_path):
+    """--recipe picks R/λ/μ/feedback/refit for matgptq; explicit flags win; rtn/gptq ignore the recipe."""
+    from matq_compile.ckpt import load_checkpoint
+    from matq_compile.quant.recipes import RECIPES
+
+    root, model = setup
+    runs = {"default": [], "reference": ["--recipe", "reference"],
+            "override": ["--error-feedback", "shared", "--refit", "none", "--trained-bits", "8,4,2"],
+            "gptq": ["--method", "gptq", "--bits", "4"]}
+    specs = {}
+    for name, extra in runs.items():
+        method = [] if name == "gptq" else ["--method", "matgptq"]
+        assert main(_quantize_args(root, model, tmp_path / name, *method, *extra, "--eval-windows", "0")) == 0
+        specs[name] = load_checkpoint(tmp_path / name).spec
+    default, reference = RECIPES["default"], RECIPES["reference"]
+    for name, want in (("default", default), ("reference", reference)):
+        got = specs[name]
+        assert (got.trained_bits, got.feedback, got.refit, got.mu) == (
+            want["trained_bits"], want["feedback"], tuple(sorted(want["refit"], reverse=True)), want["mu"]), name
+        assert dict(got.lambdas) == dict(want["lambdas"]), name
+    over = specs["override"]
+    assert over.feedback == "shared" and over.refit == () and over.trained_bits == (8, 4, 2)
+    assert dict(over.lambdas) == {r: w for r, w in default["lambdas"] if r in (8, 4, 2)}
+    assert specs["gptq"].refit == () and specs["gptq"].feedback == "shared"
+    ck = load_checkpoint(tmp_path / "default")
+    assert all(sorted(res.slice_scales) == sorted(default["refit"]) for res in ck.layers.values())
+
+
+def test_default_recipe_is_deterministic(setup, tmp_path):
+    root, model = setup
+    for name in ("a", "b"):
+        assert main(_quantize_args(root, model, tmp_path / name, "--method", "matgptq", "--eval-windows", "0")) == 0
+    for f in sorted(p.name for p in (tmp_path / "a").iterdir()):
+        assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f

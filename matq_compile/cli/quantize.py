@@ -21,6 +21,10 @@ def lambda_list(text: str) -> tuple[tuple[int, float], ...]:
         raise argparse.ArgumentTypeError(f"expected BITS:WEIGHT pairs like 8:1,4:1,3:1, got {text!r}") from None
 
 
+def refit_list(text: str) -> tuple[int, ...]:
+    return () if text.strip().lower() == "none" else int_list(text)
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser("quantize", help="quantize a model into one sliceable int8 checkpoint",
                               description=__doc__)
@@ -34,12 +38,23 @@ def register(subparsers) -> None:
     g.add_argument("--sym", dest="sym", action="store_true", default=True, help="symmetric grid (default)")
     g.add_argument("--asym", dest="sym", action="store_false", help="asymmetric grid with uint8 zeros")
     g.add_argument("--slice-rule", choices=("round", "midpoint"), default="round")
-    g.add_argument("--trained-bits", type=int_list, default=(8, 4, 3), help="trained slice set R, e.g. 8,4,3")
-    g.add_argument("--lambdas", type=lambda_list, default=(), help="per-slice weights, e.g. 8:1,4:1,3:1")
-    g.add_argument("--mu", choices=("uniform", "lambda"), default="uniform", help="propagated-error weights")
+    g.add_argument("--recipe", choices=("default", "reference"), default="default",
+                   help="matgptq settings to start from (R, λ, μ, error feedback, refit); the flags below override "
+                        "them. reference = MatGPTQ as published; default = chosen from the quantizer study")
+    g.add_argument("--trained-bits", type=int_list, default=None, help="trained slice set R, e.g. 8,4,3")
+    g.add_argument("--lambdas", type=lambda_list, default=None, help="per-slice weights, e.g. 8:1,4:1,3:1")
+    g.add_argument("--mu", choices=("uniform", "lambda"), default=None,
+                   help="propagated-error weights (shared feedback only)")
+    g.add_argument("--error-feedback", dest="feedback", choices=("shared", "per-slice"), default=None,
+                   help="shared: one error state fed Σ μ_r e_r (reference); per-slice: one state per trained slice")
+    g.add_argument("--refit", type=refit_list, default=None,
+                   help="slices whose group scales are refitted after the codes are fixed, e.g. 8,6,5,4,3; none")
     g.add_argument("--rel-damp", type=float, default=1e-2)
     g.add_argument("--block-size", type=int, default=128)
     g.add_argument("--act-order", action="store_true")
+    g.add_argument("--static-groups", action="store_true",
+                   help="group grids fixed from the unquantized weights before any update; with --act-order the "
+                        "checkpoint stores no perm (deployment unchanged)")
     g.add_argument("--true-sequential", action="store_true")
     g.add_argument("--levels", type=int_list, default=(2, 3, 4, 5, 6, 7, 8), help="levels in the sensitivity table")
     c = p.add_argument_group("calibration")
@@ -72,9 +87,10 @@ def run(args: argparse.Namespace) -> int:
     preflight.group_size(args.model, args.group_size)
 
     spec = QuantSpec(method=args.method, bits=args.bits, group_size=args.group_size, sym=args.sym,
-                     slice_rule=args.slice_rule, trained_bits=args.trained_bits, lambdas=args.lambdas, mu=args.mu,
-                     rel_damp=args.rel_damp, block_size=args.block_size, act_order=args.act_order,
-                     true_sequential=args.true_sequential, levels=args.levels)
+                     slice_rule=args.slice_rule, rel_damp=args.rel_damp, block_size=args.block_size,
+                     act_order=args.act_order, static_groups=args.static_groups,
+                     true_sequential=args.true_sequential, levels=args.levels,
+                     **recipe_fields(args))
     calib = CalibSpec(calibration_source(args.calibration), args.calibration_samples, args.calibration_seq_len,
                       args.seed)
     evals = EvalSpec(args.eval_seq_len, args.eval_windows, None if args.eval_text is None else str(args.eval_text)) \
@@ -95,3 +111,16 @@ def run(args: argparse.Namespace) -> int:
 
             write_json(args.eval_json, table)
     return 0
+
+
+def recipe_fields(args: argparse.Namespace) -> dict:
+    """R, λ, μ, feedback and refit: the recipe's values (matgptq only), overridden by flags given explicitly."""
+    from matq_compile.quant.recipes import RECIPE_FIELDS, recipe
+
+    base = recipe(args.recipe) if args.method == "matgptq" else {}
+    given = {f: getattr(args, f) for f in RECIPE_FIELDS if getattr(args, f) is not None}
+    out = {**base, **given}
+    if "lambdas" in base and "lambdas" not in given and "trained_bits" in given:
+        # the recipe's weights apply to the slices the user kept (λ_8 included); others default to 1
+        out["lambdas"] = tuple((r, w) for r, w in base["lambdas"] if r in given["trained_bits"])
+    return out

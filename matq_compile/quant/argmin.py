@@ -121,3 +121,80 @@ def propagated_error(x: torch.Tensor, q: torch.Tensor, s: torch.Tensor, z: torch
         term = term if ss.mus[j] == 1.0 else ss.mus[j] * term
         e = term if e is None else e + term
     return e
+
+
+# --- per-slice targets: one compensated target T_r per trained slice (feedback = per-slice) ---------------------
+
+def objective_multi(T: torch.Tensor, cand: torch.Tensor | None, s: torch.Tensor, z: torch.Tensor, ss: SliceSet
+                    ) -> torch.Tensor:
+    """Σ_r λ_r (T_r - s (L_r[q] - z))² for targets T [|R|, n] (ss.bits order), s, z [n], cand [n, k] or None."""
+    s, z = s[:, None], z[:, None]
+    total = None
+    for j in range(len(ss.bits)):
+        lev = ss.levels[j][None, :] if cand is None else ss.levels[j][cand]
+        term = ss.lambdas[j] * (T[j][:, None] - s * (lev - z)).square()
+        total = term if total is None else total + term
+    return total
+
+
+def exhaustive_multi(T: torch.Tensor, s: torch.Tensor, z: torch.Tensor, ss: SliceSet, chunk: int = 4096
+                     ) -> torch.Tensor:
+    """Reference argmin over all 256 codes with one target per slice; int64 codes [n]."""
+    out = torch.empty(T.shape[1], dtype=torch.int64)
+    for a in range(0, T.shape[1], chunk):
+        b = a + chunk
+        out[a:b] = objective_multi(T[:, a:b], None, s[a:b], z[a:b], ss).argmin(dim=1)
+    return out
+
+
+@dataclass(frozen=True)
+class _Segments:
+    first: torch.Tensor  # int64 [m]: first code of each segment, ascending
+    last: torch.Tensor  # int64 [m]: last code of each segment
+    lambdas: torch.Tensor  # fp32 [|R|, 1, 1]: λ in ss.bits order, for the batched objective
+
+
+_SEGMENTS: dict[tuple[tuple[int, ...], tuple[float, ...], str], _Segments] = {}
+
+
+def _segments(ss: SliceSet) -> _Segments:
+    """Maximal code ranges on which every trained slice below 8 bits has one value (cached per R, λ and rule)."""
+    key = (ss.bits, ss.lambdas, ss.rule)
+    if key not in _SEGMENTS:
+        low = ss.levels[[j for j, r in enumerate(ss.bits) if r < 8]]
+        start = torch.ones(256, dtype=torch.bool)
+        start[1:] = (low[:, 1:] != low[:, :-1]).any(dim=0)
+        first = torch.nonzero(start).squeeze(1)
+        last = torch.cat([first[1:] - 1, torch.tensor([255])])
+        lam = torch.tensor(ss.lambdas, dtype=torch.float32)[:, None, None]
+        _SEGMENTS[key] = _Segments(first, last, lam)
+    return _SEGMENTS[key]
+
+
+def windowed_multi(T: torch.Tensor, s: torch.Tensor, z: torch.Tensor, ss: SliceSet) -> torch.Tensor:
+    """Exact fast argmin with one target per slice; int64 codes [n] (ties -> lowest code).
+
+    On a segment where every slice below 8 bits is constant only the 8-bit term varies, so each segment's best
+    code is its code nearest c_8 = q8(T_8) (and c_8 ± 1 where fp32 may tie). Scoring those ~|segments| + 2
+    candidates for every row (23 + 2 for R = {8,4,3}) finds the minimum over all 256 codes. The score is
+    objective_multi's arithmetic, batched over slices (elementwise, so the same fp32 values); the lowest code among
+    equal scores is taken explicitly. Without a usable 8-bit term, all 256 codes are scored.
+    """
+    if ss.bits == (8,):
+        return rtn_codes(T[0], s, z, 8).to(torch.int64)
+    if not _has_usable_8(ss):
+        return exhaustive_multi(T, s, z, ss)
+    seg = _segments(ss)
+    c8 = rtn_codes(T[ss.bits.index(8)], s, z, 8).to(torch.int64)[:, None]
+    cand = torch.cat([torch.minimum(torch.maximum(c8, seg.first[None, :]), seg.last[None, :]),
+                      (c8 - 1).clamp(min=0), (c8 + 1).clamp(max=255)], dim=1)  # [n, k]
+    terms = seg.lambdas * (T[:, :, None] - s[:, None] * (ss.levels[:, cand] - z[:, None])).square()
+    total = terms[0]
+    for j in range(1, terms.shape[0]):
+        total = total + terms[j]  # same order as objective_multi
+    best = total.min(dim=1, keepdim=True).values
+    return torch.where(total == best, cand, 256).amin(dim=1)
+
+
+def _has_usable_8(ss: SliceSet) -> bool:
+    return any(r == 8 and w >= SEGMENT_MIN_LAMBDA8 * max(ss.lambdas) for r, w in zip(ss.bits, ss.lambdas))

@@ -1,7 +1,7 @@
 """QuantResult: one quantized linear as stored in the checkpoint (spec section 1)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -18,15 +18,25 @@ class QuantResult:
     scales  fp16  [out, in/g]
     zeros   uint8 [out, in/g] or None (symmetric grid: implicit zero 128)
     perm    int32 [in] or None; the layer computes y = Ŵ · x[perm]
+    slice_scales {r: fp16 [out, in/g]}: refitted scales of slice r (spec.refit), used instead of `scales` when
+            slice r is dequantized; slices without an entry use `scales`
     """
 
     qweight: torch.Tensor
     scales: torch.Tensor
     zeros: torch.Tensor | None = None
     perm: torch.Tensor | None = None
+    slice_scales: dict[int, torch.Tensor] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         validate_parts(self.qweight, self.scales, self.zeros, self.perm)
+        for r, s in self.slice_scales.items():
+            check_bits(r)
+            validate_parts(self.qweight, s, self.zeros, None, f"slice {r} scales")
+
+    def scales_for(self, bits: int, refit: bool = True) -> torch.Tensor:
+        """The scales slice `bits` is dequantized with: its refitted scales if stored (and wanted), else the parent's."""
+        return self.slice_scales.get(bits, self.scales) if refit else self.scales
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -36,17 +46,17 @@ class QuantResult:
     def group_size(self) -> int:
         return self.qweight.shape[1] // self.scales.shape[1]
 
-    def dequant_processing(self, bits: int, rule: str = "round") -> torch.Tensor:
-        """fp32 [out, in] r-bit weights in processing (stored) order."""
+    def dequant_processing(self, bits: int, rule: str = "round", refit: bool = True) -> torch.Tensor:
+        """fp32 [out, in] r-bit weights in processing (stored) order (refit=False: parent scales for every slice)."""
         check_bits(bits), check_rule(rule)
         g = self.group_size
-        s = self.scales.double().repeat_interleave(g, dim=1)
+        s = self.scales_for(bits, refit).double().repeat_interleave(g, dim=1)
         z = SYM_ZERO if self.zeros is None else self.zeros.double().repeat_interleave(g, dim=1)
         return dequant_parent(self.qweight, s, z, bits, rule).float()
 
-    def dequant(self, bits: int, rule: str = "round") -> torch.Tensor:
+    def dequant(self, bits: int, rule: str = "round", refit: bool = True) -> torch.Tensor:
         """fp32 [out, in] r-bit weights in the ORIGINAL column order (Ŵ_orig @ x == Ŵ_proc @ x[perm])."""
-        w = self.dequant_processing(bits, rule)
+        w = self.dequant_processing(bits, rule, refit)
         if self.perm is None:
             return w
         out = torch.empty_like(w)

@@ -168,7 +168,8 @@ def _quantize_linear(module: nn.Linear, name: str, H: torch.Tensor, spec: QuantS
     result = quantize_weight(W0, H, spec)
     out.layers[name] = result
     out.sensitivity[name] = layer_sensitivity(W0, result, H, spec.levels, spec.slice_rule)
-    module.weight.copy_(result.dequant(spec.native_bits, spec.slice_rule).to(module.weight.dtype))
+    # parent scales, not the refit: the refit is per-slice post-processing that later blocks never see
+    module.weight.copy_(result.dequant(spec.native_bits, spec.slice_rule, refit=False).to(module.weight.dtype))
     log.debug("%s %s in %.2f s, nmse %s", name, tuple(W0.shape), time.perf_counter() - t0,
               out.sensitivity[name]["nmse"])
 

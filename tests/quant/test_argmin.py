@@ -79,3 +79,37 @@ def test_propagated_error_is_mu_weighted_mean_of_residuals():
     w4 = slicing.dequant_parent(q, s.double(), z.double(), 4)
     want = 0.25 * (x.double() - w8) + 0.75 * (x.double() - w4)
     torch.testing.assert_close(argmin.propagated_error(x, q, s, z, ss).double(), want, rtol=1e-5, atol=1e-6)
+
+
+def targets(n: int, k: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One column as |R| per-slice targets: a shared value plus per-slice drifts from 0 to ~100 codes."""
+    x, s, z = columns(n, seed)
+    g = torch.Generator().manual_seed(seed + 100)
+    spread = torch.tensor([0.0, 1.0, 8.0, 40.0, 100.0])[torch.randint(0, 5, (n,), generator=g)]
+    return x[None, :] + torch.randn(k, n, generator=g) * spread * s, s, z
+
+
+@pytest.mark.parametrize("rule", ["round", "midpoint"])
+@pytest.mark.parametrize("bits,lams", CASES)
+def test_windowed_multi_equals_exhaustive(bits, lams, rule):
+    ss = argmin.SliceSet.make(bits, lams, (1.0 / len(bits),) * len(bits), rule)
+    T, s, z = targets(30000, len(bits), seed=len(bits))
+    got = argmin.windowed_multi(T, s, z, ss)
+    assert torch.equal(got, argmin.exhaustive_multi(T, s, z, ss, chunk=7000))
+    # one shared target reduces to the single-target argmin
+    same = T[:1].expand_as(T).contiguous()
+    assert torch.equal(argmin.windowed_multi(same, s, z, ss), argmin.windowed(T[0], s, z, ss))
+
+
+@pytest.mark.parametrize("rule", ["round", "midpoint"])
+def test_exhaustive_multi_is_the_float64_minimum(rule):
+    bits, lams = (8, 4, 3), (2.0, 1.0, 0.5)
+    ss = argmin.SliceSet.make(bits, lams, (1 / 3,) * 3, rule)
+    T, s, z = targets(3000, 3, seed=7)
+    q = torch.arange(256, dtype=torch.int32)
+    total = sum(lam * (T[j].double()[:, None] - slicing.dequant_parent(q[None, :], s.double()[:, None],
+                                                                        z.double()[:, None], r, rule)) ** 2
+                for j, (r, lam) in enumerate(zip(bits, lams)))
+    best = argmin.exhaustive_multi(T, s, z, ss)
+    got = total.gather(1, best[:, None]).squeeze(1)
+    assert torch.all(got <= total.min(dim=1).values * (1 + 1e-5) + 1e-12)

@@ -35,14 +35,16 @@ def one_thread():
     torch.set_num_threads(prev)
 
 
-def reference_gptq(W, H, bits=8, g=64, sym=True, block=128, rel_damp=0.01, act_order=False):
-    """A plain IST-DASLab/gptq fasterquant loop; group params from the current (compensated) block values."""
+def reference_gptq(W, H, bits=8, g=64, sym=True, block=128, rel_damp=0.01, act_order=False, static=False):
+    """A plain IST-DASLab/gptq fasterquant loop; group params from the current (compensated) block values, or with
+    static=True its --static-groups: params of the original groups, fixed before act-order, codes un-permuted."""
     W, H = W.clone().float(), H.clone().float()
     n = W.shape[1]
     g = n if g == -1 else g
     dead = (torch.diag(H) == 0) | (W == 0).all(dim=0)
     H[dead, :], H[:, dead], W[:, dead] = 0, 0, 0
     H[dead, dead] = 1
+    fixed = [ref_params(W[:, a:a + g], bits, sym) for a in range(0, n, g)] if static else None
     perm = torch.argsort(torch.diag(H), descending=True, stable=True) if act_order else torch.arange(n)
     W, H = W[:, perm], H[perm][:, perm]
     H += rel_damp * torch.mean(torch.diag(H)) * torch.eye(n)
@@ -53,7 +55,9 @@ def reference_gptq(W, H, bits=8, g=64, sym=True, block=128, rel_damp=0.01, act_o
         W1, Hinv1 = W[:, i1:i2].clone(), Hinv[i1:i2, i1:i2]
         Err1 = torch.zeros_like(W1)
         for i in range(i2 - i1):
-            if (i1 + i) % g == 0:
+            if static:
+                scale, zero = fixed[int(perm[i1 + i]) // g]
+            elif (i1 + i) % g == 0:
                 scale, zero = ref_params(W1[:, i:i + g] if g <= block else W[:, :g], bits, sym)
                 scales.append(scale), zeros.append(zero)
             w = W1[:, i]
@@ -63,6 +67,8 @@ def reference_gptq(W, H, bits=8, g=64, sym=True, block=128, rel_damp=0.01, act_o
             W1[:, i:] -= err1.unsqueeze(1).matmul(Hinv1[i, i:].unsqueeze(0))
             Err1[:, i] = err1
         W[:, i2:] -= Err1.matmul(Hinv[i1:i2, i2:])
+    if static:
+        return Q[:, torch.argsort(perm)], torch.stack([f[0] for f in fixed], 1), torch.stack([f[1] for f in fixed], 1), None
     return Q, torch.stack(scales, 1), torch.stack(zeros, 1), perm
 
 
@@ -82,12 +88,36 @@ def test_r8_equals_plain_gptq(g, sym, act_order):
     W[:, 9] = 0  # a dead weight column as well
     Q, S, Z, perm = reference_gptq(W, H, 8, g, sym, act_order=act_order)
     for spec in (QuantSpec(method="gptq", group_size=g, sym=sym, act_order=act_order),
-                 QuantSpec(method="matgptq", trained_bits=(8,), group_size=g, sym=sym, act_order=act_order)):
+                 QuantSpec(method="matgptq", trained_bits=(8,), group_size=g, sym=sym, act_order=act_order),
+                 QuantSpec(method="matgptq", trained_bits=(8,), group_size=g, sym=sym, act_order=act_order,
+                           feedback="per-slice"),
+                 QuantSpec(method="matgptq", trained_bits=(8,), group_size=g, sym=sym, act_order=act_order,
+                           feedback="per-slice", lambdas=((8, 3.0),), mu="lambda")):
         res = quantize_weight(W, H, spec)
         assert torch.equal(res.qweight, Q.to(torch.uint8))
         assert torch.equal(res.scales, S.half())
         assert (res.zeros is None) if sym else torch.equal(res.zeros, Z.to(torch.uint8))
         assert (res.perm is None) if not act_order else torch.equal(res.perm, perm.to(torch.int32))
+
+
+@pytest.mark.parametrize("bits,sym,act_order", [(8, True, True), (4, True, True), (8, False, False), (3, False, True)])
+def test_static_groups_equal_reference_and_need_no_perm(bits, sym, act_order):
+    W, H = calib(40, 256, seed=8, dead=7)
+    H = H * torch.linspace(0.2, 3, 256)[:, None] * torch.linspace(0.2, 3, 256)[None, :]  # a real act-order
+    Q, S, Z, _ = reference_gptq(W, H, bits, 64, sym, act_order=act_order, static=True)
+    res = quantize_weight(W, H, QuantSpec(method="gptq", bits=bits, sym=sym, act_order=act_order,
+                                          static_groups=True, levels=(bits,)))
+    assert res.perm is None  # deployed exactly like a model quantized without act-order
+    assert torch.equal(res.qweight, (Q.to(torch.int32) << (8 - bits)).to(torch.uint8))
+    assert torch.equal(res.scales, (S / 2 ** (8 - bits)).half())
+    assert sym or torch.equal(res.zeros, (Z.to(torch.int32) << (8 - bits)).to(torch.uint8))
+    # and for MatGPTQ: same grids, codes in the original order, both feedback modes
+    for fb in ("shared", "per-slice"):
+        mat = quantize_weight(W, H, QuantSpec(act_order=act_order, static_groups=True, sym=sym, feedback=fb))
+        assert mat.perm is None
+        W0 = W.clone()
+        W0[:, 7] = 0  # the dead input column is zeroed before the grids are taken
+        assert torch.equal(mat.scales, quantize_weight(W0, None, QuantSpec(method="rtn", sym=sym)).scales)
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 6])

@@ -1,0 +1,55 @@
+"""Per-slice scale refit (after the codes are fixed): a Hessian-weighted least-squares multiplier per (row, group).
+
+For slice r of one row, Ŵ_r = Σ_g m_g B_g where B_g is the row's r-bit dequantized values on group g's columns
+(zero elsewhere). The layer loss (w - Ŵ_r) H (w - Ŵ_r)ᵀ is a quadratic in m, minimised by G m = c with
+G[a, b] = B_a H B_bᵀ and c[a] = B_a H wᵀ: one small dense solve per row (groups are coupled through H). A tiny
+ridge pulls m towards 1 so rows with dead groups stay put. The new scales are rounded to fp16 (what is stored),
+and any row whose loss would not decrease keeps the parent scales, so the refit never increases the loss.
+"""
+from __future__ import annotations
+
+import torch
+
+from matq_compile.slicing import dequant_parent
+
+RIDGE = 1e-6
+M_RANGE = (0.25, 4.0)  # keeps scales positive and finite in fp16; the per-row loss check covers the clipped rows
+
+
+def refit_scales(W0: torch.Tensor, H: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
+                 zeros: torch.Tensor | None, bits: int, rule: str, chunk: int = 128) -> torch.Tensor:
+    """fp16 [out, in/g] scales for slice `bits` minimising tr(E H Eᵀ), E = W0 - Ŵ_bits; all in processing order.
+
+    W0 [out, in] are the weights to reproduce, H [in, in] the (undamped) layer Hessian.
+    """
+    out, n = qweight.shape
+    G = scales.shape[1]
+    g = n // G
+    Hd = H.double()
+    Hg = Hd.reshape(G, g, n)
+    new = torch.empty_like(scales)
+    for a in range(0, out, chunk):
+        b = min(a + chunk, out)
+        s16 = scales[a:b]
+        z = 128.0 if zeros is None else zeros[a:b].double().repeat_interleave(g, 1)
+        unit = dequant_parent(qweight[a:b], torch.ones(b - a, n, dtype=torch.float64), z, bits, rule)  # s = 1
+        B = unit * s16.double().repeat_interleave(g, 1)
+        Bg = B.reshape(b - a, G, g)
+        Y = torch.einsum("oai,aij->oaj", Bg, Hg)  # [c, G, n]: B_a H
+        gram = torch.einsum("oabi,obi->oab", Y.reshape(b - a, G, G, g), Bg)
+        rhs = torch.einsum("oaj,oj->oa", Y, W0[a:b].double())
+        diag = torch.diagonal(gram, dim1=1, dim2=2)
+        ridge = RIDGE * diag + 1e-30
+        m = torch.linalg.solve(gram + torch.diag_embed(ridge), (rhs + ridge).unsqueeze(-1)).squeeze(-1)
+        m = torch.nan_to_num(m, nan=1.0).clamp(*M_RANGE)
+        cand = (s16.double() * m).half()
+        cand = torch.where(torch.isfinite(cand) & (cand > 0), cand, s16)
+        keep = row_loss(W0[a:b], Hd, unit, cand, g) >= row_loss(W0[a:b], Hd, unit, s16, g)
+        new[a:b] = torch.where(keep[:, None], s16, cand)
+    return new
+
+
+def row_loss(W0: torch.Tensor, H: torch.Tensor, unit: torch.Tensor, scales16: torch.Tensor, g: int) -> torch.Tensor:
+    """Per-row (w - ŵ) H (w - ŵ)ᵀ in fp64 for dequantized values unit * scale (unit = value at scale 1)."""
+    E = W0.double() - unit * scales16.double().repeat_interleave(g, 1)
+    return ((E @ H) * E).sum(dim=1)
