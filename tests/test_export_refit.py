@@ -12,7 +12,7 @@ from matq_compile.quant import quantize_weight
 
 
 def test_packed_weights_use_the_refitted_slice_scales():
-    from matq_compile.export import _packed_weights
+    from matq_compile.export import CheckpointWeights
 
     g = torch.Generator().manual_seed(0)
     W = torch.randn(32, 128, generator=g)
@@ -20,10 +20,11 @@ def test_packed_weights_use_the_refitted_slice_scales():
     res = quantize_weight(W, X.T @ X / 512, QuantSpec(group_size=32, refit=(4,)))
     assert not torch.equal(res.slice_scales[4], res.scales)
     ckpt = SimpleNamespace(layer_names=["l"], layers={"l": res}, tensors={}, spec=SimpleNamespace(slice_rule="round"))
+    source = CheckpointWeights(ckpt)
     for bits, scales in ((4, res.slice_scales[4]), (3, res.scales)):
-        arrays = _packed_weights(ckpt, {"l": bits}, {"l": SimpleNamespace(bits=bits, group=32)})
+        arrays = source.packed("l", bits, 32)
         want = slicing.slice_scale(scales.numpy().astype(np.float64), bits).astype(np.float16)
-        assert np.array_equal(arrays["l.S"], want)
+        assert np.array_equal(arrays["S"], want)
         # the packed slice dequantizes to the checkpoint's slice (refit included)
-        deq = layout.dequant({k[2:]: v for k, v in arrays.items()}, bits, 128, 32)
+        deq = layout.dequant(arrays, bits, 128, 32)
         np.testing.assert_allclose(deq, res.dequant(bits).numpy(), rtol=2e-3, atol=1e-6)
