@@ -27,6 +27,15 @@ Choose = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor
 Static = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # (S [out, G], Z [out, G], group of each column [in])
 
 
+def _outputs(W: torch.Tensor, group: int, block: int, static) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Zeroed codes [out, in], scales and zeros [out, in/g]; a block that would split a group is refused."""
+    out, n = W.shape
+    if static is None and group != n and block % group:
+        raise ValueError(f"block size {block} must be a multiple of group size {group}")
+    return (torch.zeros(out, n, dtype=torch.float32), torch.zeros(out, n // group, dtype=torch.float32),
+            torch.zeros(out, n // group, dtype=torch.float32))
+
+
 def gptq_loop(W: torch.Tensor, U: torch.Tensor, group: int, block: int, find_params: FindParams, choose: Choose,
               static: Static | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Quantize W [out, in] (processing order, modified in place) given U = upper-Cholesky(H⁻¹).
@@ -37,11 +46,7 @@ def gptq_loop(W: torch.Tensor, U: torch.Tensor, group: int, block: int, find_par
     static: fixed group grids and each processing column's group (static groups; find_params is then unused).
     """
     out, n = W.shape
-    if static is None and group != n and block % group:
-        raise ValueError(f"block size {block} must be a multiple of group size {group}")
-    Q = torch.zeros(out, n, dtype=torch.float32)
-    S = torch.zeros(out, n // group, dtype=torch.float32)
-    Z = torch.zeros(out, n // group, dtype=torch.float32)
+    Q, S, Z = _outputs(W, group, block, static)
     s = z = None
     for c1 in range(0, n, block):
         c2 = min(c1 + block, n)
@@ -70,14 +75,10 @@ def gptq_loop_per_slice(W: torch.Tensor, U: torch.Tensor, group: int, block: int
                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Like gptq_loop, with one error state per trained slice (W is not modified). Same outputs."""
     out, n = W.shape
-    if static is None and group != n and block % group:
-        raise ValueError(f"block size {block} must be a multiple of group size {group}")
+    Q, S, Z = _outputs(W, group, block, static)
     k, k8 = len(ss.bits), ss.bits.index(8)
     Ws = W.unsqueeze(0).repeat(k, 1, 1)  # [|R|, out, n], ss.bits order
     rows = torch.arange(k)[:, None]
-    Q = torch.zeros(out, n, dtype=torch.float32)
-    S = torch.zeros(out, n // group, dtype=torch.float32)
-    Z = torch.zeros(out, n // group, dtype=torch.float32)
     s = z = None
     for c1 in range(0, n, block):
         c2 = min(c1 + block, n)
