@@ -24,7 +24,6 @@ from matq_compile import bench, layout, targets, tune
 from matq_compile.io_utils import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
-LLC_ROTATE_BYTES = 96 << 20  # 3x a 32 MiB L3
 
 
 def anchor(kind: str, **kw) -> dict:

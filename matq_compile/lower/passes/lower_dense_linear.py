@@ -11,8 +11,9 @@ CUDA builds skip this pass: the default CUDA pipeline schedules the matmul with 
 from __future__ import annotations
 
 from matq_compile._tvm import tvm
-from matq_compile.lower.params import Float16Copy, Int8Rows, ParamMap
-from matq_compile.lower.passes._rewrite import linear_operands, prune_weights, rewrite_relax_functions
+from matq_compile.lower.params import ParamMap
+from matq_compile.lower.passes._rewrite import (compact_params, linear_operands, prune_weights,
+                                                rewrite_relax_functions)
 from matq_compile.lower import llama_kernels as lk
 from matq_compile.lower.kernels import hand_scheduled
 from tvm import relax
@@ -50,18 +51,7 @@ class _Rewriter(relax.PyExprMutator):
 
     def _head_params(self, p: relax.Var, existing: dict[str, relax.Var]) -> list[relax.Var]:
         """The parameters the head kernel reads; a tied embedding lowered to the same dtype already holds them."""
-        if self.w_dtype == "float32":
-            return [p]
-        of = self.param_map.recipe(p.name)
-        types = [(head_param_name(p.name, self.w_dtype), p.ty.shape, self.w_dtype)]
-        recipes = [Float16Copy(of)] if self.w_dtype == "float16" else [Int8Rows(of, "codes"), Int8Rows(of, "scale")]
-        if self.w_dtype == "int8":
-            types.append((f"{p.name}.scale", (p.ty.shape[0],), "float32"))
-        new = []
-        for (name, shape, dtype), recipe in zip(types, recipes):
-            self.param_map.add(name, recipe)
-            new.append(existing[name] if name in existing else relax.Var(name, relax.TensorType(shape, dtype)))
-        return new
+        return [p] if self.w_dtype == "float32" else compact_params(p, self.w_dtype, self.param_map, existing)
 
     def rewrite(self, func: relax.Function) -> relax.Function:
         self.params = {}

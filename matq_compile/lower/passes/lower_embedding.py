@@ -13,8 +13,8 @@ its int8 copy is 28 MB. float32 leaves the graph unchanged (exact).
 from __future__ import annotations
 
 from matq_compile._tvm import tvm
-from matq_compile.lower.params import Float16Copy, Int8Rows, ParamMap
-from matq_compile.lower.passes._rewrite import prune_weights, rewrite_relax_functions
+from matq_compile.lower.params import ParamMap
+from matq_compile.lower.passes._rewrite import compact_params, prune_weights, rewrite_relax_functions
 from tvm import relax
 
 EMBED_DTYPES = ("float32", "float16", "int8")
@@ -30,18 +30,7 @@ class _Rewriter(relax.PyExprMutator):
 
     def _table(self, w: relax.Var, existing: dict[str, relax.Var]) -> list[relax.Var]:
         if w.name not in self.compact:
-            of = self.param_map.recipe(w.name)
-            n = w.ty.shape[0]
-            if self.dtype == "float16":
-                specs = [(f"{w.name}.float16", w.ty.shape, "float16", Float16Copy(of))]
-            else:
-                specs = [(f"{w.name}.int8", w.ty.shape, "int8", Int8Rows(of, "codes")),
-                         (f"{w.name}.scale", (n,), "float32", Int8Rows(of, "scale"))]
-            out = []
-            for name, shape, dtype, recipe in specs:
-                self.param_map.add(name, recipe)
-                out.append(existing[name] if name in existing else relax.Var(name, relax.TensorType(shape, dtype)))
-            self.compact[w.name] = out
+            self.compact[w.name] = compact_params(w, self.dtype, self.param_map, existing)
         return self.compact[w.name]
 
     def visit_call_(self, call: relax.Call) -> relax.Expr:
