@@ -19,7 +19,6 @@ import argparse
 import datetime
 import json
 import logging
-import platform
 import statistics
 import subprocess
 import sys
@@ -28,28 +27,10 @@ from pathlib import Path
 
 import numpy as np
 
-from matq_compile._threads import configure_tvm_threads, usable_cores
+from matq_compile.bench import machine_info
 
 log = logging.getLogger("e2e_bench")
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _cpuinfo(field: str) -> str:
-    path = Path("/proc/cpuinfo")
-    lines = path.read_text().splitlines() if path.exists() else []
-    return next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith(field)), "")
-
-
-def machine_info() -> dict:
-    """CPU model, the SIMD flags that matter for these kernels, L3 size, cores, TVM threads."""
-    import os
-
-    flags = set(_cpuinfo("flags").split())
-    simd = sorted(f for f in flags if f.startswith(("avx", "fma", "amx")) or f in ("f16c", "vnni"))
-    l3 = next((p.read_text().strip() for p in Path("/sys/devices/system/cpu/cpu0/cache").glob("index3/size")), None)
-    return {"cpu": _cpuinfo("model name") or platform.processor(), "simd_flags": simd, "l3": l3,
-            "cores": usable_cores(), "logical_cpus": os.cpu_count(), "platform": platform.platform(),
-            "python": platform.python_version(), "tvm_threads": configure_tvm_threads()}
 
 
 def timed(fn, repeats: int) -> tuple[float, object]:

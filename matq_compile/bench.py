@@ -116,17 +116,27 @@ def build_kernel(key: layout.KernelKey, spec, db_dir: str | Path, fallback: bool
 
 
 def machine_info() -> dict:
+    """The machine a benchmark ran on: CPU model, the SIMD flags that matter for these kernels, L3 size, cores,
+    TVM threads, platform and Python."""
+    import os
+
     from matq_compile._threads import configure_tvm_threads, usable_cores
 
-    return {"platform": platform.platform(), "processor": cpu_model(), "cores": usable_cores(),
+    flags = set(_cpuinfo("flags").split())
+    simd = sorted(f for f in flags if f.startswith(("avx", "fma", "amx")) or f in ("f16c", "vnni"))
+    l3 = next((p.read_text().strip() for p in Path("/sys/devices/system/cpu/cpu0/cache").glob("index3/size")), None)
+    return {"platform": platform.platform(), "processor": cpu_model(), "simd_flags": simd, "l3": l3,
+            "cores": usable_cores(), "logical_cpus": os.cpu_count(), "python": platform.python_version(),
             "tvm_threads": configure_tvm_threads()}
 
 
-def cpu_model() -> str:
+def _cpuinfo(field: str) -> str:
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
     except OSError:
-        pass
-    return platform.processor()
+        return ""
+    return next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith(field)), "")
+
+
+def cpu_model() -> str:
+    return _cpuinfo("model name") or platform.processor()
