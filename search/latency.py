@@ -102,9 +102,9 @@ def load_latency_table(path: str | os.PathLike, target: str | None = None,
                 stats[key] = extra
         table = LatencyTable(str(obj["target"]), str(obj["tvm_version"]), str(obj["db_hash"]), entries, stats,
                              obj.get("device"))
+    except FormatError:
+        raise
     except (KeyError, TypeError, ValueError) as e:
-        if isinstance(e, FormatError):
-            raise
         raise FormatError(f"{path} is not a valid {KIND}: {type(e).__name__}: {e}") from None
     table.check_source(target, db_hash)
     return table
