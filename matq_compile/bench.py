@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from matq_compile import layout
+from matq_compile import layout, planes
 from matq_compile._log import progress
 from matq_compile.search.latency import LatencyTable, load_latency_table
 
@@ -60,7 +60,10 @@ def random_args(key: layout.KernelKey, m: int, seed: int = 0) -> list[np.ndarray
     rng = np.random.default_rng(seed)
     q = rng.integers(0, 256, (key.N, key.K), dtype=np.uint8)
     s = (rng.random((key.N, key.n_groups)) * 0.01 + 1e-3).astype(np.float16)
-    arr = layout.pack_slice(q, s, None, key.bits, "round", key.group)
+    rule = planes.parse_tag(key.nested)[0] if key.nested else "round"
+    arr = layout.pack_slice(q, s, None, key.bits, rule, key.group)
+    if key.nested:  # a switchable build's kernel reads its slice from the parent's nested planes
+        arr["P"] = planes.pack(q, key.nested)
     (xs, xd), *_, (ys, yd) = arg_shapes(key, m)
     x = rng.standard_normal(xs).astype(xd if xd != "bfloat16" else "float32")
     return [x, arr["P"], arr["S"], arr["Z"], np.zeros(ys, yd)]

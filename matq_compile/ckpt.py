@@ -261,6 +261,13 @@ def read_linear_slices(path: str | Path, bits: int = 4) -> dict:
         raise ValueError(f"{path / CONFIG_NAME} is malformed: {type(e).__name__}: {e}") from None
 
 
+def read_slice_rule(path: str | Path) -> str:
+    """The slice rule of the checkpoint in `path` (from matq_config.json alone)."""
+    from matq_compile.slicing import check_rule
+
+    return check_rule(_read_config(Path(path))["slice_rule"])
+
+
 def _read_config(path: Path) -> dict[str, Any]:
     if not path.is_dir():
         raise FileNotFoundError(f"checkpoint directory {path} does not exist")

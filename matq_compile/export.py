@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from matq_compile import layout
+from matq_compile.kernel_units import SwitchSpec
 from matq_compile.io_utils import atomic_dir, read_json, sha256_file, write_json
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ class CompileOptions:
     dump_dir: str | None = None
     fuse_siblings: bool = True  # one kernel for q/k/v and one for gate/up where their slices agree
     embed_dtype: str = "float32"  # the embedding table as stored and read: float32 (exact), float16, int8 rows
+    switch_widths: tuple[int, ...] | None = None  # a switchable build serving these widths (no --bits / --plan)
 
 
 def resolve_bits(ckpt, bits: int | None, plan_path: str | Path | None) -> tuple[dict[str, int], dict[str, Any]]:
@@ -84,6 +86,9 @@ class CheckpointWeights:
                 arrays["perm"] = res.perm.numpy().astype(np.int32)
             self._packed[(layer, bits)] = arrays
         return self._packed[(layer, bits)]
+
+    def codes(self, layer: str) -> np.ndarray:
+        return self.ckpt.layers[layer].qweight.numpy()
 
 
 def param_arrays(params: list, param_map, source) -> dict[str, np.ndarray]:
@@ -193,17 +198,29 @@ def compile_model(ckpt_dir: str | Path, out_dir: str | Path, bits: int | None = 
     ckpt_dir, out_dir = Path(ckpt_dir), Path(out_dir)
     _check_out_dir(out_dir, ckpt_dir)
     ckpt = load_checkpoint(ckpt_dir)
-    layer_bits, plan_info = resolve_bits(ckpt, bits, plan)
+    switch = None
+    if opts.switch_widths is not None:
+        if bits is not None or plan is not None:
+            raise ValueError("a switchable build serves its --bits list; it takes no plan (load plans at run time)")
+        switch = SwitchSpec(tuple(opts.switch_widths), ckpt.spec.slice_rule)
+        layer_bits = {name: max(switch.widths) for name in ckpt.layer_names}
+        plan_info = {"kind": "switchable", "widths": list(switch.widths)}
+    else:
+        layer_bits, plan_info = resolve_bits(ckpt, bits, plan)
     hf = _hf_config(ckpt_dir)
     tok_files = _tokenizer_files(ckpt_dir, opts.require_tokenizer)
     spec = targets.load(opts.target)
+    if switch is not None and spec.is_gpu:
+        raise ValueError(f"switchable builds run on CPU targets; {spec.name} is a GPU target (compile one build per "
+                         f"width there)")
     db = _db_dir(spec, opts)
     cfg = LlamaConfig.from_hf(hf, opts.max_seq_len)
     mod, _ = build_llama(cfg, chunk=CHUNK, gpu=spec.is_gpu)
     slices = ckpt.linear_slices(layer_bits)
     log.info("compiling %d quantized linears for %s (bits %s)", len(slices), spec.name,
              sorted(set(layer_bits.values())))
-    popts = PipelineOptions(opts.head_dtype, opts.allow_untuned, opts.dump_dir, opts.fuse_siblings, opts.embed_dtype)
+    popts = PipelineOptions(opts.head_dtype, opts.allow_untuned, opts.dump_dir, opts.fuse_siblings, opts.embed_dtype,
+                            switch)
     ex, params, param_map = compile_module(mod, slices, spec, db, popts)
     cuda_src = cuda_source(ex) if spec.is_gpu else None
     arrays = param_arrays(params, param_map, CheckpointWeights(ckpt))
@@ -216,6 +233,10 @@ def compile_model(ckpt_dir: str | Path, out_dir: str | Path, bits: int | None = 
         for f in tok_files:
             shutil.copyfile(f, tmp / f.name)
         manifest = _llm_manifest(ckpt, ckpt_dir, plan_info, layer_bits, spec, db, opts, ex, cfg, hf, arrays, tmp)
+        if switch is not None:
+            units = switch.units(slices, opts.fuse_siblings)
+            manifest["switch"] = {"widths": list(switch.widths), "rule": switch.rule, "layout": switch.tag,
+                                  "default_bits": max(switch.widths), "units": [list(u.members) for u in units]}
         write_json(tmp / MANIFEST_NAME, manifest)
         write_digests(tmp)  # last: covers every file above, the manifest included
     log.info("wrote %s (%s, %.1f MB weights)", out_dir, spec.name, (out_dir / WEIGHTS_NAME).stat().st_size / 1e6)

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
-from matq_compile import layout
+from matq_compile import layout, planes, slicing
 from matq_compile.siblings import sibling_key, sibling_sets
 
 
@@ -30,9 +30,10 @@ class LinearSlice:
     group: int = -1
     act_order: bool = False
     dtype: str = "float32"
+    nested: str = ""  # a switchable build's plane layout (planes.tag); "" = the slice's own dense layout
 
     def key(self, m_bucket: int | None) -> layout.KernelKey:
-        return layout.KernelKey(self.N, self.K, self.bits, self.group, m_bucket, self.dtype)
+        return layout.KernelKey(self.N, self.K, self.bits, self.group, m_bucket, self.dtype, self.nested)
 
     def arg_types(self) -> list[tuple[str, tuple[int, ...], str]]:
         """(suffix, shape, dtype) of the packed parameters, in signature order."""
@@ -64,7 +65,7 @@ class KernelUnit:
 
 
 def _fusable(slices: list[LinearSlice]) -> bool:
-    kinds = {(s.K, s.bits, s.group, s.dtype, s.act_order) for s in slices}
+    kinds = {(s.K, s.bits, s.group, s.dtype, s.act_order, s.nested) for s in slices}
     return len(kinds) == 1 and not slices[0].act_order
 
 
@@ -104,3 +105,55 @@ def kernel_keys(slices: Mapping[str, LinearSlice], levels: Iterable[int], m_buck
             for fuse in (False, True) if fuse_siblings else (False,):
                 out.update(dict.fromkeys(u.key(m) for u in kernel_units(uniform(slices, b), fuse)))
     return list(out)
+
+
+@dataclass(frozen=True)
+class SwitchSpec:
+    """A switchable build: slice widths served from one copy of the parent's planes (planes.py), and the slice rule
+    of its checkpoint. Its kernel units are the units of a uniform plan (every fusable sibling set fused); a unit
+    runs at one width at a time, chosen per call."""
+
+    widths: tuple[int, ...]
+    rule: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "widths", planes.check_widths(self.widths))
+        slicing.check_rule(self.rule)
+
+    @property
+    def tag(self) -> str:
+        return planes.tag(self.widths, self.rule)
+
+    def units(self, slices: Mapping[str, LinearSlice], fuse_siblings: bool = True) -> list[KernelUnit]:
+        nested = {n: replace(sl, bits=max(self.widths), nested=self.tag) for n, sl in slices.items()}
+        return kernel_units(nested, fuse_siblings)
+
+    def arg_types(self, sl: LinearSlice) -> list[tuple[str, tuple[int, ...], str]]:
+        """(suffix, shape, dtype) of a unit's parameters: the planes, each width's scales and zeros, perm."""
+        g = sl.key(1).n_groups
+        out = [("P", (sl.N, planes.words_per_row(sl.K, self.tag)), "uint32")]
+        out += [(f"{p}{r}", (sl.N, g), layout.SCALE_DTYPE) for r in self.widths for p in "SZ"]
+        return out + ([("perm", (sl.K,), "int32")] if sl.act_order else [])
+
+
+def unit_bits(unit_members: Iterable[Iterable[str]], layer_bits: Mapping[str, int],
+              widths: Iterable[int]) -> list[int]:
+    """Each unit's width under a per-layer plan; a plan that gives the members of one unit different widths, or a
+    width the build does not serve, is refused."""
+    widths = set(widths)
+    out = []
+    for members in unit_members:
+        members = list(members)
+        missing = [m for m in members if m not in layer_bits]
+        if missing:
+            raise ValueError(f"the plan gives no width to {missing[0]}")
+        bits = {int(layer_bits[m]) for m in members}
+        if len(bits) != 1:
+            raise ValueError(f"the plan gives the fused layers {', '.join(members)} different widths "
+                             f"{sorted(bits)}; this build runs them as one kernel (search with sibling ties, or "
+                             f"compile with --no-fuse-siblings)")
+        b = bits.pop()
+        if b not in widths:
+            raise ValueError(f"the plan needs r={b} for {members[0]}; this build serves r in {sorted(widths)}")
+        out.append(b)
+    return out

@@ -36,10 +36,11 @@ Act-order: the kernel consumes activations already in processing order; the call
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
+from matq_compile import planes as nested_layout  # the module; `planes` below is this layout's own function
 from matq_compile import slicing
 
 BLOCK: int = 32  # codes per packed block; a block fills exactly `bits` uint32 words
@@ -53,7 +54,9 @@ class KernelKey:
     """One kernel: Y[M, N] = X[M, K] @ dequant(W_r)[N, K]^T.
 
     N, K: output / input features; bits: slice width r; group: -1 (per channel) or a divisor of K;
-    m_bucket: static M (tunable) or None for the dynamic-M kernel; dtype: activation = output dtype.
+    m_bucket: static M (tunable) or None for the dynamic-M kernel; dtype: activation = output dtype;
+    nested: "" for this module's dense layout of the slice, else the nested bit-plane layout of a switchable build
+    (planes.tag, e.g. "r211121") from which the kernel reads its slice.
     """
 
     N: int
@@ -62,6 +65,7 @@ class KernelKey:
     group: int = -1
     m_bucket: int | None = 1
     dtype: str = "float32"
+    nested: str = ""
 
     def __post_init__(self) -> None:
         for f in ("N", "K"):
@@ -74,6 +78,8 @@ class KernelKey:
             raise ValueError(f"KernelKey.m_bucket must be a positive int or None (dynamic), got {self.m_bucket!r}")
         if self.dtype not in ACT_DTYPES:
             raise ValueError(f"KernelKey.dtype must be one of {ACT_DTYPES}, got {self.dtype!r}")
+        if self.nested:
+            nested_layout.planes_read(self.bits, self.nested)  # the layout must serve this width
 
     @property
     def group_size(self) -> int:
@@ -85,35 +91,48 @@ class KernelKey:
 
     @property
     def words_per_row(self) -> int:
+        """Words per row of the packed array the kernel takes (for a nested layout: all its planes)."""
+        if self.nested:
+            return nested_layout.words_per_row(self.K, self.nested)
         return words_per_row(self.K, self.bits)
 
     @property
+    def words_read(self) -> int:
+        """Words per row the kernel reads (a nested layout's r-bit kernel reads only its top planes)."""
+        if self.nested:
+            return nested_layout.words_read(self.K, self.bits, self.nested)
+        return self.words_per_row
+
+    @property
     def name(self) -> str:
-        """Stable, unique symbol name, e.g. matq_linear_n576_k576_b4_g64_m1_float32 (gc = per channel)."""
+        """Stable, unique symbol name, e.g. matq_linear_n576_k576_b4_g64_m1_float32 (gc = per channel; a nested
+        layout appends its tag: …_float32_r211121)."""
         g = "c" if self.group == -1 else str(self.group)
         m = "dyn" if self.m_bucket is None else str(self.m_bucket)
-        return f"matq_linear_n{self.N}_k{self.K}_b{self.bits}_g{g}_m{m}_{self.dtype}"
+        name = f"matq_linear_n{self.N}_k{self.K}_b{self.bits}_g{g}_m{m}_{self.dtype}"
+        return f"{name}_{self.nested}" if self.nested else name
 
     @property
     def shape_key(self) -> "KernelKey":
-        """The bits-independent tuning key (records tuned at r=4 serve every r): bits set to 4."""
+        """The bits- and layout-independent tuning key (records tuned at r=4 serve every r and the nested
+        layouts: the tuned "gemm" block reads decoded codes): bits 4, dense."""
         return KernelKey(self.N, self.K, 4, self.group, self.m_bucket, self.dtype)
 
     def with_bits(self, bits: int) -> "KernelKey":
-        return KernelKey(self.N, self.K, bits, self.group, self.m_bucket, self.dtype)
+        return replace(self, bits=bits)
 
     def with_m(self, m_bucket: int | None) -> "KernelKey":
-        return KernelKey(self.N, self.K, self.bits, self.group, m_bucket, self.dtype)
+        return replace(self, m_bucket=m_bucket)
 
     def weight_bytes(self) -> int:
         """Bytes the kernel reads for the weight: packed codes + fp16 scale + fp16 zero per group."""
-        return self.N * self.words_per_row * 4 + 2 * self.N * self.n_groups * 2
+        return self.N * self.words_read * 4 + 2 * self.N * self.n_groups * 2
 
     @classmethod
     def parse(cls, name: str) -> "KernelKey":
         """Inverse of .name."""
         parts = name.split("_")
-        if len(parts) != 8 or parts[:2] != ["matq", "linear"]:
+        if len(parts) not in (8, 9) or parts[:2] != ["matq", "linear"]:
             raise ValueError(f"not a KernelKey name: {name!r}")
         try:
             n, k, b = int(parts[2][1:]), int(parts[3][1:]), int(parts[4][1:])
@@ -121,7 +140,7 @@ class KernelKey:
             m = None if parts[6] == "mdyn" else int(parts[6][1:])
         except ValueError as e:
             raise ValueError(f"not a KernelKey name: {name!r}") from e
-        return cls(n, k, b, g, m, parts[7])
+        return cls(n, k, b, g, m, parts[7], parts[8] if len(parts) == 9 else "")
 
 
 def bucket_for(m: int) -> int | None:

@@ -32,7 +32,8 @@ class SearchOptions:
     """levels the search may pick; proxy; ties ("fused": siblings the compiler fuses share a width, "none");
     target / db_dir / latency_table / measure (missing kernels timed and saved) / m_bucket: the latency regime;
     runner / rpc: where missing kernels are timed (remote.open_session: "local", or "rpc" with RPCSettings);
-    fuse_siblings: the compiler's setting the plan will be built with; refine: KL refinement (None: MILP only)."""
+    fuse_siblings: the compiler's setting the plan will be built with; refine: KL refinement (None: MILP only);
+    switchable: price the kernels of a switchable build serving `levels` (its plans run with Model.set_plan)."""
 
     levels: tuple[int, ...] = DEFAULT_LEVELS
     proxy: str = "nmse"
@@ -47,6 +48,14 @@ class SearchOptions:
     fuse_siblings: bool = True
     seed: int = 0
     refine: RefineOptions = field(default_factory=RefineOptions)
+    switchable: bool = False
+
+
+def nested_tag(ckpt, opts: SearchOptions) -> str:
+    """The plane layout of the switchable build the plans are for ("" for dedicated builds)."""
+    from matq_compile import planes
+
+    return planes.tag(opts.levels, ckpt.spec.slice_rule) if opts.switchable else ""
 
 
 def latency_for(ckpt, opts: SearchOptions) -> LatencyTable:
@@ -58,7 +67,8 @@ def latency_for(ckpt, opts: SearchOptions) -> LatencyTable:
     spec = targets.load(opts.target)
     db_dir = Path(opts.db_dir) if opts.db_dir else schedules.db_dir(spec)
     path = Path(opts.latency_table) if opts.latency_table else bench.table_path(db_dir, opts.m_bucket)
-    layers = layers_from_sensitivity(ckpt.sensitivity, ckpt.layer_names, bool(ckpt.spec.act_order))
+    layers = layers_from_sensitivity(ckpt.sensitivity, ckpt.layer_names, bool(ckpt.spec.act_order),
+                                     nested_tag(ckpt, opts))
     keys = latency_keys(layers, opts.levels, opts.m_bucket, opts.fuse_siblings)
     return bench.cached_latency(keys, spec, db_dir, path, opts.measure, opts.runner, opts.rpc)
 
@@ -66,7 +76,7 @@ def latency_for(ckpt, opts: SearchOptions) -> LatencyTable:
 def search_table(ckpt, opts: SearchOptions, latency: LatencyTable | None) -> SearchTable:
     return build_table(ckpt.sensitivity, opts.levels, latency=latency, m_bucket=opts.m_bucket, proxy=opts.proxy,
                        byte_model=ByteModel(act_order=bool(ckpt.spec.act_order)), layer_names=ckpt.layer_names,
-                       fuse_siblings=opts.fuse_siblings, ties=opts.ties)
+                       fuse_siblings=opts.fuse_siblings, ties=opts.ties, nested=nested_tag(ckpt, opts))
 
 
 def prepare(ckpt, opts: SearchOptions, needs_latency: bool) -> tuple[SearchTable, LatencyTable | None,
@@ -94,7 +104,7 @@ def make_plan(solution: Solution, table: SearchTable, ckpt, latency: LatencyTabl
     if solution.fitness is not None:
         pred["kl_calib"] = solution.fitness
     meta = {"proxy": table.proxy_kind, "ties": opts.ties, "m_bucket": table.m_bucket,
-            "fuse_siblings": opts.fuse_siblings,
+            "fuse_siblings": opts.fuse_siblings, "switchable": opts.switchable,
             "kernels": [k.name for k in plan_kernels(table.layers, solution.allocation, table.m_bucket,
                                                      opts.fuse_siblings)]}
     if latency is not None:

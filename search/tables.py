@@ -34,9 +34,11 @@ class LayerInfo:
     in_features: int  # K
     group: int  # -1 = per channel
     act_order: bool = False
+    nested: str = ""  # a switchable build's plane layout (its kernels read every width from it)
 
     def slice(self, bits: int) -> LinearSlice:
-        return LinearSlice(self.out_features, self.in_features, bits, self.group, self.act_order)
+        return LinearSlice(self.out_features, self.in_features, bits, self.group, self.act_order,
+                           nested=self.nested)
 
     @property
     def numel(self) -> int:
@@ -113,7 +115,7 @@ def parse_levels(text: str | Sequence[int]) -> tuple[int, ...]:
 
 
 def layers_from_sensitivity(sensitivity: Mapping[str, Mapping[str, Any]], layer_names: Sequence[str] | None = None,
-                            act_order: bool = False) -> tuple[LayerInfo, ...]:
+                            act_order: bool = False, nested: str = "") -> tuple[LayerInfo, ...]:
     names = list(layer_names) if layer_names is not None else list(sensitivity)
     out = []
     for name in names:
@@ -122,7 +124,7 @@ def layers_from_sensitivity(sensitivity: Mapping[str, Mapping[str, Any]], layer_
         entry = sensitivity[name]
         n, k = (int(x) for x in entry["shape"])
         group = int(entry.get("group", entry.get("g", -1)))
-        out.append(LayerInfo(name, n, k, -1 if group in (0, k) else group, act_order))  # per channel: -1
+        out.append(LayerInfo(name, n, k, -1 if group in (0, k) else group, act_order, nested))  # per channel: -1
     return tuple(out)
 
 
@@ -177,18 +179,21 @@ def _layer_latency(latency: LatencyTable, layers: Sequence[LayerInfo], levels: S
 def build_table(sensitivity: Mapping[str, Mapping[str, Any]], levels: Sequence[int], *,
                 latency: LatencyTable | None = None, m_bucket: int = 1, proxy: str = "nmse",
                 byte_model: ByteModel = ByteModel(), layer_names: Sequence[str] | None = None,
-                fuse_siblings: bool = True, ties: str = "fused") -> SearchTable:
+                fuse_siblings: bool = True, ties: str = "fused", nested: str = "") -> SearchTable:
     """Join the sensitivity table with a latency table on the kernels the compiled model runs.
     fuse_siblings: the compiler's setting; ties: the search's tie rule. With ties "fused" a sibling set always
     shares one width and costs its fused kernel; with "none" every layer is priced as its own kernel (a set the
     plan happens to give one width is then fused by the compiler: search.plan_latency prices the plan exactly).
-    Act-order checkpoints (byte_model.act_order) never fuse (kernel_units.py)."""
+    Act-order checkpoints (byte_model.act_order) never fuse (kernel_units.py). nested: price the kernels of a
+    switchable build of that plane layout (its units never split: ties must be "fused")."""
     if proxy not in PROXIES:
         raise ValueError(f"unknown proxy {proxy!r}; known: {', '.join(PROXIES)}")
     if ties not in TIE_RULES:
         raise ValueError(f"unknown tie rule {ties!r}; known: {', '.join(TIE_RULES)}")
     levels = parse_levels(levels)
-    layers = layers_from_sensitivity(sensitivity, layer_names, byte_model.act_order)
+    if nested and ties != "fused":
+        raise ValueError("a switchable build runs each fused sibling set at one width: search it with ties 'fused'")
+    layers = layers_from_sensitivity(sensitivity, layer_names, byte_model.act_order, nested)
     if not layers:
         raise ValueError("no quantized layers to search over")
     prox = np.array([[_proxy_value(sensitivity[la.name], proxy, b, la.name) for b in levels] for la in layers])

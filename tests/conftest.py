@@ -17,6 +17,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).parent))  # tests/helpers.py: shared by test modules (importlib import mode)
 
 # (dtype, bits) -> (rtol, atol) for float kernel outputs against a float64 reference; integer paths are exact.
 TOL = {("float32", b): (1e-4, 1e-4) for b in range(2, 9)} | {("float16", b): (2e-2, 2e-2) for b in range(2, 9)}
@@ -95,6 +96,26 @@ def tiny_llama_tok_dir(tiny_llama_dir, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny_llama_tok") / "model"
     shutil.copytree(tiny_llama_dir, out)
     return save_byte_tokenizer(out)
+
+
+@pytest.fixture(scope="session")
+def tiny_tok_ckpt(tiny_llama_dir, tiny_llama_tok_dir, tmp_path_factory) -> Path:
+    """An RTN-8 checkpoint of the tiny Llama with its byte-level tokenizer (the CLI needs one)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from matq_compile.ckpt import save_checkpoint
+    from matq_compile.config import QuantSpec
+    from matq_compile.quant.sequential import quantize_model
+
+    tmp = tmp_path_factory.mktemp("cli")
+    spec = QuantSpec(method="rtn", bits=8, group_size=32)
+    qm = quantize_model(AutoModelForCausalLM.from_pretrained(tiny_llama_dir).eval(),
+                        torch.randint(0, 256, (1, 16), generator=torch.Generator().manual_seed(2)), spec)
+    return save_checkpoint(tmp / "ckpt", layers=qm.layers, tensors=qm.tensors, spec=spec,
+                           sensitivity=qm.sensitivity, source={"model": "tiny"},
+                           extra_files={"config.json": tiny_llama_dir / "config.json",
+                                        "tokenizer.json": tiny_llama_tok_dir / "tokenizer.json"})
 
 
 @pytest.fixture

@@ -3,37 +3,15 @@ torch and streams the generated text."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-
-
-def matq(*args: str, check_no_torch: bool = False, timeout: int = 300) -> subprocess.CompletedProcess:
-    code = ("import sys; from matq_compile.cli import main; rc = main(sys.argv[1:]); "
-            + ("assert 'torch' not in sys.modules, 'torch was imported'; " if check_no_torch else "")
-            + "sys.exit(rc)")
-    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=timeout)
+from helpers import matq
 
 
 @pytest.fixture(scope="module")
-def ckpt(tiny_llama_dir, tiny_llama_tok_dir, tmp_path_factory) -> Path:
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from matq_compile.ckpt import save_checkpoint
-    from matq_compile.config import QuantSpec
-    from matq_compile.quant.sequential import quantize_model
-
-    tmp = tmp_path_factory.mktemp("cli")
-    spec = QuantSpec(method="rtn", bits=8, group_size=32)
-    qm = quantize_model(AutoModelForCausalLM.from_pretrained(tiny_llama_dir).eval(),
-                        torch.randint(0, 256, (1, 16), generator=torch.Generator().manual_seed(2)), spec)
-    return save_checkpoint(tmp / "ckpt", layers=qm.layers, tensors=qm.tensors, spec=spec,
-                           sensitivity=qm.sensitivity, source={"model": "tiny"},
-                           extra_files={"config.json": tiny_llama_dir / "config.json",
-                                        "tokenizer.json": tiny_llama_tok_dir / "tokenizer.json"})
+def ckpt(tiny_tok_ckpt) -> Path:
+    return tiny_tok_ckpt
 
 
 def test_compile_then_run_without_torch(ckpt, tmp_path):

@@ -11,33 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-IDS = [1, 5, 9, 20, 33, 7, 100, 200, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 250, 17]  # 21 tokens: 2 prefill chunks
-
-
-def make_checkpoint(model_dir: Path, out: Path, method: str = "rtn", act_order: bool = False) -> Path:
-    """A sliceable checkpoint of model_dir (RTN-8, or GPTQ-8 with act-order), with its config.json."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from matq_compile.ckpt import save_checkpoint
-    from matq_compile.config import QuantSpec
-    from matq_compile.quant.sequential import quantize_model
-
-    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
-    spec = QuantSpec(method=method, bits=8, group_size=32, act_order=act_order)
-    calib = torch.randint(0, 256, (2, 32), generator=torch.Generator().manual_seed(0))
-    qm = quantize_model(model, calib, spec)
-    return save_checkpoint(out, layers=qm.layers, tensors=qm.tensors, spec=spec, sensitivity=qm.sensitivity,
-                           source={"model": "tiny"}, extra_files={"config.json": model_dir / "config.json"})
-
-
-def compile_tiny(ckpt: Path, out: Path, **kw):
-    from matq_compile.export import CompileOptions, compile_model
-
-    bits, plan = kw.pop("bits", None), kw.pop("plan", None)
-    opts = CompileOptions(**({"allow_untuned": True, "require_tokenizer": False, "max_seq_len": 64} | kw))
-    return compile_model(ckpt, out, bits=bits, plan=plan, opts=opts)
+from helpers import IDS, compile_tiny, make_checkpoint, write_plan
 
 
 def torch_logits(ckpt_dir: Path, bits) -> np.ndarray:
@@ -49,16 +23,6 @@ def torch_logits(ckpt_dir: Path, bits) -> np.ndarray:
     model = model_from_checkpoint(load_checkpoint(ckpt_dir), bits)
     with torch.no_grad():
         return model(torch.tensor([IDS])).logits[0].double().numpy()
-
-
-def write_plan(path: Path, ckpt_dir: Path, layers: dict[str, int] | None = None, ckpt_hash: str | None = None):
-    from matq_compile.ckpt import load_checkpoint
-
-    ck = load_checkpoint(ckpt_dir)
-    layers = layers or {n: (2, 3, 4, 5, 6, 7, 8)[i % 7] for i, n in enumerate(ck.layer_names)}
-    path.write_text(json.dumps({"format_version": 1, "layers": layers, "checkpoint_hash": ckpt_hash or ck.hash,
-                                "levels": [2, 3, 4, 5, 6, 7, 8], "solver": "test"}))
-    return path, layers
 
 
 @pytest.fixture(scope="module")

@@ -15,9 +15,13 @@ def register(subparsers) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", type=Path, help="checkpoint directory written by `matq quantize`")
     src.add_argument("--onnx", type=Path, help="a non-LLM ONNX model (MatMuls on constant weights get quantized)")
-    bits = p.add_mutually_exclusive_group(required=True)
-    bits.add_argument("--bits", type=int, help="uniform slice width for every layer (2..8)")
+    bits = p.add_mutually_exclusive_group()
+    bits.add_argument("--bits", help="uniform slice width for every layer (2..8); with --switchable, the widths the "
+                                     "build serves (comma list, default 2,3,4,6,8)")
     bits.add_argument("--plan", type=Path, help="per-layer bits JSON from `matq search` (made for this checkpoint)")
+    p.add_argument("--switchable", action="store_true",
+                   help="one build serving several widths from one copy of the parent's bit planes; the width "
+                        "(or a plan) is chosen at run time (`matq run --bits`, Model.set_bits / set_plan)")
     p.add_argument("--target", default="host", help="target name (targets/*.toml or this CPU's name; default host)")
     p.add_argument("--out", type=Path, required=True, help="build directory to write (replaced atomically)")
     p.add_argument("--db-dir", type=Path, default=None,
@@ -47,16 +51,38 @@ def run(args: argparse.Namespace) -> int:
     preflight.in_file(args.plan, "--plan")
     preflight.in_file(args.onnx, "--onnx")
     preflight.at_least(args.max_seq_len, 16, "--max-seq-len")
+    bits, widths = _bits(args)
 
     opts = CompileOptions(target=args.target, db_dir=None if args.db_dir is None else str(args.db_dir),
                           allow_untuned=args.allow_untuned, head_dtype=args.head_dtype,
                           max_seq_len=args.max_seq_len, dump_dir=None if args.dump_ir is None else str(args.dump_ir),
-                          fuse_siblings=not args.no_fuse_siblings, embed_dtype=args.embed_dtype)
+                          fuse_siblings=not args.no_fuse_siblings, embed_dtype=args.embed_dtype,
+                          switch_widths=widths)
     if args.onnx is not None:
-        if args.bits is None:
-            raise ValueError("--onnx takes a uniform --bits (a plan names checkpoint layers)")
-        out = compile_onnx(args.onnx, args.out, args.bits, opts)
+        if bits is None or widths is not None:
+            raise ValueError("--onnx takes one uniform --bits (a plan names checkpoint layers)")
+        out = compile_onnx(args.onnx, args.out, bits, opts)
     else:
-        out = compile_model(args.checkpoint, args.out, bits=args.bits, plan=args.plan, opts=opts)
+        out = compile_model(args.checkpoint, args.out, bits=bits, plan=args.plan, opts=opts)
     log.info("build written to %s", out)
     return 0
+
+
+def _bits(args: argparse.Namespace) -> tuple[int | None, tuple[int, ...] | None]:
+    """(uniform width, switchable widths) from --bits / --switchable; exactly one of --bits, --plan, --switchable
+    chooses what is compiled."""
+    from matq_compile.planes import DEFAULT_WIDTHS, check_widths
+
+    try:
+        listed = None if args.bits is None else [int(b) for b in str(args.bits).split(",")]
+    except ValueError:
+        raise ValueError(f"--bits must be an integer or a comma list of integers, got {args.bits!r}") from None
+    if args.switchable:
+        if args.plan is not None:
+            raise ValueError("--switchable takes widths (--bits 2,3,4), not a plan: plans are chosen at run time")
+        return None, check_widths(listed or DEFAULT_WIDTHS)
+    if listed is None and args.plan is None:
+        raise ValueError("give --bits, --plan or --switchable")
+    if listed is not None and len(listed) != 1:
+        raise ValueError(f"--bits {args.bits} lists several widths; add --switchable for a build serving them all")
+    return (None if listed is None else listed[0]), None

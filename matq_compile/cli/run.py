@@ -20,6 +20,10 @@ def register(subparsers) -> None:
     p.add_argument("--chat", action="store_true", help="wrap the prompt in the tokenizer's chat template")
     p.add_argument("--ignore-eos", action="store_true", help="do not stop at the end-of-sequence token")
     p.add_argument("--json", type=Path, default=None, help="also write tokens and timings here")
+    choice = p.add_mutually_exclusive_group()
+    choice.add_argument("--bits", type=int, default=None, help="switchable builds: run every layer at this width")
+    choice.add_argument("--plan", type=Path, default=None,
+                        help="switchable builds: run each layer at its width in this plan (from `matq search`)")
     p.set_defaults(func=run)
 
 
@@ -37,9 +41,14 @@ def run(args: argparse.Namespace) -> int:
 
     preflight.out_file(args.json, "--json")
     preflight.at_least(args.max_new_tokens, 1, "--max-new-tokens")
+    preflight.in_file(args.plan, "--plan")
     if not runtime.block_torch():
         log.debug("torch was already imported in this process")
     model = runtime.load(args.build, args.device)
+    if args.bits is not None:
+        model.set_bits(args.bits)
+    elif args.plan is not None:
+        model.set_plan(args.plan)
     tokenizer = runtime.load_tokenizer(args.build)
     ids = _prompt_ids(tokenizer, args.prompt, args.chat)
     detok = StreamDecoder(tokenizer)

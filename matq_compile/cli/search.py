@@ -23,6 +23,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="latency:1.2ms | bytes:40MB | avg-bits:3.5; repeat to impose several at once")
     p.add_argument("--levels", default="2,3,4,6,8", help="bit-widths the search may pick (default 2,3,4,6,8)")
     p.add_argument("--proxy", default="nmse", choices=("nmse", "loss", "rel_mse"), help="additive quality proxy")
+    p.add_argument("--switchable", action="store_true",
+                   help="plan for a switchable build serving --levels (`matq compile --switchable --bits LEVELS`): "
+                        "price its kernels, keep fused sibling sets at one width")
     p.add_argument("--ties", default="fused", choices=("fused", "none"),
                    help="fused: q/k/v of a block share bits, gate/up share bits (default); none: all free")
     p.add_argument("--target", default=None, help="target name (see targets/); needed for latency")
@@ -58,7 +61,7 @@ def options(args: argparse.Namespace):
                            args.refine_seq_len, args.model, args.calibration, args.seed)
     return SearchOptions(parse_levels(args.levels), args.proxy, args.ties, args.target, args.db_dir,
                          args.latency_table, not args.no_measure, args.m_bucket, args.runner, rpc_from_args(args),
-                         seed=args.seed, refine=refine)
+                         seed=args.seed, refine=refine, switchable=args.switchable)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -28,6 +28,11 @@ def add_key_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bits", default="2,3,4,6,8", help="comma list of slice widths")
     p.add_argument("--m-buckets", default="1,16", help="comma list of static batch sizes")
     p.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
+    p.add_argument("--switchable", action="store_true",
+                   help="the kernels of a switchable build serving --bits (nested bit planes; tuning records of the "
+                        "dense kernels serve them)")
+    p.add_argument("--slice-rule", choices=("round", "midpoint"), default=None,
+                   help="slice rule of a switchable build given by --shape (default: the checkpoint's, else round)")
 
 
 def add_runner_arguments(p: argparse.ArgumentParser) -> None:
@@ -50,8 +55,9 @@ def keys_from_args(args) -> list:
     units: each layer's own kernel and the fused sibling kernels), then each --shape."""
     from dataclasses import replace
 
+    from matq_compile import planes
     from matq_compile.cli import preflight
-    from matq_compile.kernel_units import kernel_keys
+    from matq_compile.kernel_units import SwitchSpec, kernel_keys
     from matq_compile.layout import KernelKey
 
     bits = preflight.int_list(args.bits, "--bits", minimum=2)
@@ -65,13 +71,19 @@ def keys_from_args(args) -> list:
         shapes.append((n, k))
     if not shapes and not args.checkpoint:
         raise ValueError("give --checkpoint or at least one --shape")
-    keys = []
+    keys, rule = [], args.slice_rule
     if args.checkpoint:
-        from matq_compile.ckpt import read_linear_slices
+        from matq_compile.ckpt import read_linear_slices, read_slice_rule
 
         slices = {n: replace(sl, dtype=args.dtype) for n, sl in read_linear_slices(args.checkpoint).items()}
-        keys = kernel_keys(slices, bits, ms)
-    keys += [KernelKey(n, k, b, args.group, m, args.dtype) for n, k in shapes for m in ms for b in bits]
+        if args.switchable:
+            rule = rule or read_slice_rule(args.checkpoint)
+            units = SwitchSpec(tuple(bits), rule).units(slices)
+            keys = [u.key(m).with_bits(b) for m in ms for b in bits for u in units]
+        else:
+            keys = kernel_keys(slices, bits, ms)
+    nested = planes.tag(bits, rule or "round") if args.switchable else ""
+    keys += [KernelKey(n, k, b, args.group, m, args.dtype, nested) for n, k in shapes for m in ms for b in bits]
     return list(dict.fromkeys(keys))
 
 

@@ -23,8 +23,8 @@ module_equality="anchor-block" one tuning record of a shape serves all r (the r-
 """
 from __future__ import annotations
 
-from matq_compile import layout
-from matq_compile._tvm import i64, te, tirx
+from matq_compile import layout, planes
+from matq_compile._tvm import i64, te, tirx, tvm
 
 ACC_DTYPE = "float32"
 KEY_ATTR = "matq.kernel_key"  # on every bit-slice kernel: its KernelKey name (the database replay reads it)
@@ -36,7 +36,12 @@ def hand_scheduled(func: tirx.PrimFunc) -> tirx.PrimFunc:
     return func.with_attr(HAND_ATTR, True)
 
 
-def _code(P: te.Tensor, n, k, bits: int) -> tirx.PrimExpr:
+def _code(P: te.Tensor, n, k, key: layout.KernelKey) -> tirx.PrimExpr:
+    """The r-bit code of weight (n, k): from the slice's own bit planes, or from a nested layout's top planes."""
+    return _nested_code(P, n, k, key) if key.nested else _dense_code(P, n, k, key.bits)
+
+
+def _dense_code(P: te.Tensor, n, k, bits: int) -> tirx.PrimExpr:
     """The r-bit code of weight (n, k), assembled from its bit planes (layout.planes; no plane straddles a word)."""
     base = tirx.floordiv(k, i64(layout.BLOCK)) * i64(bits)
     kl = tirx.floormod(k, i64(layout.BLOCK))
@@ -48,6 +53,25 @@ def _code(P: te.Tensor, n, k, bits: int) -> tirx.PrimExpr:
         v = v << tirx.const(shift, "uint32") if shift else v
         code = v if code is None else code | v
     return code.astype("int32")
+
+
+def _nested_code(P: te.Tensor, n, k, key: layout.KernelKey) -> tirx.PrimExpr:
+    """planes.slice_codes in TIR: the top t(r) bits from the planes the slice reads, then the round bit folded in."""
+    nblk = -(-key.K // layout.BLOCK)
+    blk = tirx.floordiv(k, i64(layout.BLOCK))
+    kl = tirx.floormod(k, i64(layout.BLOCK))
+    top = None
+    for w, off, shift in planes.planes_read(key.bits, key.nested):
+        per_word = 32 // w
+        word = P[n, i64(off * nblk) + blk * i64(w) + tirx.floordiv(kl, i64(per_word))]
+        v = (word >> (tirx.floormod(kl, i64(per_word)) * i64(w)).astype("uint32")) & tirx.const((1 << w) - 1, "uint32")
+        v = v << tirx.const(shift, "uint32") if shift else v
+        top = v if top is None else top | v
+    rule = planes.parse_tag(key.nested)[0]
+    if planes.top_bits(key.bits, rule) != key.bits:
+        top = tirx.min((top + tirx.const(1, "uint32")) >> tirx.const(1, "uint32"),
+                       tirx.const((1 << key.bits) - 1, "uint32"))
+    return top.astype("int32")
 
 
 def _weights(key: layout.KernelKey) -> tuple[te.Tensor, te.Tensor, te.Tensor]:
@@ -63,7 +87,7 @@ def _flat(X: te.Tensor, key: layout.KernelKey) -> tuple[list[te.Tensor], te.Tens
     g = i64(key.group_size)
 
     def dequant(n, k):
-        c = _code(P, n, k, key.bits).astype(ACC_DTYPE)
+        c = _code(P, n, k, key).astype(ACC_DTYPE)
         return (c - Z[n, k // g].astype(ACC_DTYPE)) * S[n, k // g].astype(ACC_DTYPE)
 
     W = te.compute((i64(key.N), i64(key.K)), dequant, name="dequant")
@@ -76,7 +100,7 @@ def _grouped(X: te.Tensor, key: layout.KernelKey) -> tuple[list[te.Tensor], te.T
     P, S, Z = _weights(key)
     M, N, G, L = X.shape[0], i64(key.N), i64(key.n_groups), i64(layout.BLOCK)
     g, nb = i64(key.group_size), i64(key.group_size // layout.BLOCK)
-    C = te.compute((N, i64(key.K)), lambda n, k: _code(P, n, k, key.bits).astype(ACC_DTYPE), name="decode")
+    C = te.compute((N, i64(key.K)), lambda n, k: _code(P, n, k, key).astype(ACC_DTYPE), name="decode")
     b = te.reduce_axis((i64(0), nb), name="b")
     part = te.compute((M, N, G, L), lambda i, j, q, l: te.sum(
         _f32(X[i, q * g + b * L + l]) * C[j, q * g + b * L + l], axis=b), name="gemm")
@@ -112,7 +136,7 @@ def linear_func(key: layout.KernelKey, name: str | None = None, gpu: bool = Fals
 def unpack_func(key: layout.KernelKey, name: str = "matq_unpack") -> tirx.PrimFunc:
     """codes int32 [N, K] from P with the kernel's own unpack expression (pins TIR to layout.unpack)."""
     P = _weights(key)[0]
-    C = te.compute((i64(key.N), i64(key.K)), lambda n, k: _code(P, n, k, key.bits), name="unpack")
+    C = te.compute((i64(key.N), i64(key.K)), lambda n, k: _code(P, n, k, key), name="unpack")
     return te.create_prim_func([P, C]).with_attr("global_symbol", name)
 
 
@@ -124,3 +148,36 @@ def arg_shapes(key: layout.KernelKey, m: int | None = None) -> list[tuple[tuple[
     G = key.n_groups
     return [((m, key.K), key.dtype), ((key.N, key.words_per_row), "uint32"), ((key.N, G), layout.SCALE_DTYPE),
             ((key.N, G), layout.SCALE_DTYPE), ((m, key.N), key.dtype)]
+
+
+def switch_func(key: layout.KernelKey, widths: tuple[int, ...], name: str) -> tirx.PrimFunc:
+    """The run-time switch of a switchable build: calls the kernel of width `bits` (an int64 scalar, from the entry
+    function's bits shape) on the unit's one plane array and that width's scales and zeros.
+
+        args  X act[M, K], P uint32[N, nested words_per_row], S_r, Z_r f16[N, K/g] for r in widths, bits; out Y
+    Each branch is a direct call of the per-width kernel (`key.with_bits(r).name`, a tuned bit-slice kernel in the
+    same library); a width outside `widths` raises. Written scheduled (it holds no loops)."""
+    M = i64(key.m_bucket) if key.m_bucket is not None else tirx.Var("m", "int64")
+    X = te.placeholder((M, i64(key.K)), key.dtype, name="X")
+    P = te.placeholder((i64(key.N), i64(key.words_per_row)), "uint32", name="P")
+    G = i64(key.n_groups)
+    sz = [te.placeholder((i64(key.N), G), layout.SCALE_DTYPE, name=f"{p}{r}") for r in widths for p in "SZ"]
+    bits = tirx.Var("bits", "int64")
+
+    def body(ins, outs):
+        x, p, *rest = ins
+        stmt = _assert(tirx.const(False, "bool"), "ValueError", f"{name}: this build has no kernel for that width")
+        for i in reversed(range(len(widths))):
+            call = tirx.call_cpacked(key.with_bits(widths[i]).name, x, p, rest[2 * i], rest[2 * i + 1], outs[0])
+            ok = _assert(call == 0, "RuntimeError", f"{name}: the r={widths[i]} kernel failed")
+            stmt = tirx.IfThenElse(bits == widths[i], ok, stmt)
+        return stmt
+
+    Y = te.extern((M, i64(key.N)), [X, P, *sz], body, name="switch", dtype=key.dtype)
+    func = te.create_prim_func([X, P, *sz, bits, Y]).with_attr("global_symbol", name)
+    return hand_scheduled(func)
+
+
+def _assert(cond: tirx.PrimExpr, kind: str, message: str) -> tirx.Stmt:
+    # positional: 0.27's constructor takes (condition, kind, parts), whatever the Python keyword names say
+    return tirx.AssertStmt(cond, tvm.ir.StringImm(kind), [tvm.ir.StringImm(message)])

@@ -15,6 +15,8 @@ from typing import Protocol, Union
 
 import numpy as np
 
+from matq_compile import planes
+
 
 class WeightSource(Protocol):
     """What recipes read: float tensors by name, and one layer's packed slice (layout.pack_slice's arrays)."""
@@ -22,6 +24,8 @@ class WeightSource(Protocol):
     def tensor(self, name: str) -> np.ndarray: ...
 
     def packed(self, layer: str, bits: int, group: int) -> dict[str, np.ndarray]: ...
+
+    def codes(self, layer: str) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,17 @@ class PackedPart:
     def make(self, src: WeightSource) -> np.ndarray:
         parts = [src.packed(m, self.bits, self.group)[self.part] for m in self.members]
         return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
+
+
+@dataclass(frozen=True)
+class NestedPlanes:
+    """The nested bit planes of a switchable build's unit (planes.pack of its members' parent codes, rows stacked)."""
+
+    members: tuple[str, ...]
+    tag: str
+
+    def make(self, src: WeightSource) -> np.ndarray:
+        return np.concatenate([planes.pack(src.codes(m), self.tag) for m in self.members], axis=0)
 
 
 @dataclass(frozen=True)
@@ -79,7 +94,7 @@ class Int8Rows:
         return codes if self.part == "codes" else scale
 
 
-Recipe = Union[SourceTensor, PackedPart, StackedRows, Float16Copy, Int8Rows]
+Recipe = Union[SourceTensor, PackedPart, NestedPlanes, StackedRows, Float16Copy, Int8Rows]
 
 
 def int8_rows(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -129,3 +144,6 @@ class ArraySource:
 
     def packed(self, layer: str, bits: int, group: int) -> dict[str, np.ndarray]:
         return {p: self.arrays[f"{layer}.{p}"] for p in ("P", "S", "Z", "perm") if f"{layer}.{p}" in self.arrays}
+
+    def codes(self, layer: str) -> np.ndarray:
+        return self.arrays[f"{layer}.codes"]

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from matq_compile._tvm import tvm
-from matq_compile.kernel_units import LinearSlice, kernel_units
+from matq_compile.kernel_units import LinearSlice, SwitchSpec, kernel_units
 from matq_compile.lower.params import ParamMap
 from matq_compile.lower.passes import (dump_ir, fuse_sibling_linears, lower_dense_linear, lower_embedding,
                                       lower_matq_linear, schedule_kernels)
@@ -29,13 +29,15 @@ from tvm import relax
 class PipelineOptions:
     """head_dtype: weight dtype of the CPU LM-head kernel; allow_untuned: default schedules (logged) on DB
     misses; dump_dir: write each phase's IR there; fuse_siblings: one kernel for q/k/v and one for gate/up where
-    their slices agree; embed_dtype: the embedding table's stored dtype (a tied head of the same dtype shares it)."""
+    their slices agree; embed_dtype: the embedding table's stored dtype (a tied head of the same dtype shares it);
+    switch: compile every width of a switchable build, chosen per call (lower_matq_linear)."""
 
     head_dtype: str = "float32"
     allow_untuned: bool = False
     dump_dir: str | None = None
     fuse_siblings: bool = True
     embed_dtype: str = "float32"
+    switch: SwitchSpec | None = None  # a switchable build (kernel_units.SwitchSpec); the slices' bits are ignored
 
 
 Lowering = Mapping[str, LinearSlice] | list[tvm.transform.Pass]
@@ -49,8 +51,9 @@ def phases(lowering: Lowering, spec, db_dir: str | Path | None, opts: PipelineOp
     if isinstance(lowering, list):
         first = list(lowering)
     else:
-        units = kernel_units(lowering, opts.fuse_siblings)
-        first = [fuse_sibling_linears(units, params), lower_matq_linear(units, spec.is_gpu, params)]
+        sw = opts.switch
+        units = kernel_units(lowering, opts.fuse_siblings) if sw is None else sw.units(lowering, opts.fuse_siblings)
+        first = [fuse_sibling_linears(units, params), lower_matq_linear(units, spec.is_gpu, params, sw)]
     return [
         ("lower-linears", first),
         ("lower-head", [lower_embedding(opts.embed_dtype, params)]

@@ -5,6 +5,7 @@
     logits = m.decode(token)                # [V] next-token logits
     out = m.generate(ids, 32, on_token=cb)  # greedy; Generation(tokens, prefill_tok_s, decode_tok_s, ...)
     m.score(ids)                            # [n, V] logits of every position (perplexity)
+    m.set_bits(3); m.set_plan("plan.json")  # switchable builds: the precision of the next calls (the cache stays)
 """
 from __future__ import annotations
 
@@ -125,11 +126,54 @@ class Model:
         self.kt = tvm.runtime.empty(kt_shape, "float32", self.dev)
         self.vc = tvm.runtime.empty(v_shape, "float32", self.dev)
         self.pos = 0
+        self.switch: dict[str, Any] | None = self.manifest.get("switch")
+        self._bits: tuple = ()  # the switch input of every call: one width per kernel unit (switchable builds)
+        self.unit_bits: list[int] = []
+        if self.switch is not None:
+            self.set_bits(int(self.switch["default_bits"]))
 
     def _cache_shapes(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
         m = self.manifest["model"]
         L, KV, D, S = m["num_layers"], m["num_kv_heads"], m["head_dim"], m["max_seq_len"]
         return (L, KV, D, S), (L, KV, S, D)
+
+    @property
+    def widths(self) -> list[int]:
+        """The widths this build serves: every width of a switchable build, else its one compiled width."""
+        if self.switch is not None:
+            return list(self.switch["widths"])
+        return sorted(set(self.manifest["bits"].values()))
+
+    def set_bits(self, bits: int) -> None:
+        """Run every layer at `bits` from the next call on (a switchable build; the KV cache is kept)."""
+        self._need_switch()
+        if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or int(bits) not in self.widths:
+            raise ValueError(f"{self.dir} serves r in {self.widths}, not {bits!r}")
+        self._set_units([int(bits)] * len(self.switch["units"]))
+
+    def set_plan(self, plan) -> None:
+        """Run each layer at its width in `plan` (a plan file from `matq search`, or a loaded Plan) from the next
+        call on; refused unless made for this build's checkpoint, with widths the build serves."""
+        from matq_compile.kernel_units import unit_bits
+        from matq_compile.search.allocation import Plan, load_plan
+
+        self._need_switch()
+        layers = [m for unit in self.switch["units"] for m in unit]
+        ckpt_hash = self.manifest["checkpoint"]["hash"]
+        if isinstance(plan, Plan):
+            plan.check(layers, ckpt_hash)
+        else:
+            plan = load_plan(plan, layers, ckpt_hash)
+        self._set_units(unit_bits(self.switch["units"], plan.layers, self.widths))
+
+    def _set_units(self, bits: list[int]) -> None:
+        self.unit_bits = bits
+        self._bits = (self._shape(bits),)
+
+    def _need_switch(self) -> None:
+        if self.switch is None:
+            raise ValueError(f"{self.dir} was compiled for one precision; compile it with --switchable to choose "
+                             f"the precision at run time")
 
     def reset(self) -> None:
         """Forget the cached tokens (stale cache entries are never read: attention is masked by length)."""
@@ -179,7 +223,7 @@ class Model:
         out = None
         for chunk, n in self._chunks(ids):
             out = self._call("prefill", self._tensor(chunk, self.dev), self._shape([self.pos]), self._shape([n - 1]),
-                                     self.kt, self.vc, *self.params)
+                             self.kt, self.vc, *self._bits, *self.params)
             self.pos += n
         return out[0].numpy()[0]
 
@@ -188,7 +232,7 @@ class Model:
         ids = self._ids([token])
         self._room(1)
         out = self._call("decode", self._tensor(ids[None, :], self.dev), self._shape([self.pos]), self.kt, self.vc,
-                                *self.params)
+                         *self._bits, *self.params)
         self.pos += 1
         return out[0].numpy()[0]
 
@@ -198,7 +242,7 @@ class Model:
         rows = []
         for chunk, n in self._chunks(ids):
             out = self._call("score", self._tensor(chunk, self.dev), self._shape([self.pos]), self.kt, self.vc,
-                                   *self.params)
+                             *self._bits, *self.params)
             rows.append(out[0].numpy()[:n])
             self.pos += n
         return np.concatenate(rows)

@@ -1,12 +1,12 @@
 // matq_run: greedy generation from a `matq compile` build with the TVM runtime alone (no Python).
 //
-//   matq_run BUILD_DIR --ids 1,2,3 [--max-new-tokens N] [--device cpu|cuda]
+//   matq_run BUILD_DIR --ids 1,2,3 [--max-new-tokens N] [--device cpu|cuda] [--bits R]
 //
 // Checks the whole build against BUILD_DIR/SHA256SUMS first, then reads BUILD_DIR/manifest.json (parameter order,
 // checked against the library's own record of it; chunk, cache shapes), the weights from
 // BUILD_DIR/weights.safetensors, loads BUILD_DIR/model.so into a Relax VM, runs the chunked prefill and N-1 decode
-// steps (argmax) and prints one JSON object: {"prompt_tokens", "tokens", "prefill_s", "decode_s",
-// "prefill_tok_s", "decode_tok_s"}. Token ids in and out: tokenization stays in Python (`tokenizers`).
+// steps (argmax; a switchable build at --bits R, default its widest) and prints one JSON object: {"prompt_tokens",
+// "tokens", "prefill_s", "decode_s", "prefill_tok_s", "decode_tok_s"}. Token ids in and out: tokenization stays in Python (`tokenizers`).
 #include <tvm/ffi/extra/json.h>
 #include <tvm/ffi/extra/module.h>
 #include <tvm/ffi/container/tensor.h>
@@ -149,6 +149,7 @@ struct Options {
   std::string build, device = "cpu";
   std::vector<int32_t> ids;
   int max_new_tokens = 16;
+  int bits = 0;  // switchable builds: the width of every layer (0: the build's default)
 };
 
 Options ParseArgs(int argc, char** argv) {
@@ -166,6 +167,8 @@ Options ParseArgs(int argc, char** argv) {
       o.max_new_tokens = std::stoi(next());
     } else if (a == "--device") {
       o.device = next();
+    } else if (a == "--bits") {
+      o.bits = std::stoi(next());
     } else if (o.build.empty() && a.rfind("--", 0) != 0) {
       o.build = a;
     } else {
@@ -173,7 +176,8 @@ Options ParseArgs(int argc, char** argv) {
     }
   }
   if (o.build.empty() || o.ids.empty() || o.max_new_tokens < 1)
-    throw std::runtime_error("usage: matq_run BUILD_DIR --ids 1,2,3 [--max-new-tokens N] [--device cpu|cuda]");
+    throw std::runtime_error(
+        "usage: matq_run BUILD_DIR --ids 1,2,3 [--max-new-tokens N] [--device cpu|cuda] [--bits R]");
   return o;
 }
 
@@ -216,6 +220,7 @@ class Runner {
       params_.push_back(it->second);
       names.push_back(name);
     }
+    SetBits(manifest, o.bits);
     DLDataType f32{kDLFloat, 32, 1};
     kt_ = Empty({L, KV, D, max_seq_}, f32, dev_);
     vc_ = Empty({L, KV, max_seq_, D}, f32, dev_);
@@ -262,13 +267,30 @@ class Runner {
     return t;
   }
 
-  // f(ids, *shapes, kt_cache, v_cache, *params) -> logits [1, V] (first element of the returned tuple).
+  // A switchable build takes one more input after the caches: the width of each kernel unit
+  // (matq_compile/runtime Model.set_bits does the same). A one-width build refuses --bits.
+  void SetBits(const ffi::Map<ffi::Any, ffi::Any>& manifest, int bits) {
+    if (manifest.count("switch") == 0) {
+      if (bits != 0) throw std::runtime_error("--bits needs a switchable build (matq compile --switchable)");
+      return;
+    }
+    auto sw = manifest["switch"].cast<ffi::Map<ffi::Any, ffi::Any>>();
+    int64_t r = bits != 0 ? bits : sw["default_bits"].cast<int64_t>();
+    bool served = false;
+    for (const ffi::Any& w : sw["widths"].cast<ffi::Array<ffi::Any>>()) served |= w.cast<int64_t>() == r;
+    if (!served) throw std::runtime_error("this build does not serve --bits " + std::to_string(r));
+    size_t units = sw["units"].cast<ffi::Array<ffi::Any>>().size();
+    bits_ = ffi::Shape(std::vector<int64_t>(units, r));
+  }
+
+  // f(ids, *shapes, kt_cache, v_cache, [bits], *params) -> logits [1, V] (first element of the returned tuple).
   Tensor Call(const ffi::Function& f, Tensor ids, const std::vector<ffi::Shape>& shapes) {
     std::vector<ffi::AnyView> args;
     args.emplace_back(ids);
     for (const ffi::Shape& s : shapes) args.emplace_back(s);
     args.emplace_back(kt_);
     args.emplace_back(vc_);
+    if (bits_.has_value()) args.emplace_back(bits_.value());
     for (const Tensor& p : params_) args.emplace_back(p);
     ffi::Any ret;
     f.CallPacked(args.data(), static_cast<int32_t>(args.size()), &ret);
@@ -285,6 +307,7 @@ class Runner {
   int64_t chunk_ = 16, max_seq_ = 0, pos_ = 0;
   std::vector<Tensor> params_;
   Tensor kt_, vc_;
+  ffi::Optional<ffi::Shape> bits_;
   ffi::Optional<ffi::Module> vm_;  // owns the functions below
   ffi::Function prefill_, decode_;
 };

@@ -77,6 +77,27 @@ def test_cpp_runner_prints_the_same_ids(build, runner_exe):
     assert out["prompt_tokens"] == len(PROMPT) and out["decode_tok_s"] > 0
 
 
+def test_cpp_runner_takes_the_width_of_a_switchable_build(build, runner_exe):
+    """--bits picks the width as Model.set_bits does; a width the build lacks, or --bits for a one-width build,
+    is refused."""
+    from matq_compile import runtime
+    from matq_compile.export import CompileOptions, compile_model
+
+    opts = CompileOptions(allow_untuned=True, require_tokenizer=False, max_seq_len=64, switch_widths=(3, 8))
+    switch = compile_model(build.parent / "ckpt", build.parent / "switch", opts=opts)
+    ids = ",".join(str(i) for i in PROMPT)
+    for r in (3, 8):
+        res = subprocess.run([str(runner_exe), str(switch), "--ids", ids, "--max-new-tokens", "6", "--bits", str(r)],
+                             check=True, capture_output=True, text=True, timeout=120)
+        model = runtime.load(switch)
+        model.set_bits(r)
+        assert json.loads(res.stdout)["tokens"] == model.generate(PROMPT, 6, stop_at_eos=False).tokens
+    for target, bits, error in ((switch, "5", "does not serve --bits 5"), (build, "3", "needs a switchable build")):
+        res = subprocess.run([str(runner_exe), str(target), "--ids", ids, "--bits", bits], capture_output=True,
+                             text=True, timeout=120)
+        assert res.returncode == 1 and error in res.stderr
+
+
 def test_cpp_runner_rejects_a_missing_build(runner_exe, tmp_path):
     res = subprocess.run([str(runner_exe), str(tmp_path / "nope"), "--ids", "1"], capture_output=True, text=True)
     assert res.returncode == 1 and "cannot open" in res.stderr

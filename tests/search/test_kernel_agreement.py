@@ -72,3 +72,51 @@ def test_search_prices_the_kernels_the_compiler_runs(tiny_search_ckpt, case):
     assert sum(latency.latency(k) for k in calls) == pytest.approx(plan.predicted["latency_s"], rel=1e-12)
     # 2 blocks x 7 linears: fused q/k/v and gate/up give 4 calls a block; a split set or act-order gives more
     assert len(calls) == {"uniform": 8, "split": 11, "act-order": 14}.get(case, len(calls))
+
+
+def test_switchable_search_prices_the_kernels_the_switch_calls(tiny_search_ckpt):
+    """A plan searched for a switchable build names, call for call, the per-width kernels its switch kernels call
+    (each unit at the plan's width for its members), and sums their latencies."""
+    from matq_compile import planes, targets
+    from matq_compile.kernel_units import SwitchSpec, unit_bits
+    from matq_compile.lower.frontend import LlamaConfig, build_llama
+    from matq_compile.lower.pipeline import PipelineOptions, matq_pipeline
+    from matq_compile.siblings import sibling_key
+    from tvm import relax
+
+    ckpt_dir, _ = tiny_search_ckpt
+    ck = load_checkpoint(ckpt_dir)
+    opts = SearchOptions(target="llvm-test", switchable=True)
+    nested = planes.tag(opts.levels, ck.spec.slice_rule)
+    layers = layers_from_sensitivity(ck.sensitivity, ck.layer_names, False, nested)
+    keys = latency_keys(layers, opts.levels, 1)
+    assert all(k.nested == nested for k in keys)
+    latency = LatencyTable("llvm-test", "0.27.0", "d" * 64,
+                           {k: 1e-6 * (1 + k.N * k.K * k.bits / 2**12 + 0.01 * i) for i, k in enumerate(keys)})
+    table = build_table(ck.sensitivity, opts.levels, latency=latency, layer_names=ck.layer_names, nested=nested)
+    sets: dict[str, int] = {}
+    alloc = {n: sets.setdefault(sibling_key(n), opts.levels[len(sets) % len(opts.levels)]) for n in ck.layer_names}
+    problem = build_problem(table, [Budget("avg_bits", 8.0)])
+    plan = make_plan(Solution(problem, problem.item_choice(alloc), "hand"), table, ck, latency, opts)
+
+    cfg = LlamaConfig.from_hf(json.loads((ckpt_dir / "config.json").read_text()), 64)
+    mod, _ = build_llama(cfg, chunk=16)
+    switch = SwitchSpec(opts.levels, ck.spec.slice_rule)
+    lowered = matq_pipeline(ck.linear_slices(8), targets.load("host"), None,
+                            PipelineOptions(allow_untuned=True, switch=switch), stop_before="schedule-kernels")(mod)
+    units = switch.units(ck.linear_slices(8))
+    widths = unit_bits([u.members for u in units], plan.layers, opts.levels)
+    calls = []
+    for block in lowered["decode"].body.blocks:
+        for b in block.bindings:
+            v = b.value
+            if isinstance(v, relax.Call) and getattr(v.op, "name", "") == "relax.call_tir":
+                name = v.args[0].name_hint
+                if name.startswith("matq_switch_"):
+                    unit = int(v.args[1].fields[-1].name.split("_")[-1])
+                    calls.append(KernelKey.parse("matq_linear_" + name[len("matq_switch_"):]).with_bits(widths[unit]))
+    assert sorted(k.name for k in calls) == sorted(plan.meta["kernels"])
+    assert sum(latency.latency(k) for k in calls) == pytest.approx(plan.predicted["latency_s"], rel=1e-12)
+    with pytest.raises(ValueError, match="ties 'fused'"):
+        build_table(ck.sensitivity, opts.levels, latency=latency, layer_names=ck.layer_names, nested=nested,
+                    ties="none")

@@ -7,6 +7,12 @@ replaced, in place in the signature, by the packed arguments of that unit's slic
 `take(x, perm, axis=1)`; each is recorded in the parameter map (lower/params.PackedPart).
 Weights stay parameters (shipped as safetensors), so one compiled library serves any checkpoint of the same
 shapes and plan. The batch M picks the kernel: a tuned static bucket (layout.M_BUCKETS) or the dynamic-M kernel.
+
+Switchable builds (`switch` given): each unit gets `<unit>.P` (the parent's nested planes, planes.py, stored once)
+and `<unit>.S{r}`, `<unit>.Z{r}` for every width r of the build; every entry function gets one more input after
+its activations, `bits: Shape[b_0, ..., b_{U-1}]` (the width of each unit, in unit order), and each linear calls
+its shape's switch kernel (lower/kernels.switch_func) with its unit's b_u, which calls that width's bit-slice
+kernel. The per-width kernels are functions of the module like any other (tuned from the database).
 """
 from __future__ import annotations
 
@@ -14,9 +20,9 @@ from collections.abc import Mapping, Sequence
 
 from matq_compile import layout
 from matq_compile._tvm import tirx, tvm
-from matq_compile.kernel_units import KernelUnit, LinearSlice, kernel_units
-from matq_compile.lower.kernels import linear_func
-from matq_compile.lower.params import PackedPart, ParamMap
+from matq_compile.kernel_units import KernelUnit, LinearSlice, SwitchSpec, kernel_units
+from matq_compile.lower.kernels import linear_func, switch_func
+from matq_compile.lower.params import NestedPlanes, PackedPart, ParamMap
 from matq_compile.lower.passes._rewrite import linear_operands, rewrite_relax_functions
 from tvm import relax
 
@@ -31,8 +37,12 @@ def _m_bucket(m: tirx.PrimExpr) -> int | None:
 
 @relax.expr_functor.mutator
 class _Rewriter(relax.PyExprMutator):
-    def __init__(self, mod: tvm.IRModule, units: Sequence[KernelUnit], gpu: bool, params: ParamMap) -> None:
+    def __init__(self, mod: tvm.IRModule, units: Sequence[KernelUnit], gpu: bool, params: ParamMap,
+                 switch: SwitchSpec | None = None) -> None:
         super().__init__(mod)
+        self.switch = switch
+        self.order = [u.name for u in units]
+        self.unit_bits: dict[str, tirx.Var] = {}  # unit -> its width in the function being rewritten (switch)
         self.units = {u.name: u for u in units}
         self.slices = {u.name: u.slice for u in units}
         self.gpu, self.param_map = gpu, params
@@ -58,10 +68,23 @@ class _Rewriter(relax.PyExprMutator):
             raise ValueError(f"{layer}: expected a 2-D {sl.dtype} input, got {x.ty}")
         m = x.ty.shape[0]
         if sl.act_order:
-            x = self.builder_.emit(relax.op.take(x, args[3], axis=1), name_hint=f"{layer}.x_perm")
-        gv = self._kernel(sl.key(_m_bucket(m)))
+            x = self.builder_.emit(relax.op.take(x, args[-1], axis=1), name_hint=f"{layer}.x_perm")
         self.rewritten.add(layer)
-        return relax.call_tir(gv, [x, *args[:3]], out_ty=relax.TensorType((m, sl.N), sl.dtype))
+        out = relax.TensorType((m, sl.N), sl.dtype)
+        key = sl.key(_m_bucket(m))
+        if self.switch is None:
+            return relax.call_tir(self._kernel(key), [x, *args[:3]], out_ty=out)
+        for r in self.switch.widths:
+            self._kernel(key.with_bits(r))
+        n_arrays = 1 + 2 * len(self.switch.widths)
+        return relax.call_tir(self._switch(key), [x, *args[:n_arrays], self.unit_bits[layer]],
+                              out_ty=out)
+
+    def _switch(self, key: layout.KernelKey) -> tvm.ir.GlobalVar:
+        name = "matq_switch_" + key.with_bits(max(self.switch.widths)).name[len("matq_linear_"):]
+        if name not in self.kernels:
+            self.kernels[name] = self.builder_.add_func(switch_func(key, self.switch.widths, name), name)
+        return self.kernels[name]
 
     def rewrite(self, func: relax.Function) -> relax.Function:
         params: list[relax.Var] = []
@@ -74,26 +97,47 @@ class _Rewriter(relax.PyExprMutator):
             sl = self.slices[layer]
             if tuple(int(s) for s in p.ty.shape) != (sl.N, sl.K):
                 raise ValueError(f"{layer}: graph weight shape {p.ty.shape} != checkpoint [{sl.N}, {sl.K}]")
-            new = [relax.Var(f"{layer}.{sfx}", relax.TensorType(shape, dt)) for sfx, shape, dt in sl.arg_types()]
+            arg_types = sl.arg_types() if self.switch is None else self.switch.arg_types(sl)
+            new = [relax.Var(f"{layer}.{sfx}", relax.TensorType(shape, dt)) for sfx, shape, dt in arg_types]
             unit = self.units[layer]
-            for v, (sfx, _, _) in zip(new, sl.arg_types()):
-                self.param_map.add(v.name, PackedPart(unit.members, sl.bits, sl.group, sfx))
+            for v, (sfx, _, _) in zip(new, arg_types):
+                self.param_map.add(v.name, self._recipe(unit, sfx))
             self.packed[layer] = new
             params.extend(new)
+        n_in = None
+        if self.switch is not None and self.packed:
+            if func.attrs is None or "num_input" not in func.attrs:
+                raise ValueError("a switchable build needs entry functions with a num_input attribute")
+            n_in = int(func.attrs["num_input"])
+            bits = [tirx.Var(f"bits_{i}", "int64") for i in range(len(self.order))]
+            self.unit_bits = dict(zip(self.order, bits))
+            params.insert(n_in, relax.Var("bits", relax.ShapeType(bits)))
         body = self.visit_expr(func)
-        return relax.Function(params, body.body, body.ret_ty, func.is_pure, func.attrs)
+        out = relax.Function(params, body.body, body.ret_ty, func.is_pure, func.attrs)
+        return out if n_in is None else out.with_attr("num_input", n_in + 1)
+
+    def _recipe(self, unit: KernelUnit, part: str):
+        sl = unit.slice
+        if self.switch is None:
+            return PackedPart(unit.members, sl.bits, sl.group, part)
+        if part == "P":
+            return NestedPlanes(unit.members, self.switch.tag)
+        if part == "perm":
+            return PackedPart(unit.members, max(self.switch.widths), sl.group, part)
+        return PackedPart(unit.members, int(part[1:]), sl.group, part[0])  # S{r} / Z{r}: that slice's own
 
 
 def lower_matq_linear(units: Sequence[KernelUnit] | Mapping[str, LinearSlice], gpu: bool = False,
-                      params: ParamMap | None = None) -> tvm.transform.Pass:
+                      params: ParamMap | None = None, switch: SwitchSpec | None = None) -> tvm.transform.Pass:
     """Module pass; every unit (or, given {layer: slice}, every layer) must be found in at least one function
-    (else ValueError); the packed parameters are recorded in `params`. gpu: the kernels' GPU form."""
+    (else ValueError); the packed parameters are recorded in `params`. gpu: the kernels' GPU form; switch: a
+    switchable build's units (their slices carry the nested layout)."""
     units = kernel_units(units, fuse_siblings=False) if isinstance(units, Mapping) else list(units)
     params = ParamMap() if params is None else params
 
     @tvm.transform.module_pass(opt_level=0, name="LowerMatqLinear")
     def _pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        rw = _Rewriter(mod, units, gpu, params)
+        rw = _Rewriter(mod, units, gpu, params, switch)
         new = rewrite_relax_functions(mod, rw.builder_, rw.rewrite)
         missing = sorted(set(rw.slices) - rw.rewritten)
         if missing:

@@ -1,0 +1,157 @@
+"""Switchable builds (`matq compile --switchable`): one build, every width chosen at run time. Its logits equal the
+dedicated build's of the same slice or plan bit for bit; a switch mid-generation continues exactly as the dedicated
+builds would from that cache; plans and widths the build cannot serve are refused."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from helpers import IDS, compile_tiny, make_checkpoint, matq, write_plan
+
+WIDTHS = (2, 3, 4, 5, 6, 7, 8)
+
+
+@pytest.fixture(scope="module")
+def ckpt(tiny_llama_dir, tmp_path_factory) -> Path:
+    return make_checkpoint(tiny_llama_dir, tmp_path_factory.mktemp("ckpt") / "rtn")
+
+
+@pytest.fixture(scope="module")
+def switch(ckpt, tmp_path_factory) -> Path:
+    return compile_tiny(ckpt, tmp_path_factory.mktemp("sw") / "switch", switch_widths=WIDTHS)
+
+
+@pytest.fixture(scope="module")
+def dedicated(ckpt, tmp_path_factory) -> dict[int, Path]:
+    root = tmp_path_factory.mktemp("dedicated")
+    return {r: compile_tiny(ckpt, root / f"int{r}", bits=r) for r in WIDTHS}
+
+
+def _load(build: Path):
+    from matq_compile import runtime
+
+    return runtime.load(build)
+
+
+def _sibling_plan(ckpt: Path) -> dict[str, int]:
+    """A mixed plan that keeps each fused set (q/k/v, gate/up) at one width, as a switchable build runs them."""
+    from matq_compile.ckpt import load_checkpoint
+    from matq_compile.siblings import sibling_key
+
+    names = load_checkpoint(ckpt).layer_names
+    widths = {}
+    return {n: widths.setdefault(sibling_key(n), WIDTHS[len(widths) % len(WIDTHS)]) for n in names}
+
+
+def test_every_width_equals_its_dedicated_build_bit_for_bit(switch, dedicated):
+    m = _load(switch)
+    assert m.widths == list(WIDTHS)
+    for r, build in dedicated.items():
+        m.set_bits(r)
+        m.reset()
+        ref = _load(build).score(IDS)
+        np.testing.assert_array_equal(m.score(IDS), ref, err_msg=f"r={r}")
+
+
+def test_a_mixed_plan_equals_its_dedicated_build(switch, ckpt, tmp_path):
+    plan, layers = write_plan(tmp_path / "plan.json", ckpt, _sibling_plan(ckpt))
+    assert len(set(layers.values())) > 2
+    ref = _load(compile_tiny(ckpt, tmp_path / "planned", plan=plan)).score(IDS)
+    m = _load(switch)
+    m.set_plan(plan)
+    np.testing.assert_array_equal(m.score(IDS), ref)
+
+
+def test_switching_mid_generation_continues_like_the_dedicated_builds(switch, dedicated):
+    """Prefill and 3 steps at r=8, 3 steps at r=3, 2 at r=6, on one KV cache; the reference hands the dedicated
+    builds' cache on at each switch."""
+    schedule = [(8, 3), (3, 3), (6, 2)]
+    m = _load(switch)
+    m.set_bits(8)
+    refs = {r: _load(dedicated[r]) for r, _ in schedule}
+    ref = refs[8]
+    got, want = [int(np.argmax(m.prefill(IDS)))], [int(np.argmax(ref.prefill(IDS)))]
+    for r, steps in schedule:
+        m.set_bits(r)
+        nxt = refs[r]
+        if nxt is not ref:  # the dedicated build continues from the other one's cache
+            nxt.kt.copyfrom(ref.kt.numpy())
+            nxt.vc.copyfrom(ref.vc.numpy())
+            nxt.pos, ref = ref.pos, nxt
+        for _ in range(steps):
+            a, b = m.decode(got[-1]), ref.decode(want[-1])
+            np.testing.assert_array_equal(a, b)
+            got.append(int(np.argmax(a)))
+            want.append(int(np.argmax(b)))
+    assert got == want
+
+
+def test_the_build_stores_the_planes_once(switch, dedicated):
+    from safetensors.numpy import load_file
+
+    sw = load_file(str(switch / "weights.safetensors"))
+    planes = {k: v for k, v in sw.items() if k.endswith(".P")}
+    assert planes and all(v.dtype == np.uint32 for v in planes.values())
+    d8 = load_file(str(dedicated[8] / "weights.safetensors"))
+    assert sum(v.nbytes for v in planes.values()) == sum(v.nbytes for k, v in d8.items() if k.endswith(".P"))
+    manifest = json.loads((switch / "manifest.json").read_text())
+    assert manifest["switch"]["widths"] == list(WIDTHS) and manifest["plan"]["kind"] == "switchable"
+
+
+def test_widths_and_plans_the_build_cannot_serve_are_refused(ckpt, switch, dedicated, tmp_path):
+    m = _load(switch)
+    m.set_bits(4)
+    with pytest.raises(ValueError, match="serves r in"):
+        m.set_bits(1)
+    other, _ = write_plan(tmp_path / "other.json", ckpt, _sibling_plan(ckpt), ckpt_hash="0" * 64)
+    with pytest.raises(ValueError, match="another|not for this"):
+        m.set_plan(other)
+    split, _ = write_plan(tmp_path / "split.json", ckpt)  # q, k, v at different widths
+    with pytest.raises(ValueError, match="different widths"):
+        m.set_plan(split)
+    assert m.unit_bits == [4] * len(m.switch["units"])  # a refused choice leaves the last one in force
+    with pytest.raises(ValueError, match="--switchable"):
+        _load(dedicated[4]).set_bits(4)
+
+
+def test_a_build_of_fewer_widths_refuses_the_others(ckpt, tmp_path):
+    m = _load(compile_tiny(ckpt, tmp_path / "sw24", switch_widths=(2, 4)))
+    m.set_bits(2)
+    assert m.score(IDS).shape == (len(IDS), m.vocab)
+    with pytest.raises(ValueError, match=r"serves r in \[2, 4\]"):
+        m.set_bits(3)
+
+
+def test_switchable_needs_no_plan_and_a_cpu_target(ckpt, tmp_path):
+    with pytest.raises(ValueError, match="no plan"):
+        compile_tiny(ckpt, tmp_path / "a", switch_widths=WIDTHS, bits=4)
+    with pytest.raises(ValueError, match="GPU target"):
+        compile_tiny(ckpt, tmp_path / "b", switch_widths=WIDTHS, target="cuda-sm80")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_cli_compiles_a_switchable_build_and_runs_it_at_any_width(tiny_tok_ckpt, tmp_path):
+    from matq_compile import runtime
+
+    out = tmp_path / "b"
+    res = matq("compile", "--checkpoint", str(tiny_tok_ckpt), "--switchable", "--bits", "3,8", "--out", str(out),
+               "--allow-untuned", "--max-seq-len", "64")
+    assert res.returncode == 0, res.stderr
+    assert json.loads((out / "manifest.json").read_text())["switch"]["widths"] == [3, 8]
+    tokens = {}
+    for r in (3, 8):
+        res = matq("run", str(out), "--prompt", "hello there", "--bits", str(r), "--max-new-tokens", "5",
+                   "--ignore-eos", "--json", str(tmp_path / f"r{r}.json"), check_no_torch=True)
+        assert res.returncode == 0, res.stderr
+        tokens[r] = json.loads((tmp_path / f"r{r}.json").read_text())["tokens"]
+        m = runtime.load(out)
+        m.set_bits(r)
+        ids = runtime.load_tokenizer(out).encode("hello there").ids
+        assert m.generate(ids, 5, stop_at_eos=False).tokens == tokens[r]
+    bad = matq("run", str(out), "--prompt", "x", "--bits", "5")
+    assert bad.returncode == 2 and "serves r in [3, 8]" in bad.stderr
+    bad = matq("compile", "--checkpoint", str(tiny_tok_ckpt), "--bits", "3,8", "--out", str(tmp_path / "c"))
+    assert bad.returncode == 2 and "--switchable" in bad.stderr and not (tmp_path / "c").exists()
