@@ -131,7 +131,7 @@ class SwitchSpec:
     def arg_types(self, sl: LinearSlice) -> list[tuple[str, tuple[int, ...], str]]:
         """(suffix, shape, dtype) of a unit's parameters: the planes, each width's scales and zeros, perm."""
         g = sl.key(1).n_groups
-        out = [("P", (sl.N, planes.words_per_row(sl.K, self.tag)), "uint32")]
+        out = [("P", (sl.N * planes.words_per_row(sl.K, self.tag),), "uint32")]
         out += [(f"{p}{r}", (sl.N, g), layout.SCALE_DTYPE) for r in self.widths for p in "SZ"]
         return out + ([("perm", (sl.K,), "int32")] if sl.act_order else [])
 

@@ -16,7 +16,7 @@ def test_every_width_reads_the_slice_codes_of_the_parent(widths, rule, rng):
     q = rng.integers(0, 256, (5, 100)).astype(np.uint8)
     q[0, :8] = [0, 255, 254, 253, 127, 128, 1, 2]  # the round rule's clamp at the top code
     words = planes.pack(q, tag)
-    assert words.shape == (5, planes.words_per_row(100, tag))
+    assert words.shape == (5 * planes.words_per_row(100, tag),)
     for r in widths:
         np.testing.assert_array_equal(planes.slice_codes(words, r, tag, 100), slicing.slice_codes(q, r, rule))
 

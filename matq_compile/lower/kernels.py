@@ -1,7 +1,8 @@
 """TIR bit-slice kernels per KernelKey; mirrors matq_compile/layout.py (pinned bit-exactly by tests).
 
     linear_func(key, name):  Y[M, N] = X[M, K] @ dequant(P, S, Z)[N, K]^T
-        args  X act[M, K], P uint32[N, words_per_row], S f16[N, K/g], Z f16[N, K/g]; out Y act[M, N]
+        args  X act[M, K], P uint32[N, words_per_row] (nested: packed_shape), S f16[N, K/g], Z f16[N, K/g];
+        out Y act[M, N]
         M is int64 static (key.m_bucket; tunable) or tirx.Var("m", "int64") (key.m_bucket None).
 
 Grouped form (CPU decode, M = 1, group size a multiple of 32): the scale and zero leave the inner loop,
@@ -57,13 +58,13 @@ def _dense_code(P: te.Tensor, n, k, bits: int) -> tirx.PrimExpr:
 
 def _nested_code(P: te.Tensor, n, k, key: layout.KernelKey) -> tirx.PrimExpr:
     """planes.slice_codes in TIR: the top t(r) bits from the planes the slice reads, then the round bit folded in."""
-    nblk = -(-key.K // layout.BLOCK)
-    blk = tirx.floordiv(k, i64(layout.BLOCK))
     kl = tirx.floormod(k, i64(layout.BLOCK))
     top = None
     for w, off, shift in planes.planes_read(key.bits, key.nested):
         per_word = 32 // w
-        word = P[n, i64(off * nblk) + blk * i64(w) + tirx.floordiv(kl, i64(per_word))]
+        nblk = -(-key.K // layout.BLOCK)
+        word = P[i64(off * key.N * nblk) + n * i64(w * nblk) + tirx.floordiv(k, i64(layout.BLOCK)) * i64(w)
+                 + tirx.floordiv(kl, i64(per_word))]
         v = (word >> (tirx.floormod(kl, i64(per_word)) * i64(w)).astype("uint32")) & tirx.const((1 << w) - 1, "uint32")
         v = v << tirx.const(shift, "uint32") if shift else v
         top = v if top is None else top | v
@@ -74,9 +75,16 @@ def _nested_code(P: te.Tensor, n, k, key: layout.KernelKey) -> tirx.PrimExpr:
     return top.astype("int32")
 
 
+def packed_shape(key: layout.KernelKey) -> tuple:
+    """Shape of the packed argument P: [N, words_per_row] (dense), or the nested planes one after another."""
+    if key.nested:
+        return (i64(key.N * key.words_per_row),)
+    return (i64(key.N), i64(key.words_per_row))
+
+
 def _weights(key: layout.KernelKey) -> tuple[te.Tensor, te.Tensor, te.Tensor]:
     N, G = i64(key.N), i64(key.n_groups)
-    P = te.placeholder((N, i64(key.words_per_row)), "uint32", name="P")
+    P = te.placeholder(packed_shape(key), "uint32", name="P")
     S = te.placeholder((N, G), layout.SCALE_DTYPE, name="S")
     Z = te.placeholder((N, G), layout.SCALE_DTYPE, name="Z")
     return P, S, Z
@@ -146,7 +154,7 @@ def arg_shapes(key: layout.KernelKey, m: int | None = None) -> list[tuple[tuple[
     if m is None:
         raise ValueError(f"{key.name} has a dynamic M; pass m")
     G = key.n_groups
-    return [((m, key.K), key.dtype), ((key.N, key.words_per_row), "uint32"), ((key.N, G), layout.SCALE_DTYPE),
+    return [((m, key.K), key.dtype), (tuple(int(d) for d in packed_shape(key)), "uint32"), ((key.N, G), layout.SCALE_DTYPE),
             ((key.N, G), layout.SCALE_DTYPE), ((m, key.N), key.dtype)]
 
 
@@ -154,12 +162,12 @@ def switch_func(key: layout.KernelKey, widths: tuple[int, ...], name: str) -> ti
     """The run-time switch of a switchable build: calls the kernel of width `bits` (an int64 scalar, from the entry
     function's bits shape) on the unit's one plane array and that width's scales and zeros.
 
-        args  X act[M, K], P uint32[N, nested words_per_row], S_r, Z_r f16[N, K/g] for r in widths, bits; out Y
+        args  X act[M, K], P uint32[N * nested words_per_row], S_r, Z_r f16[N, K/g] for r in widths, bits; out Y
     Each branch is a direct call of the per-width kernel (`key.with_bits(r).name`, a tuned bit-slice kernel in the
     same library); a width outside `widths` raises. Written scheduled (it holds no loops)."""
     M = i64(key.m_bucket) if key.m_bucket is not None else tirx.Var("m", "int64")
     X = te.placeholder((M, i64(key.K)), key.dtype, name="X")
-    P = te.placeholder((i64(key.N), i64(key.words_per_row)), "uint32", name="P")
+    P = te.placeholder(packed_shape(key), "uint32", name="P")
     G = i64(key.n_groups)
     sz = [te.placeholder((i64(key.N), G), layout.SCALE_DTYPE, name=f"{p}{r}") for r in widths for p in "SZ"]
     bits = tirx.Var("bits", "int64")

@@ -55,13 +55,14 @@ class PackedPart:
 
 @dataclass(frozen=True)
 class NestedPlanes:
-    """The nested bit planes of a switchable build's unit (planes.pack of its members' parent codes, rows stacked)."""
+    """The nested bit planes of a switchable build's unit: planes.pack of its members' parent codes, rows stacked
+    (each plane spans all rows, so the members are stacked before packing)."""
 
     members: tuple[str, ...]
     tag: str
 
     def make(self, src: WeightSource) -> np.ndarray:
-        return np.concatenate([planes.pack(src.codes(m), self.tag) for m in self.members], axis=0)
+        return planes.pack(np.concatenate([src.codes(m) for m in self.members], axis=0), self.tag)
 
 
 @dataclass(frozen=True)
