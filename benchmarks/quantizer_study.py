@@ -80,6 +80,9 @@ GPTQ = [Variant("gptq8", "--method gptq --bits 8", method="gptq", bits=8)] + \
 # baseline weaker than what the study found
 GPTQ_REFIT = [Variant(f"gptq{b}-refit", f"--method gptq --bits {b} --refit {b}", method="gptq", bits=b, refit=True)
               for b in (3, 4, 5, 6, 8)]
+# the default recipe at a larger calibration set (the per-precision GPTQ rows it is compared with: CALIBRATION)
+MATGPTQ_CALIB = [Variant("per-slice-l64-c64", MATGPTQ[1].flags + " --calibration-samples 64", _ps(64.0),
+                         calibration_samples=64)]
 CALIBRATION = [Variant(f"gptq4-c{n}", f"--method gptq --bits 4 --calibration-samples {n}", method="gptq", bits=4,
                        calibration_samples=n) for n in (64, 128)]
 
@@ -138,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         if not extra.results:
             log.warning("%s has no finished steps with these settings", other)
         steps.results = {**extra.results, **steps.results}
-    variants = MATGPTQ[:2] + GPTQ + MATGPTQ[2:] + GPTQ_REFIT + CALIBRATION
+    variants = MATGPTQ[:2] + GPTQ + MATGPTQ[2:] + GPTQ_REFIT + MATGPTQ_CALIB + CALIBRATION
     if args.only:
         keep = set(args.only.split(","))
         variants = [v for v in variants if v.name in keep]
@@ -201,7 +204,8 @@ def run_variant(ctx: qt.Context, v: Variant) -> None:
         return
     with ctx.lock.held():
         ckpt = qt.quantized_checkpoint(ctx, key.replace("/", "_"), spec_of(v, ctx.args.group_size))
-        ctx.steps.put(f"seconds/{key}", ctx.steps.get(f"seconds/{key.replace('/', '_')}"))
+        for what in ("seconds", "cpu_seconds", "loadavg"):
+            ctx.steps.put(f"{what}/{key}", ctx.steps.get(f"{what}/{key.replace('/', '_')}"))
         for refit in modes:
             view = SliceView(ckpt, refit)
             for b in [r for r in ctx.args.eval_slices if r in v.slices]:
@@ -218,7 +222,7 @@ def run_variant(ctx: qt.Context, v: Variant) -> None:
 def rows(steps: qt.Steps) -> list[dict]:
     """Every study row (finished slices only; missing ones null), GPTQ per precision gathered into one row."""
     out = []
-    for v in MATGPTQ:
+    for v in MATGPTQ + MATGPTQ_CALIB:
         for refit in (False, True):
             key = step_name(v)
             ppl = {str(b): steps.get(f"ppl/{key}{'+refit' if refit else ''}/{b}") for b in SLICES}
@@ -226,12 +230,12 @@ def rows(steps: qt.Steps) -> list[dict]:
                 continue
             flags = v.flags + (" --refit " + ",".join(map(str, REFIT)) if refit else " --refit none")
             out.append({"name": v.name + ("+refit" if refit else ""), "flags": flags, "ppl": ppl,
-                        "seconds": steps.get(f"seconds/{key}"), "calibration_samples": v.calibration_samples})
+                        **timing(steps, key), "calibration_samples": v.calibration_samples})
     g8 = GPTQ[0]
     ppl8 = {str(b): steps.get(f"ppl/{step_name(g8)}/{b}") for b in SLICES}
     if any(x is not None for x in ppl8.values()):
-        out.append({"name": "gptq8-slice", "flags": g8.flags, "ppl": ppl8, "seconds": steps.get(
-            f"seconds/{step_name(g8)}"), "calibration_samples": g8.calibration_samples})
+        out.append({"name": "gptq8-slice", "flags": g8.flags, "ppl": ppl8, **timing(steps, step_name(g8)),
+                    "calibration_samples": g8.calibration_samples})
     per = {str(v.bits): steps.get(f"ppl/{step_name(v)}/{v.bits}") for v in GPTQ}
     if any(x is not None for x in per.values()):
         out.append({"name": "gptq-per-precision", "flags": "--method gptq --bits {r}",
@@ -247,14 +251,25 @@ def rows(steps: qt.Steps) -> list[dict]:
                         "flags": "--method gptq --bits {r}" + (" --refit {r}" if refit else ""),
                         "ppl": {str(b): ppl.get(str(b)) for b in SLICES},
                         "seconds": {str(v.bits): steps.get(f"seconds/{step_name(v)}") for v in GPTQ_REFIT},
+                        "cpu_seconds": {str(v.bits): steps.get(f"cpu_seconds/{step_name(v)}") for v in GPTQ_REFIT},
+                        "loadavg": {str(v.bits): steps.get(f"loadavg/{step_name(v)}") for v in GPTQ_REFIT},
                         "calibration_samples": CALIB_DEFAULT,
                         "note": "one checkpoint per r, each storing its own slice's refitted scales; the row "
                                 "without +refit evaluates the same checkpoints with the GPTQ scales"})
     for v in CALIBRATION:
         ppl = {str(v.bits): steps.get(f"ppl/{step_name(v)}/{v.bits}")}
         if ppl[str(v.bits)] is not None:
-            out.append({"name": v.name, "flags": v.flags, "ppl": ppl, "seconds": steps.get(
-                f"seconds/{step_name(v)}"), "calibration_samples": v.calibration_samples})
+            out.append({"name": v.name, "flags": v.flags, "ppl": ppl, **timing(steps, step_name(v)),
+                        "calibration_samples": v.calibration_samples})
+    return out
+
+
+def timing(steps: qt.Steps, key: str) -> dict:
+    """Wall seconds of the run's quantization, and (runs since CPU time is recorded) its process CPU seconds and
+    the 1/5/15-min load average when it finished."""
+    out = {"seconds": steps.get(f"seconds/{key}")}
+    if steps.get(f"cpu_seconds/{key}") is not None:
+        out.update(cpu_seconds=steps.get(f"cpu_seconds/{key}"), loadavg=steps.get(f"loadavg/{key}"))
     return out
 
 
@@ -266,13 +281,16 @@ def write_reports(args: argparse.Namespace, steps: qt.Steps) -> None:
         "command": "python benchmarks/quantizer_study.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": {"cpu": qt._cpu_name(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-                    "shared": "2 cores shared with other jobs; times are wall clock"},
+                    "shared": "2 cores shared with other jobs (loadavg per row where recorded); seconds are wall "
+                              "clock, cpu_seconds process CPU time"},
         "config": {"model": args.model, "grid": "symmetric int8 parent, zero 128, round slice rule",
                    "group_size": args.group_size, "R": [8, 4, 3], "calibration source": "wikitext-2/valid.txt",
                    "calibration_seq_len": args.calibration_seq_len, "seed": args.seed,
                    "eval text": "wikitext-2-raw/wiki.test.raw", "eval windows": args.windows,
                    "eval length": args.seq_len, "refit slices": list(REFIT),
-                   "seconds": "one full-model quantization, wall clock (MatGPTQ runs include the refit of 5 slices)"},
+                   "seconds": "one full-model quantization, wall clock (MatGPTQ runs include the refit of 5 slices); "
+                              "rows with cpu_seconds ran the concurrent quantizer (one single-threaded worker per "
+                              "core), rows without it the earlier single-worker one (same codes and scales)"},
         "ppl_fp": steps.get("ppl/fp"),
         "variants": variants,
     }

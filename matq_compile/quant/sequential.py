@@ -46,6 +46,7 @@ class QuantizedModel:
     sensitivity: dict[str, dict] = field(default_factory=dict)
     tensors: dict[str, torch.Tensor] = field(default_factory=dict)
     seconds: float = 0.0
+    cpu_seconds: float = 0.0  # process CPU time (all threads) of the same span
 
 
 @dataclass
@@ -98,9 +99,9 @@ def quantize_model(model, calib: torch.Tensor, spec: QuantSpec, arch: ArchSpec |
                      len(blocks), time.perf_counter() - t0, time.process_time() - c0, done,
                      done / (i + 1) * (len(blocks) - i - 1))
     out.tensors = float_tensors(model, set(out.layers), tensor_dtype)
-    out.seconds = time.perf_counter() - start
+    out.seconds, out.cpu_seconds = time.perf_counter() - start, time.process_time() - cpu0
     log.info("quantized %d linears in %d blocks in %.1f s (process CPU %.1f s)", len(out.layers), len(blocks),
-             out.seconds, time.process_time() - cpu0)
+             out.seconds, out.cpu_seconds)
     return out
 
 
