@@ -329,20 +329,30 @@ def update_table(args: argparse.Namespace, steps: qt.Steps, report: dict) -> Non
     sources = table.setdefault("sources", {})
     # GPTQ rows the study did not re-run stay as benchmarks/quantizer_table.py measured them (same protocol and
     # calibration size; the GPTQ code path is unchanged), and the file says so
-    for key, row in (("gptq", "gptq-per-precision"), ("gptq8_slice", "gptq8-slice"), ("matgptq_reference", "reference")):
+    earlier = next((v for v in sources.values() if isinstance(v, str) and v.startswith("quantizer_table.py")),
+                   "quantizer_table.py run of " + str(table.get("date", "an earlier date")))
+    for key, row in (("gptq8_slice", "gptq8-slice"), ("matgptq_reference", "reference")):
         if row in by_name and all(v is not None for v in by_name[row]["ppl"].values()):
             table["ppl"][key] = by_name[row]["ppl"]
             sources[key] = f"quantizer_study.py row {row!r}"
         else:
-            sources.setdefault(key, "quantizer_table.py run of " + str(table.get("date", "an earlier date")))
+            sources.setdefault(key, earlier)
+    # plain per-precision GPTQ, per r: the study's re-runs where measured, else what the file already holds (kept
+    # under gptq_plain once `gptq` became the strongest baseline, so re-running this never mixes the two)
+    plain = dict(table["ppl"].get("gptq_plain") or table["ppl"].get("gptq") or {})
+    plain_src = sources.get("gptq_plain")
+    plain_src = dict(plain_src) if isinstance(plain_src, dict) else {r: earlier for r in plain}
+    for row in ("gptq-per-precision", "gptq-per-precision-rerun"):
+        for r, v in by_name.get(row, {}).get("ppl", {}).items():
+            if v is not None:
+                plain[r], plain_src[r] = v, f"quantizer_study.py row {row!r}"
+    table["ppl"]["gptq_plain"], sources["gptq_plain"] = plain, plain_src
     # the baseline is the strongest dedicated GPTQ measured at each r (plain or with the same scale refit)
-    plain = dict(table["ppl"].get("gptq") or {})
-    table["ppl"]["gptq_plain"] = plain
     best, best_src = {}, {}
+    refit_row = "gptq-per-precision-rerun+refit"
     for r in map(str, SLICES):
-        cands = [(plain.get(r), sources.get("gptq", "gptq"))]
-        for row in ("gptq-per-precision-rerun", "gptq-per-precision-rerun+refit"):
-            cands.append((by_name.get(row, {}).get("ppl", {}).get(r), f"quantizer_study.py row {row!r}"))
+        cands = [(plain.get(r), plain_src.get(r)),
+                 (by_name.get(refit_row, {}).get("ppl", {}).get(r), f"quantizer_study.py row {refit_row!r}")]
         cands = [c for c in cands if c[0] is not None]
         if cands:
             best[r], best_src[r] = min(cands, key=lambda c: c[0])

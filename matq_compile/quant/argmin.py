@@ -22,7 +22,6 @@ import torch
 from matq_compile.quant.grid import rtn_codes
 from matq_compile.slicing import check_rule, dequant_parent
 
-
 SEGMENT_MIN_LAMBDA8 = 0.05
 
 

@@ -135,8 +135,8 @@ def test_result_does_not_depend_on_the_number_of_workers(tiny_llama_dir):
 
 
 def test_siblings_share_one_hessian_equal_to_their_own(tiny_llama_dir):
-    from matq_compile.quant.sequential import _capture, _collect_hessians
     from matq_compile.arch import arch_of
+    from matq_compile.quant.sequential import _capture, _collect_hessians
 
     model = _load(tiny_llama_dir)
     arch = arch_of(model)
