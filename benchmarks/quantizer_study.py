@@ -80,6 +80,9 @@ GPTQ = [Variant("gptq8", "--method gptq --bits 8", method="gptq", bits=8)] + \
 # baseline weaker than what the study found
 GPTQ_REFIT = [Variant(f"gptq{b}-refit", f"--method gptq --bits {b} --refit {b}", method="gptq", bits=b, refit=True)
               for b in (3, 4, 5, 6, 8)]
+# the default recipe at a larger calibration set (the per-precision GPTQ rows it is compared with: CALIBRATION)
+MATGPTQ_CALIB = [Variant("per-slice-l64-c64", MATGPTQ[1].flags + " --calibration-samples 64", _ps(64.0),
+                         calibration_samples=64)]
 CALIBRATION = [Variant(f"gptq4-c{n}", f"--method gptq --bits 4 --calibration-samples {n}", method="gptq", bits=4,
                        calibration_samples=n) for n in (64, 128)]
 
@@ -138,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         if not extra.results:
             log.warning("%s has no finished steps with these settings", other)
         steps.results = {**extra.results, **steps.results}
-    variants = MATGPTQ[:2] + GPTQ + MATGPTQ[2:] + GPTQ_REFIT + CALIBRATION
+    variants = MATGPTQ[:2] + GPTQ + MATGPTQ[2:] + GPTQ_REFIT + MATGPTQ_CALIB + CALIBRATION
     if args.only:
         keep = set(args.only.split(","))
         variants = [v for v in variants if v.name in keep]
@@ -201,7 +204,8 @@ def run_variant(ctx: qt.Context, v: Variant) -> None:
         return
     with ctx.lock.held():
         ckpt = qt.quantized_checkpoint(ctx, key.replace("/", "_"), spec_of(v, ctx.args.group_size))
-        ctx.steps.put(f"seconds/{key}", ctx.steps.get(f"seconds/{key.replace('/', '_')}"))
+        for what in ("seconds", "cpu_seconds", "loadavg"):
+            ctx.steps.put(f"{what}/{key}", ctx.steps.get(f"{what}/{key.replace('/', '_')}"))
         for refit in modes:
             view = SliceView(ckpt, refit)
             for b in [r for r in ctx.args.eval_slices if r in v.slices]:
@@ -218,7 +222,7 @@ def run_variant(ctx: qt.Context, v: Variant) -> None:
 def rows(steps: qt.Steps) -> list[dict]:
     """Every study row (finished slices only; missing ones null), GPTQ per precision gathered into one row."""
     out = []
-    for v in MATGPTQ:
+    for v in MATGPTQ + MATGPTQ_CALIB:
         for refit in (False, True):
             key = step_name(v)
             ppl = {str(b): steps.get(f"ppl/{key}{'+refit' if refit else ''}/{b}") for b in SLICES}
@@ -226,12 +230,12 @@ def rows(steps: qt.Steps) -> list[dict]:
                 continue
             flags = v.flags + (" --refit " + ",".join(map(str, REFIT)) if refit else " --refit none")
             out.append({"name": v.name + ("+refit" if refit else ""), "flags": flags, "ppl": ppl,
-                        "seconds": steps.get(f"seconds/{key}"), "calibration_samples": v.calibration_samples})
+                        **timing(steps, key), "calibration_samples": v.calibration_samples})
     g8 = GPTQ[0]
     ppl8 = {str(b): steps.get(f"ppl/{step_name(g8)}/{b}") for b in SLICES}
     if any(x is not None for x in ppl8.values()):
-        out.append({"name": "gptq8-slice", "flags": g8.flags, "ppl": ppl8, "seconds": steps.get(
-            f"seconds/{step_name(g8)}"), "calibration_samples": g8.calibration_samples})
+        out.append({"name": "gptq8-slice", "flags": g8.flags, "ppl": ppl8, **timing(steps, step_name(g8)),
+                    "calibration_samples": g8.calibration_samples})
     per = {str(v.bits): steps.get(f"ppl/{step_name(v)}/{v.bits}") for v in GPTQ}
     if any(x is not None for x in per.values()):
         out.append({"name": "gptq-per-precision", "flags": "--method gptq --bits {r}",
@@ -247,14 +251,25 @@ def rows(steps: qt.Steps) -> list[dict]:
                         "flags": "--method gptq --bits {r}" + (" --refit {r}" if refit else ""),
                         "ppl": {str(b): ppl.get(str(b)) for b in SLICES},
                         "seconds": {str(v.bits): steps.get(f"seconds/{step_name(v)}") for v in GPTQ_REFIT},
+                        "cpu_seconds": {str(v.bits): steps.get(f"cpu_seconds/{step_name(v)}") for v in GPTQ_REFIT},
+                        "loadavg": {str(v.bits): steps.get(f"loadavg/{step_name(v)}") for v in GPTQ_REFIT},
                         "calibration_samples": CALIB_DEFAULT,
                         "note": "one checkpoint per r, each storing its own slice's refitted scales; the row "
                                 "without +refit evaluates the same checkpoints with the GPTQ scales"})
     for v in CALIBRATION:
         ppl = {str(v.bits): steps.get(f"ppl/{step_name(v)}/{v.bits}")}
         if ppl[str(v.bits)] is not None:
-            out.append({"name": v.name, "flags": v.flags, "ppl": ppl, "seconds": steps.get(
-                f"seconds/{step_name(v)}"), "calibration_samples": v.calibration_samples})
+            out.append({"name": v.name, "flags": v.flags, "ppl": ppl, **timing(steps, step_name(v)),
+                        "calibration_samples": v.calibration_samples})
+    return out
+
+
+def timing(steps: qt.Steps, key: str) -> dict:
+    """Wall seconds of the run's quantization, and (runs since CPU time is recorded) its process CPU seconds and
+    the 1/5/15-min load average when it finished."""
+    out = {"seconds": steps.get(f"seconds/{key}")}
+    if steps.get(f"cpu_seconds/{key}") is not None:
+        out.update(cpu_seconds=steps.get(f"cpu_seconds/{key}"), loadavg=steps.get(f"loadavg/{key}"))
     return out
 
 
@@ -266,13 +281,16 @@ def write_reports(args: argparse.Namespace, steps: qt.Steps) -> None:
         "command": "python benchmarks/quantizer_study.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": {"cpu": qt._cpu_name(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-                    "shared": "2 cores shared with other jobs; times are wall clock"},
+                    "shared": "2 cores shared with other jobs (loadavg per row where recorded); seconds are wall "
+                              "clock, cpu_seconds process CPU time"},
         "config": {"model": args.model, "grid": "symmetric int8 parent, zero 128, round slice rule",
                    "group_size": args.group_size, "R": [8, 4, 3], "calibration source": "wikitext-2/valid.txt",
                    "calibration_seq_len": args.calibration_seq_len, "seed": args.seed,
                    "eval text": "wikitext-2-raw/wiki.test.raw", "eval windows": args.windows,
                    "eval length": args.seq_len, "refit slices": list(REFIT),
-                   "seconds": "one full-model quantization, wall clock (MatGPTQ runs include the refit of 5 slices)"},
+                   "seconds": "one full-model quantization, wall clock (MatGPTQ runs include the refit of 5 slices); "
+                              "rows with cpu_seconds ran the concurrent quantizer (one single-threaded worker per "
+                              "core), rows without it the earlier single-worker one (same codes and scales)"},
         "ppl_fp": steps.get("ppl/fp"),
         "variants": variants,
     }
@@ -311,20 +329,30 @@ def update_table(args: argparse.Namespace, steps: qt.Steps, report: dict) -> Non
     sources = table.setdefault("sources", {})
     # GPTQ rows the study did not re-run stay as benchmarks/quantizer_table.py measured them (same protocol and
     # calibration size; the GPTQ code path is unchanged), and the file says so
-    for key, row in (("gptq", "gptq-per-precision"), ("gptq8_slice", "gptq8-slice"), ("matgptq_reference", "reference")):
+    earlier = next((v for v in sources.values() if isinstance(v, str) and v.startswith("quantizer_table.py")),
+                   "quantizer_table.py run of " + str(table.get("date", "an earlier date")))
+    for key, row in (("gptq8_slice", "gptq8-slice"), ("matgptq_reference", "reference")):
         if row in by_name and all(v is not None for v in by_name[row]["ppl"].values()):
             table["ppl"][key] = by_name[row]["ppl"]
             sources[key] = f"quantizer_study.py row {row!r}"
         else:
-            sources.setdefault(key, "quantizer_table.py run of " + str(table.get("date", "an earlier date")))
+            sources.setdefault(key, earlier)
+    # plain per-precision GPTQ, per r: the study's re-runs where measured, else what the file already holds (kept
+    # under gptq_plain once `gptq` became the strongest baseline, so re-running this never mixes the two)
+    plain = dict(table["ppl"].get("gptq_plain") or table["ppl"].get("gptq") or {})
+    plain_src = sources.get("gptq_plain")
+    plain_src = dict(plain_src) if isinstance(plain_src, dict) else {r: earlier for r in plain}
+    for row in ("gptq-per-precision", "gptq-per-precision-rerun"):
+        for r, v in by_name.get(row, {}).get("ppl", {}).items():
+            if v is not None:
+                plain[r], plain_src[r] = v, f"quantizer_study.py row {row!r}"
+    table["ppl"]["gptq_plain"], sources["gptq_plain"] = plain, plain_src
     # the baseline is the strongest dedicated GPTQ measured at each r (plain or with the same scale refit)
-    plain = dict(table["ppl"].get("gptq") or {})
-    table["ppl"]["gptq_plain"] = plain
     best, best_src = {}, {}
+    refit_row = "gptq-per-precision-rerun+refit"
     for r in map(str, SLICES):
-        cands = [(plain.get(r), sources.get("gptq", "gptq"))]
-        for row in ("gptq-per-precision-rerun", "gptq-per-precision-rerun+refit"):
-            cands.append((by_name.get(row, {}).get("ppl", {}).get(r), f"quantizer_study.py row {row!r}"))
+        cands = [(plain.get(r), plain_src.get(r)),
+                 (by_name.get(refit_row, {}).get("ppl", {}).get(r), f"quantizer_study.py row {refit_row!r}")]
         cands = [c for c in cands if c[0] is not None]
         if cands:
             best[r], best_src[r] = min(cands, key=lambda c: c[0])

@@ -225,6 +225,8 @@ def quantized_checkpoint(ctx: Context, name: str, spec):
     save_checkpoint(path, layers=q.layers, tensors=q.tensors, spec=spec, sensitivity=q.sensitivity, source=source,
                     extra_files={"config.json": ctx.model_dir / "config.json"})
     ctx.steps.put(f"seconds/{name}", q.seconds)
+    ctx.steps.put(f"cpu_seconds/{name}", q.cpu_seconds)
+    ctx.steps.put(f"loadavg/{name}", list(os.getloadavg()))  # 1/5/15-min load when it finished: how shared it was
     ctx.restore_float()
     return load_checkpoint(path)
 

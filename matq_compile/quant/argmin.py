@@ -14,13 +14,13 @@ segment, its end nearest q8 (`SliceSet.candidates`, one row per q8). This is abo
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
 from matq_compile.quant.grid import rtn_codes
 from matq_compile.slicing import check_rule, dequant_parent
-
 
 SEGMENT_MIN_LAMBDA8 = 0.05
 
@@ -174,11 +174,15 @@ def _segments(ss: SliceSet) -> _Segments:
 def windowed_multi(T: torch.Tensor, s: torch.Tensor, z: torch.Tensor, ss: SliceSet) -> torch.Tensor:
     """Exact fast argmin with one target per slice; int64 codes [n] (ties -> lowest code).
 
-    On a segment where every slice below 8 bits is constant only the 8-bit term varies, so each segment's best
-    code is its code nearest c_8 = q8(T_8) (and c_8 ± 1 where fp32 may tie). Scoring those ~|segments| + 2
-    candidates for every row (23 + 2 for R = {8,4,3}) finds the minimum over all 256 codes. The score is
-    objective_multi's arithmetic, batched over slices (elementwise, so the same fp32 values); the lowest code among
-    equal scores is taken explicitly. Without a usable 8-bit term, all 256 codes are scored.
+    Any code q that scores at most the score C of c_8 = q8(T_8) has λ_8 (T_8 - s (q - z))² <= C, so
+    |q - c_8| <= sqrt(C / λ_8) / s + 1/2: with a heavy 8-bit weight that is a few codes. When this window (widest
+    over the rows, plus one code of slack for fp32 rounding) is narrower than the segment candidates, every code in
+    it is scored; otherwise, on a segment where every slice below 8 bits is constant only the 8-bit term varies, so
+    each segment's best code is its code nearest c_8 (and c_8 ± 1 where fp32 may tie), and those ~|segments| + 2
+    candidates (23 + 2 for R = {8,4,3}) are scored. Either set contains every minimiser over all 256 codes. The
+    score is objective_multi's arithmetic, batched over slices (elementwise, so the same fp32 values for a code
+    whichever set it is scored in); the lowest code among equal scores is taken explicitly. Without a usable 8-bit
+    term, all 256 codes are scored.
     """
     if ss.bits == (8,):
         return rtn_codes(T[0], s, z, 8).to(torch.int64)
@@ -186,14 +190,37 @@ def windowed_multi(T: torch.Tensor, s: torch.Tensor, z: torch.Tensor, ss: SliceS
         return exhaustive_multi(T, s, z, ss)
     seg = _segments(ss)
     c8 = rtn_codes(T[ss.bits.index(8)], s, z, 8).to(torch.int64)[:, None]
+    w = narrow_width(T, s, z, ss, c8)
+    if w is not None:
+        cand = (c8 + torch.arange(-w, w + 1)[None, :]).clamp(0, 255)  # ascending: the first minimum is the lowest
+        return cand.gather(1, _score(T, s, z, ss, seg, cand).argmin(dim=1, keepdim=True)).squeeze(1)
     cand = torch.cat([torch.minimum(torch.maximum(c8, seg.first[None, :]), seg.last[None, :]),
                       (c8 - 1).clamp(min=0), (c8 + 1).clamp(max=255)], dim=1)  # [n, k]
-    terms = seg.lambdas * (T[:, :, None] - s[:, None] * (ss.levels[:, cand] - z[:, None])).square()
-    total = terms[0]
-    for j in range(1, terms.shape[0]):
-        total = total + terms[j]  # same order as objective_multi
+    total = _score(T, s, z, ss, seg, cand)
     best = total.min(dim=1, keepdim=True).values
     return torch.where(total == best, cand, 256).amin(dim=1)
+
+
+def narrow_width(T: torch.Tensor, s: torch.Tensor, z: torch.Tensor, ss: SliceSet, c8: torch.Tensor) -> int | None:
+    """Half-width of a code window around c8 [n, 1] that holds every minimiser, or None when it would not be
+    narrower than the segment candidates (or is not finite)."""
+    seg = _segments(ss)
+    reach = (_score(T, s, z, ss, seg, c8)[:, 0] / ss.lambdas[ss.bits.index(8)]).sqrt() / s
+    width = float(reach.max()) + 1.5 if reach.numel() else 0.0  # + 1/2 rounding of c8, + 1 code fp32 slack
+    if not 2 * width + 1 < seg.first.numel() + 2:  # also NaN and inf
+        return None
+    return math.ceil(width)
+
+
+def _score(T: torch.Tensor, s: torch.Tensor, z: torch.Tensor, ss: SliceSet, seg: _Segments, cand: torch.Tensor
+           ) -> torch.Tensor:
+    """objective_multi for candidate codes cand [n, k], batched over slices (same fp32 values, same order)."""
+    lev = ss.levels.index_select(1, cand.reshape(-1)).view(-1, *cand.shape)  # ss.levels[:, cand], faster
+    terms = seg.lambdas * (T[:, :, None] - s[:, None] * (lev - z[:, None])).square()
+    total = terms[0]
+    for j in range(1, terms.shape[0]):
+        total = total + terms[j]
+    return total
 
 
 def _has_usable_8(ss: SliceSet) -> bool:

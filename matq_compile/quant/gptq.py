@@ -78,7 +78,6 @@ def gptq_loop_per_slice(W: torch.Tensor, U: torch.Tensor, group: int, block: int
     Q, S, Z = _outputs(W, group, block, static)
     k, k8 = len(ss.bits), ss.bits.index(8)
     Ws = W.unsqueeze(0).repeat(k, 1, 1)  # [|R|, out, n], ss.bits order
-    rows = torch.arange(k)[:, None]
     s = z = None
     for c1 in range(0, n, block):
         c2 = min(c1 + block, n)
@@ -94,7 +93,7 @@ def gptq_loop_per_slice(W: torch.Tensor, U: torch.Tensor, group: int, block: int
                 S[:, i // group], Z[:, i // group] = s, z
             T = W1[:, :, j]
             q = argmin.windowed_multi(T, s, z, ss)
-            err = (T - s * (ss.levels[rows, q[None, :]] - z)) / U1[j, j]
+            err = (T - s * (ss.levels.index_select(1, q) - z)) / U1[j, j]
             W1[:, :, j + 1:] -= err[:, :, None] * U1[j, j + 1:][None, None, :]
             Err[:, :, j] = err
             Q[:, i] = q.float()

@@ -25,8 +25,7 @@ def refit_scales(W0: torch.Tensor, H: torch.Tensor, qweight: torch.Tensor, scale
     out, n = qweight.shape
     G = scales.shape[1]
     g = n // G
-    Hd = H.double()
-    Hg = Hd.reshape(G, g, n)
+    Hg = H.double().reshape(G, g, n)
     new = torch.empty_like(scales)
     for a in range(0, out, chunk):
         b = min(a + chunk, out)
@@ -44,12 +43,11 @@ def refit_scales(W0: torch.Tensor, H: torch.Tensor, qweight: torch.Tensor, scale
         m = torch.nan_to_num(m, nan=1.0).clamp(*M_RANGE)
         cand = (s16.double() * m).half()
         cand = torch.where(torch.isfinite(cand) & (cand > 0), cand, s16)
-        keep = row_loss(W0[a:b], Hd, unit, cand, g) >= row_loss(W0[a:b], Hd, unit, s16, g)
-        new[a:b] = torch.where(keep[:, None], s16, cand)
+        # loss(1 + d) - loss(1) = 2 dᵀ B H (Ŵ_1 - w)ᵀ + dᵀ gram d for the stored multiplier 1 + d: the exact
+        # change of the row's layer loss, without forming E H Eᵀ (its cancellation-free terms, in fp64)
+        d = cand.double() / s16.double() - 1.0
+        grad = torch.einsum("oaj,oj->oa", Y, B - W0[a:b].double())
+        change = 2.0 * (d * grad).sum(1) + torch.einsum("oa,oab,ob->o", d, gram, d)
+        new[a:b] = torch.where((change >= 0)[:, None], s16, cand)
     return new
 
-
-def row_loss(W0: torch.Tensor, H: torch.Tensor, unit: torch.Tensor, scales16: torch.Tensor, g: int) -> torch.Tensor:
-    """Per-row (w - ŵ) H (w - ŵ)ᵀ in fp64 for dequantized values unit * scale (unit = value at scale 1)."""
-    E = W0.double() - unit * scales16.double().repeat_interleave(g, 1)
-    return ((E @ H) * E).sum(dim=1)

@@ -5,10 +5,13 @@
    transformers passes them, per block, so families with per-layer masks work) and passes the hidden state on.
    Only block 0's hidden state is kept; the calibration tokens never reach the real blocks or the lm_head here.
 2. For each block: run the calibration inputs through it once with forward hooks accumulating one Hessian per
-   linear (fp32 running mean), quantize every linear from that pass, record its sensitivity at every level, and
-   swap in the fake-quantized weights at the native slice (8 for the sliceable parent). With true-sequential the
-   block is re-run before each group ([q,k,v] -> [o] -> [gate,up] -> [down]) so a group sees the quantized
-   outputs of the groups before it.
+   linear (fp32 running mean; linears that read the same input tensor, q/k/v and gate/up, share one), quantize
+   every linear from that pass, record its sensitivity at every level, and swap in the fake-quantized weights at
+   the native slice (8 for the sliceable parent). With true-sequential the block is re-run before each group
+   ([q,k,v] -> [o] -> [gate,up] -> [down]) so a group sees the quantized outputs of the groups before it.
+   The linears of one pass are independent, so they are quantized concurrently, one single-threaded worker per
+   usable core (the column loop's ops are too small for intra-op threads); each linear's result is the same
+   whatever the number of workers or the order they finish in.
 3. Re-run the quantized block; its outputs are the next block's inputs.
 
 Embeddings, norms and the lm_head stay in floating point.
@@ -17,15 +20,18 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from matq_compile._log import progress
+from matq_compile._threads import usable_cores
 from matq_compile.arch import ArchSpec, arch_of
 from matq_compile.config import QuantSpec
 from matq_compile.quant import QuantResult, quantize_weight
+from matq_compile.quant.gptq import single_thread
 from matq_compile.quant.hessian import accumulate
 from matq_compile.quant.sensitivity import layer_sensitivity
 
@@ -40,6 +46,7 @@ class QuantizedModel:
     sensitivity: dict[str, dict] = field(default_factory=dict)
     tensors: dict[str, torch.Tensor] = field(default_factory=dict)
     seconds: float = 0.0
+    cpu_seconds: float = 0.0  # process CPU time (all threads) of the same span
 
 
 @dataclass
@@ -63,27 +70,38 @@ class _Recorder(nn.Module):
 
 
 def quantize_model(model, calib: torch.Tensor, spec: QuantSpec, arch: ArchSpec | None = None,
-                   batch_size: int = 8, tensor_dtype: torch.dtype | None = None) -> QuantizedModel:
+                   batch_size: int = 8, tensor_dtype: torch.dtype | None = None, workers: int | None = None
+                   ) -> QuantizedModel:
     """Quantize every block linear of a Hugging Face causal LM in place (fake-quantized at the native slice).
 
     calib: [n, T] int64 token ids. tensor_dtype: dtype of the float tensors returned for the checkpoint
-    (default: as in the model). Returns the parents, the sensitivity table and the float tensors.
+    (default: as in the model). workers: linears quantized at once (default: usable cores; the result does not
+    depend on it). Returns the parents, the sensitivity table and the float tensors.
     """
     arch = arch or arch_of(model)
     if calib.dim() != 2 or calib.dtype != torch.long:
         raise ValueError(f"calibration tokens must be an int64 [n, T] tensor, got {calib.dtype} {tuple(calib.shape)}")
     blocks = model.get_submodule(arch.blocks)
     _check_layers(blocks, arch, spec)
-    start = time.perf_counter()
+    start, cpu0 = time.perf_counter(), time.process_time()
     out = QuantizedModel()
+    workers = workers or usable_cores()
+    log.info("%s: %d blocks, %d calibration sequences x %d tokens, %d workers, %d torch threads", spec.method,
+             len(blocks), calib.shape[0], calib.shape[1], workers, torch.get_num_threads())
     with torch.no_grad():
         inputs = _capture(model, blocks, arch, calib, batch_size)
         hidden = inputs.hidden
         for i in progress(range(len(blocks)), desc=f"{spec.method} blocks"):
-            hidden = _quantize_block(blocks[i], i, hidden, inputs.args[i], spec, arch, out)
+            t0, c0 = time.perf_counter(), time.process_time()
+            hidden = _quantize_block(blocks[i], i, hidden, inputs.args[i], spec, arch, out, workers)
+            done = time.perf_counter() - start
+            log.info("block %d/%d in %.1f s (process CPU %.1f s); %.0f s so far, about %.0f s to go", i + 1,
+                     len(blocks), time.perf_counter() - t0, time.process_time() - c0, done,
+                     done / (i + 1) * (len(blocks) - i - 1))
     out.tensors = float_tensors(model, set(out.layers), tensor_dtype)
-    out.seconds = time.perf_counter() - start
-    log.info("quantized %d linears in %d blocks in %.1f s", len(out.layers), len(blocks), out.seconds)
+    out.seconds, out.cpu_seconds = time.perf_counter() - start, time.process_time() - cpu0
+    log.info("quantized %d linears in %d blocks in %.1f s (process CPU %.1f s)", len(out.layers), len(blocks),
+             out.seconds, out.cpu_seconds)
     return out
 
 
@@ -130,24 +148,32 @@ def _run_block(block: nn.Module, hidden: list[torch.Tensor], args: list[tuple[tu
 
 
 def _quantize_block(block: nn.Module, index: int, hidden: list[torch.Tensor], args: list[tuple[tuple, dict]],
-                    spec: QuantSpec, arch: ArchSpec, out: QuantizedModel) -> list[torch.Tensor]:
+                    spec: QuantSpec, arch: ArchSpec, out: QuantizedModel, workers: int = 1) -> list[torch.Tensor]:
     groups = arch.groups if spec.true_sequential else (arch.linears,)
     for group in groups:
         hessians = _collect_hessians(block, group, hidden, args)
-        for name in group:
-            full = f"{arch.block_prefix(index)}.{name}"
-            _quantize_linear(block.get_submodule(name), full, hessians[name], spec, out)
+        _quantize_group(block, arch.block_prefix(index), group, hessians, spec, out, workers)
     return _run_block(block, hidden, args)
 
 
 def _collect_hessians(block: nn.Module, names: tuple[str, ...], hidden: list[torch.Tensor],
                       args: list[tuple[tuple, dict]]) -> dict[str, torch.Tensor]:
-    """One calibration pass through the block with hooks accumulating H for the named linears."""
+    """One calibration pass through the block with hooks accumulating H for the named linears.
+
+    A linear called on the very tensor the previous hooked linear got (q/k/v, gate/up), whose running H has been
+    the same object so far, shares that linear's H instead of accumulating the same sum again.
+    """
     state: dict[str, tuple[torch.Tensor | None, int]] = {name: (None, 0) for name in names}
+    last: dict[str, object] = {"x": None, "before": None, "after": None}
 
     def hook(name):
         def fn(module, inputs, output):
-            state[name] = accumulate(state[name][0], state[name][1], inputs[0])
+            x, before = inputs[0], state[name]
+            if x is last["x"] and before[0] is last["before"][0] and before[1] == last["before"][1]:
+                state[name] = last["after"]
+            else:
+                state[name] = accumulate(before[0], before[1], x)
+            last.update(x=x, before=before, after=state[name])
         return fn
 
     handles = [block.get_submodule(name).register_forward_hook(hook(name)) for name in names]
@@ -162,16 +188,34 @@ def _collect_hessians(block: nn.Module, names: tuple[str, ...], hidden: list[tor
     return {name: H for name, (H, _) in state.items()}
 
 
-def _quantize_linear(module: nn.Linear, name: str, H: torch.Tensor, spec: QuantSpec, out: QuantizedModel) -> None:
-    W0 = module.weight.detach().float().clone()
-    t0 = time.perf_counter()
+def _quantize_group(block: nn.Module, prefix: str, names: tuple[str, ...], hessians: dict[str, torch.Tensor],
+                    spec: QuantSpec, out: QuantizedModel, workers: int) -> None:
+    """Quantize the named linears of one calibration pass concurrently; record and swap them in block order."""
+    modules = {name: block.get_submodule(name) for name in names}
+    # largest first, so the last job to start is a small one (cost ~ columns x (rows + per-column overhead))
+    order = sorted(names, key=lambda n: -modules[n].in_features * (modules[n].out_features + 512))
+    with single_thread(), ThreadPoolExecutor(max_workers=max(1, min(workers, len(names)))) as pool:
+        jobs = {n: pool.submit(_quantize_linear, modules[n].weight, hessians[n], spec, f"{prefix}.{n}")
+                for n in order}
+        done = {n: job.result() for n, job in jobs.items()}
+    for name in names:
+        result, sensitivity = done[name]
+        full = f"{prefix}.{name}"
+        out.layers[full], out.sensitivity[full] = result, sensitivity
+        # parent scales, not the refit: the refit is per-slice post-processing that later blocks never see
+        weight = modules[name].weight
+        weight.copy_(result.dequant(spec.native_bits, spec.slice_rule, refit=False).to(weight.dtype))
+
+
+def _quantize_linear(weight: torch.Tensor, H: torch.Tensor, spec: QuantSpec, name: str
+                     ) -> tuple[QuantResult, dict]:
+    W0 = weight.detach().float().clone()
+    t0, c0 = time.perf_counter(), time.thread_time()
     result = quantize_weight(W0, H, spec)
-    out.layers[name] = result
-    out.sensitivity[name] = layer_sensitivity(W0, result, H, spec.levels, spec.slice_rule)
-    # parent scales, not the refit: the refit is per-slice post-processing that later blocks never see
-    module.weight.copy_(result.dequant(spec.native_bits, spec.slice_rule, refit=False).to(module.weight.dtype))
-    log.debug("%s %s in %.2f s, nmse %s", name, tuple(W0.shape), time.perf_counter() - t0,
-              out.sensitivity[name]["nmse"])
+    sensitivity = layer_sensitivity(W0, result, H, spec.levels, spec.slice_rule)
+    log.debug("%s %s in %.2f s (thread CPU %.2f s), nmse %s", name, tuple(W0.shape), time.perf_counter() - t0,
+              time.thread_time() - c0, sensitivity["nmse"])
+    return result, sensitivity
 
 
 def float_tensors(model, quantized: set[str], dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:

@@ -113,3 +113,23 @@ def test_exhaustive_multi_is_the_float64_minimum(rule):
     best = argmin.exhaustive_multi(T, s, z, ss)
     got = total.gather(1, best[:, None]).squeeze(1)
     assert torch.all(got <= total.min(dim=1).values * (1 + 1e-5) + 1e-12)
+
+
+@pytest.mark.parametrize("rule", ["round", "midpoint"])
+@pytest.mark.parametrize("lams", [(64.0, 1.0, 1.0), (16.0, 1.0, 1.0), (4.0, 1.0, 0.5)])
+def test_narrow_window_equals_exhaustive(lams, rule):
+    """A heavy 8-bit weight and small drifts (as in the per-slice GPTQ loop): columns of 64 rows mostly take the
+    narrow code window, which must find exactly the exhaustive minimum."""
+    bits = (8, 4, 3)
+    ss = argmin.SliceSet.make(bits, lams, (1 / 3,) * 3, rule)
+    g = torch.Generator().manual_seed(5)
+    narrow = 0
+    for col in range(200):
+        s = (torch.rand(64, generator=g) * 0.02 + 0.001).half().float()
+        z = torch.full((64,), 128.0)
+        x = torch.randn(64, generator=g) * s * 40  # inside the grid, as GPTQ's group scales make it
+        T = x[None, :] + torch.randn(3, 64, generator=g) * s * float(col % 5)
+        c8 = grid.rtn_codes(T[0], s, z, 8).to(torch.int64)[:, None]
+        narrow += argmin.narrow_width(T, s, z, ss, c8) is not None
+        assert torch.equal(argmin.windowed_multi(T, s, z, ss), argmin.exhaustive_multi(T, s, z, ss)), col
+    assert narrow > (50 if lams[0] >= 16 else 10)

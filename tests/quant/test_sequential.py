@@ -120,3 +120,35 @@ def test_bad_inputs_fail_before_any_work(tiny_llama_dir):
     with pytest.raises(ValueError, match="unsupported model family"):
         model.config.model_type = "opt"
         quantize_model(model, CALIB, QuantSpec(method="gptq"))
+
+
+def test_result_does_not_depend_on_the_number_of_workers(tiny_llama_dir):
+    spec = QuantSpec(feedback="per-slice", lambdas=((8, 64.0), (4, 1.0), (3, 1.0)), refit=(8, 4, 3), group_size=32)
+    a = quantize_model(_load(tiny_llama_dir), CALIB, spec, batch_size=3, workers=1)
+    b = quantize_model(_load(tiny_llama_dir), CALIB, spec, batch_size=3, workers=3)
+    assert list(a.layers) == list(b.layers) and a.sensitivity == b.sensitivity
+    for name, x in a.layers.items():
+        y = b.layers[name]
+        assert torch.equal(x.qweight, y.qweight) and torch.equal(x.scales, y.scales)
+        assert x.slice_scales.keys() == y.slice_scales.keys()
+        assert all(torch.equal(x.slice_scales[r], y.slice_scales[r]) for r in x.slice_scales)
+
+
+def test_siblings_share_one_hessian_equal_to_their_own(tiny_llama_dir):
+    from matq_compile.arch import arch_of
+    from matq_compile.quant.sequential import _capture, _collect_hessians
+
+    model = _load(tiny_llama_dir)
+    arch = arch_of(model)
+    blocks = model.get_submodule(arch.blocks)
+    names = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj",
+             "mlp.up_proj", "mlp.down_proj")
+    with torch.no_grad():
+        inputs = _capture(model, blocks, arch, CALIB, 3)
+        shared = _collect_hessians(blocks[0], names, inputs.hidden, inputs.args[0])
+        own = {n: _collect_hessians(blocks[0], (n,), inputs.hidden, inputs.args[0])[n] for n in names}
+    assert shared["self_attn.k_proj"] is shared["self_attn.q_proj"] is shared["self_attn.v_proj"]
+    assert shared["mlp.up_proj"] is shared["mlp.gate_proj"]
+    assert shared["self_attn.o_proj"] is not shared["self_attn.q_proj"]
+    for n in names:
+        assert torch.equal(shared[n], own[n]), n
