@@ -5,8 +5,8 @@ same packed arrays as the float kernels' (layout.py), so a build switches mode w
     int8_linear_func(key, isa):  Y[M, N] from X f32[M, K], P, S, Z (the float kernel's signature)
 
 Blocks (K seen as blocks of 32 = 8 lanes x 4 bytes, the tensor intrinsic's operand; lower/int8_intrin.py):
-    "amax"     amax[m, q] = max |X| over group q               "ascale"  sx = amax / 127
-    "xq"       xq[m, kb, i, j] int8 = clip(rint(X * 127 / amax))           (round half to even)
+    "amax"     amax[m, q] = max |X| over group q      "ascale"  sx = amax / 127     "ainv"  127 / amax (or 0)
+    "xq"       xq[kb, m, i, j] int8 = clip(rint(X * ainv))                    (round half to even)
     "xsum"     xsum[m, q] int32 = sum of the group's xq
     "wcode"    wcode[n, kb, i, j] uint8: the r-bit codes of one 32-code block (int8_decode: byte ops per block)
     "igemm"    part[m, n, q, i] int32 = sum_{b, j} wcode * xq                  (tensorized: 8 lanes x 4 bytes)
@@ -61,22 +61,23 @@ def _compute(key: layout.KernelKey, with_epilogue: bool):
     sx = te.compute((M, G), lambda m, q: amax[m, q] / tirx.const(act_quant.QMAX, f32), name="ascale")
     qmax = tirx.const(act_quant.QMAX, f32)
 
-    def quant(m, kb, i, j):
-        k = kb * i64(layout.BLOCK) + i * i64(J) + j
-        a = amax[m, k // g]
-        inv = tirx.Select(a > tirx.const(0, f32), qmax / a, tirx.const(0, f32))
-        v = tirx.nearbyint(X[m, k] * inv)
+    inv = te.compute((M, G), lambda m, q: tirx.Select(amax[m, q] > tirx.const(0, f32), qmax / amax[m, q],
+                                                      tirx.const(0, f32)), name="ainv")
+
+    def quant(kb, m, i, j):
+        v = tirx.nearbyint(X[m, kb * i64(layout.BLOCK) + i * i64(J) + j] * inv[m, kb // NB])
         return tirx.max(tirx.min(v, qmax), -qmax).astype("int8")
 
-    xq = te.compute((M, KB, i64(VEC), i64(J)), quant, name="xq")
+    # block-major: the rows of one 32-code block lie together (a row stride of K bytes put M = 16 rows on one L1 set)
+    xq = te.compute((KB, M, i64(VEC), i64(J)), quant, name="xq")
     xb, xi, xj = (te.reduce_axis((i64(0), e), name=n) for e, n in ((NB, "xb"), (i64(VEC), "xi"), (i64(J), "xj")))
-    xsum = te.compute((M, G), lambda m, q: te.sum(xq[m, q * NB + xb, xi, xj].astype("int32"), axis=[xb, xi, xj]),
+    xsum = te.compute((M, G), lambda m, q: te.sum(xq[q * NB + xb, m, xi, xj].astype("int32"), axis=[xb, xi, xj]),
                       name="xsum")
     W = te.compute((N, KB, i64(VEC), i64(J)), lambda n, kb, i, j: int8_decode.block_code(
         P, n, kb * i64(key.bits), i * i64(J) + j, key.bits), name="wcode")
     b, j = te.reduce_axis((i64(0), NB), name="b"), te.reduce_axis((i64(0), i64(J)), name="j")
     part = te.compute((M, N, G, i64(VEC)), lambda m, n, q, i: te.sum(
-        W[n, q * NB + b, i, j].astype("int32") * xq[m, q * NB + b, i, j].astype("int32"), axis=[b, j]),
+        W[n, q * NB + b, i, j].astype("int32") * xq[q * NB + b, m, i, j].astype("int32"), axis=[b, j]),
         name="igemm")
     li = te.reduce_axis((i64(0), i64(VEC)), name="li")
     if not with_epilogue:
@@ -96,6 +97,7 @@ def _schedule(func: tirx.PrimFunc, key: layout.KernelKey, isa: str, with_epilogu
     """Scheduled from the output block down (compute_at needs every consumer under the loop, reverse_compute_at
     every producer, and the epilogue's activation scales and sums are produced once, at the root)."""
     sch = Schedule(tvm.IRModule({"main": func}))
+    _schedule_activations(sch)
     placed = _schedule_epilogue(sch, key.n_groups) if with_epilogue else []
     out = sch.get_sblock("epilogue" if with_epilogue else "lanesum")
     m, n, *rest = sch.get_loops(out)
@@ -110,6 +112,7 @@ def _schedule(func: tirx.PrimFunc, key: layout.KernelKey, isa: str, with_epilogu
     if with_epilogue and key.n_groups > 1:  # one group: no group loop (the innermost would be the row loop)
         sch.vectorize(sch.get_loops(sch.get_sblock("cscale"))[-1])
     gemm = sch.get_sblock("igemm")
+    sch.transform_layout(gemm, ("write", 0), lambda m, n, q, i: (n, q, m, i))  # a row's lanes together
     sch.reorder_block_iter_var(gemm, [1, 2, 4, 0, 3, 5])  # (n, q, b, m, i, j): compute_at makes loops in this order
     sch.compute_at(gemm, ni)  # loops [q, b, m,] i, j; unit loops are dropped
     has_m = key.m_bucket != 1
@@ -122,6 +125,17 @@ def _schedule(func: tirx.PrimFunc, key: layout.KernelKey, isa: str, with_epilogu
     sch.decompose_reduction(gemm, block_loop if key.group_size > layout.BLOCK else loops[-2 - has_m])
     sch.tensorize(loops[-2], int8_intrin.intrin_for(isa, key.bits))
     return sch.mod["main"]
+
+
+def _schedule_activations(sch) -> None:
+    """Quantization once per call (M x K elements): the block-wide conversion and the group max 8 lanes wide."""
+    xq = sch.get_sblock("xq")
+    sch.vectorize(sch.fuse(*sch.get_loops(xq)[-2:]))  # 32 lanes: X contiguous, one scale per block
+    amax = sch.get_sblock("amax")
+    rf = sch.rfactor(sch.split(sch.get_loops(amax)[-1], [None, VEC])[1], 0)
+    m, q, _, lane = sch.get_loops(rf)  # rfactor keeps the nest: m, q, r/8, lane
+    sch.vectorize(lane)
+    sch.decompose_reduction(rf, q)
 
 
 def _rfactor_lanes(sch, name: str, split: bool):
