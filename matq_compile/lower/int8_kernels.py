@@ -6,7 +6,7 @@ same packed arrays as the float kernels' (layout.py), so a build switches mode w
 
 Blocks (K seen as blocks of 32 = 8 lanes x 4 bytes, the tensor intrinsic's operand; lower/int8_intrin.py):
     "amax"     amax[m, q] = max |X| over group q      "ascale"  sx = amax / 127     "ainv"  127 / amax (or 0)
-    "xq"       xq[kb, m, i, j] int8 = clip(rint(X * ainv))                    (round half to even)
+    "xq"       xq[kb, m, i, j] int8 = clip(rint(X * ainv))     (round half to even; lanes in the decode's order)
     "xsum"     xsum[m, q] int32 = sum of the group's xq
     "wcode"    wcode[n, kb, i, j] uint8: the r-bit codes of one 32-code block (int8_decode: byte ops per block)
     "igemm"    part[m, n, q, i] int32 = sum_{b, j} wcode * xq                  (tensorized: 8 lanes x 4 bytes)
@@ -64,8 +64,9 @@ def _compute(key: layout.KernelKey, with_epilogue: bool):
     inv = te.compute((M, G), lambda m, q: tirx.Select(amax[m, q] > tirx.const(0, f32), qmax / amax[m, q],
                                                       tirx.const(0, f32)), name="ainv")
 
-    def quant(kb, m, i, j):
-        v = tirx.nearbyint(X[m, kb * i64(layout.BLOCK) + i * i64(J) + j] * inv[m, kb // NB])
+    def quant(kb, m, i, j):  # lane i*4+j holds the code order of the decode (int8_decode.lane_code)
+        k = kb * i64(layout.BLOCK) + int8_decode.lane_code(i * i64(J) + j, key.bits)
+        v = tirx.nearbyint(X[m, k] * inv[m, kb // NB])
         return tirx.max(tirx.min(v, qmax), -qmax).astype("int8")
 
     # block-major: the rows of one 32-code block lie together (a row stride of K bytes put M = 16 rows on one L1 set)
@@ -74,7 +75,7 @@ def _compute(key: layout.KernelKey, with_epilogue: bool):
     xsum = te.compute((M, G), lambda m, q: te.sum(xq[q * NB + xb, m, xi, xj].astype("int32"), axis=[xb, xi, xj]),
                       name="xsum")
     W = te.compute((N, KB, i64(VEC), i64(J)), lambda n, kb, i, j: int8_decode.block_code(
-        P, n, kb * i64(key.bits), i * i64(J) + j, key.bits), name="wcode")
+        P, n, kb * i64(key.bits), i, j, key.bits), name="wcode")
     b, j = te.reduce_axis((i64(0), NB), name="b"), te.reduce_axis((i64(0), i64(J)), name="j")
     part = te.compute((M, N, G, i64(VEC)), lambda m, n, q, i: te.sum(
         W[n, q * NB + b, i, j].astype("int32") * xq[q * NB + b, m, i, j].astype("int32"), axis=[b, j]),

@@ -98,14 +98,15 @@ def test_kernel_matches_the_exact_epilogue(bits, group, sym, rule, cpu, rng):
 
 @pytest.mark.parametrize("bits", range(2, 9))
 def test_decode_intrinsic_matches_layout(bits, cpu, rng):
-    """The byte-op decode of a 32-code block (tensorized wcode) equals layout.unpack: codes in natural order."""
+    """The byte-op decode of a 32-code block (tensorized wcode) equals layout.unpack, lane p holding code
+    lane_code(p): every lane order is a permutation of the block."""
     target, dev, isa = cpu
     from matq_compile._tvm import te, i64
 
     key = layout.KernelKey(5, 96, bits, 32, 1)
     P = te.placeholder((i64(5), i64(key.words_per_row)), "uint32", name="P")
     W = te.compute((i64(5), i64(3), i64(8), i64(4)), lambda n, kb, i, j: int8_decode.block_code(
-        P, n, kb * i64(bits), i * i64(4) + j, bits), name="wcode")
+        P, n, kb * i64(bits), i, j, bits), name="wcode")
     sch = tvm_mod.Schedule(tvm_mod.tvm.IRModule({"main": te.create_prim_func([P, W])}))
     block = sch.get_sblock("wcode")
     int8_kernels._read_whole_block(sch, block, bits)
@@ -114,7 +115,9 @@ def test_decode_intrinsic_matches_layout(bits, cpu, rng):
     codes = rng.integers(0, 1 << bits, (5, 96)).astype(np.uint8)
     out = tvm_mod.empty((5, 3, 8, 4), "uint8", dev)
     _build(sch.mod["main"], target)["main"](tvm_mod.tensor(layout.pack(codes, bits), dev), out)
-    np.testing.assert_array_equal(out.numpy().reshape(5, 96), codes)
+    order = [int8_decode.lane_code(p, bits) for p in range(32)]
+    assert sorted(order) == list(range(32))
+    np.testing.assert_array_equal(out.numpy().reshape(5, 3, 32), codes.reshape(5, 3, 32)[:, :, order])
 
 
 @pytest.mark.parametrize("mcpu,isa", [("cascadelake", "vnni"), ("alderlake", "vnni"), ("znver3", "avx2"),
