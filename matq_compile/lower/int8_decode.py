@@ -21,7 +21,7 @@ layout.unpack.
 from __future__ import annotations
 
 from matq_compile import layout
-from matq_compile._tvm import s_tir, tirx
+from matq_compile._tvm import s_tir, tirx  # first: it sizes TVM's thread pool before tvm is imported
 from tvm.script import tirx as T
 
 BLOCK = layout.BLOCK

@@ -14,10 +14,9 @@ Implementations (one 256-bit register per operand):
 """
 from __future__ import annotations
 
-from matq_compile._tvm import s_tir, tirx
+from matq_compile._tvm import s_tir  # first: it sizes TVM's thread pool before tvm is imported
 from tvm.script import tirx as T
 
-LANES = 4 * 8  # bytes per operand: one 256-bit register
 INTRINS = {"vnni": "matq_dot_8x4_u8s8_vnni", "avx2": "matq_dot_8x4_u8s8_avx2",
            "avx2_r8": "matq_dot_8x4_u8s8_avx2_r8"}
 ISAS = ("vnni", "avx2")
@@ -120,4 +119,4 @@ def check_target(spec) -> str:
     return isa
 
 
-__all__ = ["INTRINS", "ISAS", "LANES", "check_target", "intrin_for", "register", "target_isa", "tirx"]
+__all__ = ["INTRINS", "ISAS", "check_target", "intrin_for", "register", "target_isa"]

@@ -17,8 +17,9 @@ Blocks (K seen as blocks of 32 = 8 lanes x 4 bytes, the tensor intrinsic's opera
 
 The float work reads the eight integer lanes of each group (converted exactly while |part| < 2^24, i.e.
 group <= 4096) instead of summing them to one integer first: that lane sum, and the scale and zero applied
-group by group with scalar loads, cost as much as the whole decode-and-dot loop. int8_acc_func swaps the epilogue for that integer lane sum ("lanesum",
-acc[m, n, q] = sum_i part), so tests pin every integer block (quantization, decode, dot) bit-exactly.
+group by group with scalar loads, cost as much as the whole decode-and-dot loop. int8_acc_func swaps the
+epilogue for that integer lane sum ("lanesum", acc[m, n, q] = sum_i part), so tests pin every integer block
+(quantization, decode, dot) bit-exactly.
 
 The schedule is written here (the kernels are hand-scheduled, not tuned): rows in parallel, for each row and
 group the 32-code blocks are decoded once and dotted with every activation row (M > 1 reuses the decoded block),
@@ -60,7 +61,6 @@ def _compute(key: layout.KernelKey, with_epilogue: bool):
     amax = te.compute((M, G), lambda m, q: te.max(tirx.abs(X[m, q * g + r]), axis=r), name="amax")
     sx = te.compute((M, G), lambda m, q: amax[m, q] / tirx.const(act_quant.QMAX, f32), name="ascale")
     qmax = tirx.const(act_quant.QMAX, f32)
-
     inv = te.compute((M, G), lambda m, q: tirx.Select(amax[m, q] > tirx.const(0, f32), qmax / amax[m, q],
                                                       tirx.const(0, f32)), name="ainv")
 
@@ -134,7 +134,7 @@ def _schedule_activations(sch) -> None:
     sch.vectorize(sch.fuse(*sch.get_loops(xq)[-2:]))  # 32 lanes: X contiguous, one scale per block
     amax = sch.get_sblock("amax")
     rf = sch.rfactor(sch.split(sch.get_loops(amax)[-1], [None, VEC])[1], 0)
-    m, q, _, lane = sch.get_loops(rf)  # rfactor keeps the nest: m, q, r/8, lane
+    _, q, _, lane = sch.get_loops(rf)  # rfactor keeps the nest: m, q, r/8, lane
     sch.vectorize(lane)
     sch.decompose_reduction(rf, q)
 

@@ -100,8 +100,8 @@ def test_kernel_matches_the_exact_epilogue(bits, group, sym, rule, cpu, rng):
 def test_decode_intrinsic_matches_layout(bits, cpu, rng):
     """The byte-op decode of a 32-code block (tensorized wcode) equals layout.unpack, lane p holding code
     lane_code(p): every lane order is a permutation of the block."""
-    target, dev, isa = cpu
-    from matq_compile._tvm import te, i64
+    target, dev, _ = cpu
+    from matq_compile._tvm import i64, te
 
     key = layout.KernelKey(5, 96, bits, 32, 1)
     P = te.placeholder((i64(5), i64(key.words_per_row)), "uint32", name="P")
