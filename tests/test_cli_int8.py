@@ -58,3 +58,11 @@ def test_int8_is_refused_for_targets_without_a_byte_dot_product(ckpt, tmp_path, 
 def test_act_flag_rejects_other_modes(ckpt, tmp_path):  # noqa: F811
     res = matq("compile", "--checkpoint", str(ckpt), "--bits", "4", "--out", str(tmp_path / "o"), "--act", "int4")
     assert res.returncode == 2 and "invalid choice" in res.stderr
+
+
+def test_int8_is_refused_for_switchable_builds(ckpt, tmp_path):  # noqa: F811
+    """A switchable build's kernels read the parent's nested planes, which the int8 kernels do not decode."""
+    res = matq("compile", "--checkpoint", str(ckpt), "--switchable", "--bits", "2,4", "--target", "host",
+               "--out", str(tmp_path / "o"), "--allow-untuned", "--act", "int8")
+    assert res.returncode == 2 and "not available for switchable builds" in res.stderr, res.stderr
+    assert not (tmp_path / "o").exists()
