@@ -2,6 +2,7 @@
 
     flock /tmp/matq_cpu.lock python benchmarks/kernels_bench.py            # full table + reuse study
     python benchmarks/kernels_bench.py --shapes 576x576 --bits 4 --no-reuse  # quick look
+    python benchmarks/kernels_bench.py --act float,int8 --no-reuse            # both activation modes
 
 Writes benchmarks/results/kernels_<target>.json and prints the table. matq kernels are cache-cold (weights
 flushed before each call). Every anchor runs in its own process (benchmarks/kernel_anchors.py: ORT MatMulNBits
@@ -62,19 +63,25 @@ def reuse_study(spec, db_dir: Path, shape: tuple[int, int], trials: int, bits_li
 ORT_BITS = (2, 4, 8)  # the widths MatMulNBits has kernels for
 
 
-def main_rows(spec, db_dir: Path, shapes, ms, bits_list, bw: float, rounds: int) -> tuple[list[dict], dict]:
-    """Per (shape, M): `rounds` interleaved rounds of our kernels and every anchor; medians over rounds."""
+ACT_NAMES = {"float": "float32", "int8": "int8"}  # --act value -> the rows' "act"
+
+
+def main_rows(spec, db_dir: Path, shapes, ms, bits_list, bw: float, rounds: int,
+              acts: tuple[str, ...] = ("float",)) -> tuple[list[dict], dict]:
+    """Per (shape, M): `rounds` interleaved rounds of our kernels (each activation mode) and every anchor;
+    medians over rounds."""
     rows, anchors = [], {}
     for N, K in shapes:
         for M in ms:
             keys = [layout.KernelKey(N, K, b, 64, M) for b in bits_list]
-            ours: dict = {k: [] for k in keys}
+            ours: dict = {(k, a): [] for a in acts for k in keys}
             ort = {(b, acc): [] for b in ORT_BITS if b in bits_list for acc in (4, 0)}
             ref = []
             for _ in range(rounds):
-                table = bench.measure(keys, spec, db_dir)
-                for k in keys:
-                    ours[k].append(table.entries[k])
+                for a in acts:
+                    table = bench.measure(keys, spec, db_dir, act=a)
+                    for k in keys:
+                        ours[(k, a)].append(table.entries[k])
                 for (b, acc), vals in ort.items():
                     res = anchor("ort", n=N, k=K, m=M, bits=b, accuracy_level=acc)
                     vals.append(res["median_s"])
@@ -83,11 +90,11 @@ def main_rows(spec, db_dir: Path, shapes, ms, bits_list, bw: float, rounds: int)
                 ref.append(res["median_s"])
                 anchors.setdefault("torch_fp32", res.get("config"))
             t_ref = _median_of(ref)
-            for key in keys:
-                med = _median_of(ours[key])
+            for key, a in ours:
+                med = _median_of(ours[(key, a)])
                 gbps = bench.traffic_bytes(key, M) / med / 1e9
                 acc4, acc0 = (_median_of(ort.get((key.bits, acc), [])) for acc in (4, 0))
-                rows.append({"N": N, "K": K, "M": M, "bits": key.bits, "act": key.dtype, "median_s": med,
+                rows.append({"N": N, "K": K, "M": M, "bits": key.bits, "act": ACT_NAMES[a], "median_s": med,
                              "gbps": gbps, "frac_stream_bw": gbps / bw, "torch_fp32_s": t_ref,
                              "speedup_vs_torch_fp32": t_ref / med, "ort_acc4_s": acc4, "ort_acc0_s": acc0,
                              "speedup_vs_ort_acc4": None if acc4 is None else acc4 / med})
@@ -97,7 +104,7 @@ def main_rows(spec, db_dir: Path, shapes, ms, bits_list, bw: float, rounds: int)
 
 def _fmt(r: dict) -> str:
     ort = "   n/a" if r["speedup_vs_ort_acc4"] is None else f"{r['speedup_vs_ort_acc4']:6.2f}"
-    return (f"{r['N']:>5}x{r['K']:<5} M={r['M']:<3} r={r['bits']} {r['median_s'] * 1e6:9.1f} us "
+    return (f"{r['N']:>5}x{r['K']:<5} M={r['M']:<3} r={r['bits']} {r['act']:>7} {r['median_s'] * 1e6:9.1f} us "
             f"{r['gbps']:6.2f} GB/s {r['frac_stream_bw']:5.2f} x{r['speedup_vs_torch_fp32']:6.2f} torch x{ort} acc4")
 
 
@@ -108,6 +115,7 @@ def parse_args(argv=None):
     p.add_argument("--shapes", default="576x576,1536x576,4096x4096,11008x4096")
     p.add_argument("--m", default="1,16")
     p.add_argument("--bits", default="2,3,4,6,8")
+    p.add_argument("--act", default="float", help="activation modes, comma list of float, int8")
     p.add_argument("--no-reuse", action="store_true", help="skip the reuse-vs-dedicated study (it tunes)")
     p.add_argument("--reuse-shape", default="4096x4096")
     p.add_argument("--reuse-trials", type=int, default=16)
@@ -125,7 +133,11 @@ def main(argv=None) -> int:
     stream = anchor("stream")
     bw = stream["gbps"]
     print(f"stream read: {bw:.2f} GB/s", flush=True)
-    rows, anchors = main_rows(spec, db_dir, shapes, [int(m) for m in args.m.split(",")], bits_list, bw, args.rounds)
+    acts = tuple(args.act.split(","))
+    if set(acts) - set(ACT_NAMES):
+        raise SystemExit(f"--act takes a comma list of {', '.join(ACT_NAMES)}, got {args.act!r}")
+    rows, anchors = main_rows(spec, db_dir, shapes, [int(m) for m in args.m.split(",")], bits_list, bw, args.rounds,
+                              acts)
     anchors["stream"] = stream["config"]
     reuse = {} if args.no_reuse else reuse_study(spec, db_dir, tuple(int(v) for v in args.reuse_shape.split("x")),
                                                  args.reuse_trials, [b for b in (2, 3, 5, 6, 8)])

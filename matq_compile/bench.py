@@ -75,11 +75,12 @@ def traffic_bytes(key: layout.KernelKey, m: int) -> int:
 
 
 def measure(keys: list[layout.KernelKey], spec, db_dir: str | Path, repeat: int = 50, fallback: bool = False,
-            runner: str = "local", rpc=None) -> LatencyTable:
+            runner: str = "local", rpc=None, act: str = "float") -> LatencyTable:
     """Median cold-cache latency of each (static-M) key, scheduled from db_dir, timed where `runner` says
     (remote.open_session: this machine's CPU or GPU, or an RPC server); the table names the device that timed it.
 
-    fallback: kernels without records (or no database at all) get the target's default schedule."""
+    fallback: kernels without records (or no database at all) get the target's default schedule; act "int8": the
+    int8-activation kernels (hand-scheduled, no database)."""
     from matq_compile import remote
     from matq_compile._tvm import TVM_VERSION
     from matq_compile.tune import database_hash
@@ -93,7 +94,7 @@ def measure(keys: list[layout.KernelKey], spec, db_dir: str | Path, repeat: int 
     log.info("timing %d kernels on %s", len(keys), session.device_name)
     entries, stats = {}, {}
     for key in progress(keys, desc="bench"):
-        mod = session.load(build_kernel(key, spec, db_dir, fallback))
+        mod = session.load(build_kernel(key, spec, db_dir, fallback, act))
         t = session.time(mod, "main", random_args(key, key.m_bucket), repeat)
         entries[key] = float(np.median(t))
         stats[key] = {"min_s": float(t.min()), "gbps": traffic_bytes(key, key.m_bucket) / entries[key] / 1e9}
@@ -101,13 +102,20 @@ def measure(keys: list[layout.KernelKey], spec, db_dir: str | Path, repeat: int 
     return LatencyTable(spec.name, TVM_VERSION, database_hash(db_dir), entries, stats, session.device_name)
 
 
-def build_kernel(key: layout.KernelKey, spec, db_dir: str | Path, fallback: bool = False):
+def build_kernel(key: layout.KernelKey, spec, db_dir: str | Path, fallback: bool = False, act: str = "float"):
     """The compiled kernel of `key` (symbol "main") for `spec`, scheduled from db_dir; with fallback, a missing
-    record or a missing database means the target's default schedule."""
+    record or a missing database means the target's default schedule. act "int8": the int8-activation kernel."""
     from matq_compile import schedules
     from matq_compile._tvm import tvm
     from matq_compile.lower.kernels import linear_func
     from matq_compile.tune import TARGET_FILE, apply_database
+
+    if act == "int8":
+        from matq_compile.lower.int8_intrin import check_target
+        from matq_compile.lower.int8_kernels import int8_linear_func
+
+        func = int8_linear_func(key, check_target(spec), "main")
+        return tvm.compile(tvm.IRModule({"main": func}), target=spec.to_tvm())
 
     func = linear_func(key, "main", gpu=spec.is_gpu)
     if fallback and not (Path(db_dir) / TARGET_FILE).exists():

@@ -45,6 +45,7 @@ class CompileOptions:
     fuse_siblings: bool = True  # one kernel for q/k/v and one for gate/up where their slices agree
     embed_dtype: str = "float32"  # the embedding table as stored and read: float32 (exact), float16, int8 rows
     switch_widths: tuple[int, ...] | None = None  # a switchable build serving these widths (no --bits / --plan)
+    act: str = "float"  # quantized linears' activations: float (exact) or int8 (per group; x86 AVX2/VNNI targets)
 
 
 def resolve_bits(ckpt, bits: int | None, plan_path: str | Path | None) -> tuple[dict[str, int], dict[str, Any]]:
@@ -178,7 +179,7 @@ def _llm_manifest(ckpt, ckpt_dir: Path, plan_info: dict, layer_bits: dict, spec,
         "tvm_version": TVM_VERSION, "tvm_ffi_version": tvm_ffi.__version__,
         "database": None if db is None else {"path": str(db), "hash": database_hash(db)},
         "allow_untuned": opts.allow_untuned, "head_dtype": opts.head_dtype, "embed_dtype": opts.embed_dtype,
-        "modules": module_kinds(ex.mod), "model": cfg.to_dict(), "chunk": CHUNK,
+        "act": opts.act, "modules": module_kinds(ex.mod), "model": cfg.to_dict(), "chunk": CHUNK,
         "eos_token_ids": _eos_ids(ckpt_dir, hf),
         "params": [{"name": n, "shape": list(a.shape), "dtype": str(a.dtype)} for n, a in arrays.items()],
         "files": {LIB_NAME: sha256_file(tmp / LIB_NAME), WEIGHTS_NAME: sha256_file(tmp / WEIGHTS_NAME)},
@@ -193,7 +194,7 @@ def compile_model(ckpt_dir: str | Path, out_dir: str | Path, bits: int | None = 
     from matq_compile import targets
     from matq_compile.ckpt import load_checkpoint
     from matq_compile.lower.frontend import LlamaConfig, build_llama
-    from matq_compile.lower.pipeline import PipelineOptions, compile_module
+    from matq_compile.lower.pipeline import PipelineOptions, compile_module, int8_isa
 
     ckpt_dir, out_dir = Path(ckpt_dir), Path(out_dir)
     _check_out_dir(out_dir, ckpt_dir)
@@ -213,6 +214,9 @@ def compile_model(ckpt_dir: str | Path, out_dir: str | Path, bits: int | None = 
     if switch is not None and spec.is_gpu:
         raise ValueError(f"switchable builds run on CPU targets; {spec.name} is a GPU target (compile one build per "
                          f"width there)")
+    int8_isa(spec, opts.act)  # refuse an int8-activation build for a target without a byte dot product, now
+    if switch is not None and opts.act != "float":
+        raise ValueError("--act int8 is not available for switchable builds (their kernels read nested planes)")
     db = _db_dir(spec, opts)
     cfg = LlamaConfig.from_hf(hf, opts.max_seq_len)
     mod, _ = build_llama(cfg, chunk=CHUNK, gpu=spec.is_gpu)
@@ -220,7 +224,7 @@ def compile_model(ckpt_dir: str | Path, out_dir: str | Path, bits: int | None = 
     log.info("compiling %d quantized linears for %s (bits %s)", len(slices), spec.name,
              sorted(set(layer_bits.values())))
     popts = PipelineOptions(opts.head_dtype, opts.allow_untuned, opts.dump_dir, opts.fuse_siblings, opts.embed_dtype,
-                            switch)
+                            switch, opts.act)
     ex, params, param_map = compile_module(mod, slices, spec, db, popts)
     cuda_src = cuda_source(ex) if spec.is_gpu else None
     arrays = param_arrays(params, param_map, CheckpointWeights(ckpt))
@@ -266,6 +270,8 @@ def compile_onnx(onnx_path: str | Path, out_dir: str | Path, bits: int,
         raise FileNotFoundError(f"ONNX model not found: {onnx_path}")
     _check_out_dir(out_dir, onnx_path.parent)
     b = check_bits(bits)
+    if opts.act != "float":
+        raise ValueError("--act int8 applies to checkpoint builds; an ONNX build keeps float activations")
     try:
         model = onnx.load(str(onnx_path))
         onnx.checker.check_model(model)

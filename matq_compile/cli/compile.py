@@ -34,6 +34,10 @@ def register(subparsers) -> None:
     p.add_argument("--embed-dtype", choices=("float32", "float16", "int8"), default="float32",
                    help="token-embedding table as stored: float32 (exact), float16, int8 (per-row symmetric; a tied "
                         "int8 head shares it)")
+    p.add_argument("--act", choices=("float", "int8"), default="float",
+                   help="activations of the quantized linears: float (default; exact, the model as evaluated) or "
+                        "int8 (quantized per weight group, integer dot products; x86 CPU targets with AVX2, "
+                        "AVX-VNNI or AVX512-VNNI)")
     p.add_argument("--max-seq-len", type=int, default=1024, help="static KV-cache length (multiple of 16)")
     p.add_argument("--no-fuse-siblings", action="store_true",
                    help="keep q/k/v and gate/up as separate kernels (default: one kernel per set where the plan "
@@ -57,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
                           allow_untuned=args.allow_untuned, head_dtype=args.head_dtype,
                           max_seq_len=args.max_seq_len, dump_dir=None if args.dump_ir is None else str(args.dump_ir),
                           fuse_siblings=not args.no_fuse_siblings, embed_dtype=args.embed_dtype,
-                          switch_widths=widths)
+                          switch_widths=widths, act=args.act)
     if args.onnx is not None:
         if bits is None or widths is not None:
             raise ValueError("--onnx takes one uniform --bits (a plan names checkpoint layers)")

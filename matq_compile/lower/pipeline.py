@@ -30,7 +30,9 @@ class PipelineOptions:
     """head_dtype: weight dtype of the CPU LM-head kernel; allow_untuned: default schedules (logged) on DB
     misses; dump_dir: write each phase's IR there; fuse_siblings: one kernel for q/k/v and one for gate/up where
     their slices agree; embed_dtype: the embedding table's stored dtype (a tied head of the same dtype shares it);
-    switch: compile every width of a switchable build, chosen per call (lower_matq_linear)."""
+    switch: compile every width of a switchable build, chosen per call (lower_matq_linear);
+    act: "float" (exact float activations) or "int8" (activations quantized per group, integer dot products;
+    x86 CPU targets with AVX2 or VNNI only, lower/int8_intrin.check_target)."""
 
     head_dtype: str = "float32"
     allow_untuned: bool = False
@@ -38,6 +40,21 @@ class PipelineOptions:
     fuse_siblings: bool = True
     embed_dtype: str = "float32"
     switch: SwitchSpec | None = None  # a switchable build (kernel_units.SwitchSpec); the slices' bits are ignored
+    act: str = "float"
+
+
+ACT_MODES = ("float", "int8")
+
+
+def int8_isa(spec, act: str) -> str | None:
+    """The ISA of an int8-activation build (ValueError where the target has none), None for float."""
+    if act not in ACT_MODES:
+        raise ValueError(f"act must be one of {ACT_MODES}, got {act!r}")
+    if act == "float":
+        return None
+    from matq_compile.lower.int8_intrin import check_target
+
+    return check_target(spec)
 
 
 Lowering = Mapping[str, LinearSlice] | list[tvm.transform.Pass]
@@ -53,7 +70,8 @@ def phases(lowering: Lowering, spec, db_dir: str | Path | None, opts: PipelineOp
     else:
         sw = opts.switch
         units = kernel_units(lowering, opts.fuse_siblings) if sw is None else sw.units(lowering, opts.fuse_siblings)
-        first = [fuse_sibling_linears(units, params), lower_matq_linear(units, spec.is_gpu, params, sw)]
+        first = [fuse_sibling_linears(units, params), lower_matq_linear(units, spec.is_gpu, params, sw,
+                                                                 int8_isa(spec, opts.act))]
     return [
         ("lower-linears", first),
         ("lower-head", [lower_embedding(opts.embed_dtype, params)]

@@ -13,9 +13,13 @@ and `<unit>.S{r}`, `<unit>.Z{r}` for every width r of the build; every entry fun
 its activations, `bits: Shape[b_0, ..., b_{U-1}]` (the width of each unit, in unit order), and each linear calls
 its shape's switch kernel (lower/kernels.switch_func) with its unit's b_u, which calls that width's bit-slice
 kernel. The per-width kernels are functions of the module like any other (tuned from the database).
+
+With `int8_isa` (an int8-activation build, lower/int8_kernels.py) every kernel that has an int8-activation form
+gets it, with the same arguments; the others keep the float kernel (logged).
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 
 from matq_compile import layout
@@ -26,6 +30,7 @@ from matq_compile.lower.params import NestedPlanes, PackedPart, ParamMap
 from matq_compile.lower.passes._rewrite import linear_operands, rewrite_relax_functions
 from tvm import relax
 
+log = logging.getLogger(__name__)
 
 def packed_names(layer: str, sl: LinearSlice) -> list[str]:
     return [f"{layer}.{suffix}" for suffix, _, _ in sl.arg_types()]
@@ -38,9 +43,9 @@ def _m_bucket(m: tirx.PrimExpr) -> int | None:
 @relax.expr_functor.mutator
 class _Rewriter(relax.PyExprMutator):
     def __init__(self, mod: tvm.IRModule, units: Sequence[KernelUnit], gpu: bool, params: ParamMap,
-                 switch: SwitchSpec | None = None) -> None:
+                 switch: SwitchSpec | None = None, int8_isa: str | None = None) -> None:
         super().__init__(mod)
-        self.switch = switch
+        self.switch, self.int8_isa = switch, int8_isa
         self.order = [u.name for u in units]
         self.unit_bits: dict[str, tirx.Var] = {}  # unit -> its width in the function being rewritten (switch)
         self.units = {u.name: u for u in units}
@@ -51,6 +56,17 @@ class _Rewriter(relax.PyExprMutator):
         self.rewritten: set[str] = set()
 
     def _kernel(self, key: layout.KernelKey) -> tvm.ir.GlobalVar:
+        if self.int8_isa is not None:
+            from matq_compile.lower import int8_kernels
+
+            if int8_kernels.supports(key):
+                name = int8_kernels.kernel_name(key)
+                if name not in self.kernels:
+                    func = int8_kernels.int8_linear_func(key, self.int8_isa, name)
+                    self.kernels[name] = self.builder_.add_func(func, name)
+                return self.kernels[name]
+            log.warning("%s: no int8-activation kernel (group %d, %s); float activations", key.name,
+                        key.group_size, key.dtype)
         if key.name not in self.kernels:
             self.kernels[key.name] = self.builder_.add_func(linear_func(key, gpu=self.gpu), key.name)
         return self.kernels[key.name]
@@ -128,16 +144,18 @@ class _Rewriter(relax.PyExprMutator):
 
 
 def lower_matq_linear(units: Sequence[KernelUnit] | Mapping[str, LinearSlice], gpu: bool = False,
-                      params: ParamMap | None = None, switch: SwitchSpec | None = None) -> tvm.transform.Pass:
+                      params: ParamMap | None = None, switch: SwitchSpec | None = None,
+                      int8_isa: str | None = None) -> tvm.transform.Pass:
     """Module pass; every unit (or, given {layer: slice}, every layer) must be found in at least one function
     (else ValueError); the packed parameters are recorded in `params`. gpu: the kernels' GPU form; switch: a
-    switchable build's units (their slices carry the nested layout)."""
+    switchable build's units (their slices carry the nested layout); int8_isa: int8-activation kernels for that ISA
+    (lower/int8_intrin.check_target; not with switch)."""
     units = kernel_units(units, fuse_siblings=False) if isinstance(units, Mapping) else list(units)
     params = ParamMap() if params is None else params
 
     @tvm.transform.module_pass(opt_level=0, name="LowerMatqLinear")
     def _pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        rw = _Rewriter(mod, units, gpu, params, switch)
+        rw = _Rewriter(mod, units, gpu, params, switch, int8_isa)
         new = rewrite_relax_functions(mod, rw.builder_, rw.rewrite)
         missing = sorted(set(rw.slices) - rw.rewritten)
         if missing:

@@ -1,0 +1,122 @@
+"""x86 byte dot-product tensor intrinsics of the int8-activation kernels, and which one a target gets.
+
+One description for every ISA: eight int32 lanes, each adding a 4-byte dot product of unsigned weight codes and
+signed int8 activations (the operand signs of vpdpbusd / vpmaddubsw, weights in the unsigned slot):
+
+    C[i] += sum_j A[i, j] * B[i, j]      A uint8 [8, 4] (codes), B int8 [8, 4] (activations), C int32 [8]
+
+Implementations (one 256-bit register per operand):
+    vnni       vpdpbusd (AVX-VNNI, or AVX512-VNNI with AVX512-VL): exact for any codes
+    avx2       vpmaddubsw + vpmaddwd(1): the int16 pair sums saturate above 32767; |B| <= 127, so exact for codes
+               <= 127 (r <= 7)
+    avx2_r8    r = 8 on AVX2: codes split into their low 7 bits and the top bit (each pair sum <= 2*128*127),
+               two vpmaddubsw + two vpmaddwd, exact
+"""
+from __future__ import annotations
+
+from matq_compile._tvm import s_tir  # first: it sizes TVM's thread pool before tvm is imported
+from tvm.script import tirx as T
+
+INTRINS = {"vnni": "matq_dot_8x4_u8s8_vnni", "avx2": "matq_dot_8x4_u8s8_avx2",
+           "avx2_r8": "matq_dot_8x4_u8s8_avx2_r8"}
+ISAS = ("vnni", "avx2")
+
+
+@T.prim_func(s_tir=True)
+def _desc(A: T.Buffer((8, 4), "uint8", offset_factor=1), B: T.Buffer((8, 4), "int8", offset_factor=1),
+          C: T.Buffer((8,), "int32", offset_factor=1)) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:8], A[0:8, 0:4], B[0:8, 0:4])
+        T.writes(C[0:8])
+        for i, j in T.grid(8, 4):
+            with T.sblock("update"):
+                vi, vj = T.axis.remap("SR", [i, j])
+                C[vi] = C[vi] + T.Cast("int32", A[vi, vj]) * T.Cast("int32", B[vi, vj])
+
+
+@T.prim_func(s_tir=True)
+def _vnni(A: T.Buffer((8, 4), "uint8", offset_factor=1), B: T.Buffer((8, 4), "int8", offset_factor=1),
+          C: T.Buffer((8,), "int32", offset_factor=1)) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:8], A[0:8, 0:4], B[0:8, 0:4])
+        T.writes(C[0:8])
+        C[T.ramp(T.int32(0), 1, 8)] = T.call_llvm_pure_intrin(  # LLVM 22: byte-vector operands
+            "int32x8", "llvm.x86.avx512.vpdpbusd.256", C.vload([0], "int32x8"),
+            T.reinterpret("int8x32", A.vload([0, 0], "uint8x32")), B.vload([0, 0], "int8x32"))
+
+
+def _madd(a, b):
+    """vpmaddubsw(a u8, b s8) -> int16 pair sums, then vpmaddwd with ones -> int32 lanes."""
+    pairs = T.call_llvm_pure_intrin("int16x16", "llvm.x86.avx2.pmadd.ub.sw", a, b)
+    return T.call_llvm_pure_intrin("int32x8", "llvm.x86.avx2.pmadd.wd", pairs, T.broadcast(T.int16(1), 16))
+
+
+@T.prim_func(s_tir=True)
+def _avx2(A: T.Buffer((8, 4), "uint8", offset_factor=1), B: T.Buffer((8, 4), "int8", offset_factor=1),
+          C: T.Buffer((8,), "int32", offset_factor=1)) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:8], A[0:8, 0:4], B[0:8, 0:4])
+        T.writes(C[0:8])
+        C[T.ramp(T.int32(0), 1, 8)] = C.vload([0], "int32x8") + _madd(
+            T.reinterpret("int8x32", A.vload([0, 0], "uint8x32")), B.vload([0, 0], "int8x32"))
+
+
+@T.prim_func(s_tir=True)
+def _avx2_r8(A: T.Buffer((8, 4), "uint8", offset_factor=1), B: T.Buffer((8, 4), "int8", offset_factor=1),
+             C: T.Buffer((8,), "int32", offset_factor=1)) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:8], A[0:8, 0:4], B[0:8, 0:4])
+        T.writes(C[0:8])
+        a = A.vload([0, 0], "uint8x32")
+        b = B.vload([0, 0], "int8x32")
+        lo = T.reinterpret("int8x32", a & T.broadcast(T.uint8(127), 32))
+        hi = T.reinterpret("int8x32", a & T.broadcast(T.uint8(128), 32))
+        C[T.ramp(T.int32(0), 1, 8)] = C.vload([0], "int32x8") + _madd(lo, b) + _madd(hi, b)
+
+
+_IMPLS = {"vnni": _vnni, "avx2": _avx2, "avx2_r8": _avx2_r8}
+_registered = False
+
+
+def register() -> None:
+    """Register the intrinsics with TVM once per process."""
+    global _registered
+    if not _registered:
+        for kind, name in INTRINS.items():
+            s_tir.TensorIntrin.register(name, _desc, _IMPLS[kind], override=True)
+        _registered = True
+
+
+def intrin_for(isa: str, bits: int) -> str:
+    """The intrinsic name a kernel of `bits` uses on `isa` ("vnni" or "avx2")."""
+    if isa not in ISAS:
+        raise ValueError(f"unknown int8 ISA {isa!r}; expected one of {ISAS}")
+    register()
+    return INTRINS["avx2_r8" if isa == "avx2" and bits == 8 else isa]
+
+
+def target_isa(target) -> str | None:
+    """The int8 dot-product ISA of a TVM llvm target: "vnni", "avx2", or None (no byte dot product: refuse)."""
+    from tvm.target import codegen
+
+    if target.kind.name != "llvm":
+        return None
+    with target:
+        has = {f: bool(codegen.target_has_features(f, target))
+               for f in ("avx2", "avxvnni", "avx512vnni", "avx512vl")}
+    if has["avxvnni"] or (has["avx512vnni"] and has["avx512vl"]):
+        return "vnni"
+    return "avx2" if has["avx2"] else None
+
+
+def check_target(spec) -> str:
+    """The ISA `spec` runs int8-activation kernels with; ValueError (one line) where it has none."""
+    isa = None if spec.is_gpu else target_isa(spec.to_tvm())
+    if isa is None:
+        where = "a CUDA target" if spec.is_gpu else f"target {spec.name} ({spec.target.get('mcpu', 'generic')})"
+        raise ValueError(f"--act int8 needs an x86 CPU target with AVX2 (vpmaddubsw) or AVX-VNNI/AVX512-VNNI "
+                         f"(vpdpbusd); {where} has neither; use --act float")
+    return isa
+
+
+__all__ = ["INTRINS", "ISAS", "check_target", "intrin_for", "register", "target_isa"]

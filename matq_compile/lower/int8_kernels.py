@@ -1,0 +1,198 @@
+"""int8-activation bit-slice kernels (x86 CPU): activations quantized per group, integer dot products, float
+epilogue once per group. Mirrors matq_compile/act_quant.py (pinned bit-exactly by tests); the weights are the
+same packed arrays as the float kernels' (layout.py), so a build switches mode without repacking.
+
+    int8_linear_func(key, isa):  Y[M, N] from X f32[M, K], P, S, Z (the float kernel's signature)
+
+Blocks (K seen as blocks of 32 = 8 lanes x 4 bytes, the tensor intrinsic's operand; lower/int8_intrin.py):
+    "amax"     amax[m, q] = max |X| over group q      "ascale"  sx = amax / 127     "ainv"  127 / amax (or 0)
+    "xq"       xq[kb, m, i, j] int8 = clip(rint(X * ainv))     (round half to even; lanes in the decode's order)
+    "xsum"     xsum[m, q] int32 = sum of the group's xq
+    "wcode"    wcode[n, kb, i, j] uint8: the r-bit codes of one 32-code block (int8_decode: byte ops per block)
+    "igemm"    part[m, n, q, i] int32 = sum_{b, j} wcode * xq                  (tensorized: 8 lanes x 4 bytes)
+    "cscale"   cs[m, n, q] = sx * S                                            float32 from here on
+    "fdot"     sum_{q, i} cs * part                                            8 float lanes, one FMA per group
+    "zterm"    sum_q cs * Z * xsum                                             vectorised over groups
+    "epilogue" Y = fdot - zterm
+
+The float work reads the eight integer lanes of each group (converted exactly while |part| < 2^24, i.e.
+group <= 4096) instead of summing them to one integer first: that lane sum, and the scale and zero applied
+group by group with scalar loads, cost as much as the whole decode-and-dot loop. int8_acc_func swaps the
+epilogue for that integer lane sum ("lanesum", acc[m, n, q] = sum_i part), so tests pin every integer block
+(quantization, decode, dot) bit-exactly.
+
+The schedule is written here (the kernels are hand-scheduled, not tuned): rows in parallel, for each row and
+group the 32-code blocks are decoded once and dotted with every activation row (M > 1 reuses the decoded block),
+then the epilogue folds the row's groups into 8 float lanes.
+"""
+from __future__ import annotations
+
+from matq_compile import act_quant, layout
+from matq_compile._tvm import Schedule, i64, te, tirx, tvm
+from matq_compile.lower import int8_decode, int8_intrin
+from matq_compile.lower.kernels import _weights, hand_scheduled
+
+INT8_ATTR = "matq.int8_kernel"  # on every int8-activation kernel: its name (KEY_ATTR stays off: no database)
+VEC, J = 8, 4  # int32 lanes x bytes per lane of one intrinsic call
+ROWS_PER_TASK = 8  # output rows per parallel task
+
+
+def supports(key: layout.KernelKey) -> bool:
+    """Whether `key` has an int8-activation kernel: float32 activations, groups of whole 32-code blocks, the dense
+    slice layout (not a switchable build's nested planes)."""
+    return key.dtype == "float32" and key.group_size % layout.BLOCK == 0 and not key.nested
+
+
+def kernel_name(key: layout.KernelKey) -> str:
+    return f"{key.name}_a8"
+
+
+def _compute(key: layout.KernelKey, with_epilogue: bool):
+    if not supports(key):
+        raise ValueError(f"{key.name}: int8 activations need float32 inputs and a group size that is a multiple "
+                         f"of {layout.BLOCK}")
+    M = i64(key.m_bucket) if key.m_bucket is not None else tirx.Var("m", "int64")
+    N, K, G, g = i64(key.N), i64(key.K), i64(key.n_groups), i64(key.group_size)
+    KB, NB = i64(key.K // layout.BLOCK), i64(key.group_size // layout.BLOCK)
+    f32 = "float32"
+    X = te.placeholder((M, K), f32, name="X")
+    P, S, Z = _weights(key)
+    r = te.reduce_axis((i64(0), g), name="r")
+    amax = te.compute((M, G), lambda m, q: te.max(tirx.abs(X[m, q * g + r]), axis=r), name="amax")
+    sx = te.compute((M, G), lambda m, q: amax[m, q] / tirx.const(act_quant.QMAX, f32), name="ascale")
+    qmax = tirx.const(act_quant.QMAX, f32)
+    inv = te.compute((M, G), lambda m, q: tirx.Select(amax[m, q] > tirx.const(0, f32), qmax / amax[m, q],
+                                                      tirx.const(0, f32)), name="ainv")
+
+    def quant(kb, m, i, j):  # lane i*4+j holds the code order of the decode (int8_decode.lane_code)
+        k = kb * i64(layout.BLOCK) + int8_decode.lane_code(i * i64(J) + j, key.bits)
+        v = tirx.nearbyint(X[m, k] * inv[m, kb // NB])
+        return tirx.max(tirx.min(v, qmax), -qmax).astype("int8")
+
+    # block-major: the rows of one 32-code block lie together (a row stride of K bytes put M = 16 rows on one L1 set)
+    xq = te.compute((KB, M, i64(VEC), i64(J)), quant, name="xq")
+    xb, xi, xj = (te.reduce_axis((i64(0), e), name=n) for e, n in ((NB, "xb"), (i64(VEC), "xi"), (i64(J), "xj")))
+    xsum = te.compute((M, G), lambda m, q: te.sum(xq[q * NB + xb, m, xi, xj].astype("int32"), axis=[xb, xi, xj]),
+                      name="xsum")
+    W = te.compute((N, KB, i64(VEC), i64(J)), lambda n, kb, i, j: int8_decode.block_code(
+        P, n, kb * i64(key.bits), i, j, key.bits), name="wcode")
+    b, j = te.reduce_axis((i64(0), NB), name="b"), te.reduce_axis((i64(0), i64(J)), name="j")
+    part = te.compute((M, N, G, i64(VEC)), lambda m, n, q, i: te.sum(
+        W[n, q * NB + b, i, j].astype("int32") * xq[q * NB + b, m, i, j].astype("int32"), axis=[b, j]),
+        name="igemm")
+    li = te.reduce_axis((i64(0), i64(VEC)), name="li")
+    if not with_epilogue:
+        return [X, P, te.compute((M, N, G), lambda m, n, q: te.sum(part[m, n, q, li], axis=li), name="lanesum")]
+    cs = te.compute((M, N, G), lambda m, n, q: sx[m, q] * S[n, q].astype(f32), name="cscale")
+    q = te.reduce_axis((i64(0), G), name="q")
+    dot = te.compute((M, N), lambda m, n: te.sum(cs[m, n, q] * part[m, n, q, li].astype(f32), axis=[q, li]),
+                     name="fdot")
+    qz = te.reduce_axis((i64(0), G), name="qz")
+    zt = te.compute((M, N), lambda m, n: te.sum(
+        cs[m, n, qz] * Z[n, qz].astype(f32) * xsum[m, qz].astype(f32), axis=qz), name="zterm")
+    Y = te.compute((M, N), lambda m, n: dot[m, n] - zt[m, n], name="epilogue")
+    return [X, P, S, Z, Y]
+
+
+def _schedule(func: tirx.PrimFunc, key: layout.KernelKey, isa: str, with_epilogue: bool) -> tirx.PrimFunc:
+    """Scheduled from the output block down (compute_at needs every consumer under the loop, reverse_compute_at
+    every producer, and the epilogue's activation scales and sums are produced once, at the root)."""
+    sch = Schedule(tvm.IRModule({"main": func}))
+    _schedule_activations(sch)
+    placed = _schedule_epilogue(sch, key.n_groups) if with_epilogue else []
+    out = sch.get_sblock("epilogue" if with_epilogue else "lanesum")
+    m, n, *rest = sch.get_loops(out)
+    no, ni = sch.split(n, [None, _divisor(key.N, ROWS_PER_TASK)])
+    sch.reorder(no, ni, m, *rest)
+    sch.parallel(no)
+    for block in placed:
+        sch.compute_at(block, ni)
+    for block in placed:
+        if sch.get(block).name_hint.endswith("_rf"):
+            _vectorize_rf(sch, block)
+    if with_epilogue and key.n_groups > 1:  # one group: no group loop (the innermost would be the row loop)
+        sch.vectorize(sch.get_loops(sch.get_sblock("cscale"))[-1])
+    gemm = sch.get_sblock("igemm")
+    sch.transform_layout(gemm, ("write", 0), lambda m, n, q, i: (n, q, m, i))  # a row's lanes together
+    sch.reorder_block_iter_var(gemm, [1, 2, 4, 0, 3, 5])  # (n, q, b, m, i, j): compute_at makes loops in this order
+    sch.compute_at(gemm, ni)  # loops [q, b, m,] i, j; unit loops are dropped
+    has_m = key.m_bucket != 1
+    loops = sch.get_loops(gemm)
+    block_loop = loops[-3 - has_m]  # b (or q, or ni): one 32-code block per iteration, shared by the rows m
+    wcode = sch.get_sblock("wcode")
+    _read_whole_block(sch, wcode, key.bits)
+    sch.compute_at(wcode, block_loop)
+    sch.tensorize(sch.get_loops(wcode)[-2], int8_decode.intrin_name(key.bits))
+    sch.decompose_reduction(gemm, block_loop if key.group_size > layout.BLOCK else loops[-2 - has_m])
+    sch.tensorize(loops[-2], int8_intrin.intrin_for(isa, key.bits))
+    return sch.mod["main"]
+
+
+def _schedule_activations(sch) -> None:
+    """Quantization once per call (M x K elements): the block-wide conversion and the group max 8 lanes wide."""
+    xq = sch.get_sblock("xq")
+    sch.vectorize(sch.fuse(*sch.get_loops(xq)[-2:]))  # 32 lanes: X contiguous, one scale per block
+    amax = sch.get_sblock("amax")
+    rf = sch.rfactor(sch.split(sch.get_loops(amax)[-1], [None, VEC])[1], 0)
+    _, q, _, lane = sch.get_loops(rf)  # rfactor keeps the nest: m, q, r/8, lane
+    sch.vectorize(lane)
+    sch.decompose_reduction(rf, q)
+
+
+def _rfactor_lanes(sch, name: str, split: bool):
+    """rfactor of block `name`'s innermost reduction loop (split by VEC first when `split`), at the root: rfactor
+    needs the block to be the first child of its nest. Returns (rf, write-back) blocks."""
+    block = sch.get_sblock(name)
+    lane = sch.get_loops(block)[-1]
+    if split:
+        lane = sch.split(lane, [None, VEC])[1]
+    rf = sch.rfactor(lane, 0)
+    return rf, sch.get_sblock(name)
+
+
+def _schedule_epilogue(sch, groups: int) -> list:
+    """The float work: fdot over 8 float lanes (the igemm lanes), zterm 8 groups wide where the group count
+    allows. Returns the blocks to place under the row loop, consumers first."""
+    placed = list(_rfactor_lanes(sch, "fdot", False))[::-1]
+    placed += list(_rfactor_lanes(sch, "zterm", True))[::-1] if groups % VEC == 0 else [sch.get_sblock("zterm")]
+    return placed + [sch.get_sblock("cscale")]
+
+
+def _vectorize_rf(sch, rf) -> None:
+    """rf loops under the row loop: lane, [m,] [q] (iter var order) -> [m,] [q,] lane vectorized."""
+    lane, *rest = sch.get_loops(rf)[2:]
+    if rest:  # else a single group: nothing worth vectorising
+        sch.reorder(*rest, lane)
+        sch.vectorize(lane)
+        sch.decompose_reduction(rf, rest[-1])
+
+
+def _read_whole_block(sch, block, bits: int) -> None:
+    """Declare that `block` reads its whole 32-code block of P (the decode intrinsic's operand; inferred, the
+    region of a multi-plane code is a min/max expression no description matches). Schedule.annotate_buffer_access
+    in TVM 0.27 insists on one range per block iter var, so the index map is built here."""
+    from tvm.s_tir.schedule import _ffi_api
+    from tvm.tirx import IndexMap
+
+    n, kb, _, _ = (iv.var for iv in sch.get(block).iter_vars)
+    index_map = IndexMap(initial_indices=[iv.var for iv in sch.get(block).iter_vars],
+                         final_indices=[n, n + 1, kb * bits, kb * bits + bits], inverse_index_map=None)
+    _ffi_api.ScheduleAnnotateBufferAccess(sch, block, 0, 0, index_map)
+
+
+def _divisor(n: int, at_most: int) -> int:
+    return max(f for f in range(1, at_most + 1) if n % f == 0)
+
+
+def int8_linear_func(key: layout.KernelKey, isa: str, name: str | None = None) -> tirx.PrimFunc:
+    """The scheduled int8-activation kernel of `key` for `isa` ("vnni" | "avx2"; int8_intrin.check_target)."""
+    func = te.create_prim_func(_compute(key, True))
+    name = name or kernel_name(key)
+    func = _schedule(func, key, isa, True).with_attr("global_symbol", name).with_attr(INT8_ATTR, name)
+    return hand_scheduled(func)
+
+
+def int8_acc_func(key: layout.KernelKey, isa: str, name: str = "matq_int8_acc") -> tirx.PrimFunc:
+    """The integer part alone: acc int32 [M, N, G] from X and P (pins the kernel's integer path to act_quant)."""
+    func = te.create_prim_func(_compute(key, False))
+    return _schedule(func, key, isa, False).with_attr("global_symbol", name)

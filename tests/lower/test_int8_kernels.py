@@ -1,0 +1,162 @@
+"""int8-activation kernels against the numpy truth (act_quant.py): the integer accumulators bit-exact, the float
+output against an exact epilogue; VNNI code generation; targets without a byte dot product refused."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from matq_compile import act_quant, layout
+
+tvm_mod = pytest.importorskip("matq_compile._tvm")
+from matq_compile.lower import int8_decode, int8_intrin, int8_kernels  # noqa: E402
+from matq_compile.targets import TargetSpec  # noqa: E402
+
+
+def _llvm(mcpu: str, **extra) -> TargetSpec:
+    return TargetSpec(f"llvm-{mcpu}", "llvm", {"mcpu": mcpu, "num-cores": 2, **extra})
+
+
+@pytest.fixture(scope="module")
+def cpu():
+    from matq_compile import targets
+
+    spec = targets.load("host")
+    isa = int8_intrin.target_isa(spec.to_tvm())
+    if isa is None:
+        pytest.skip(f"this CPU ({spec.name}) has no byte dot product")
+    return spec.to_tvm(), tvm_mod.tvm.cpu(), isa
+
+
+def _build(func, target):
+    return tvm_mod.tvm.compile(tvm_mod.tvm.IRModule({"main": func}), target=target)
+
+
+def _activations(rng, m: int, K: int) -> np.ndarray:
+    x = rng.standard_normal((m, K)).astype(np.float32)
+    x[0, :8] = [0.5, -0.5, 1.5, -2.5, 0.0, 0.0, 0.0, 0.0]  # round-half ties once the group's scale is known
+    x[:, -32:] = 0.0  # an all-zero block (and, with group 32, a zero group: scale 0)
+    return x
+
+
+CASES = [(b, g, m) for b in range(2, 9) for g, m in zip((32, 64, 128), ((1, 3, 16), (16, 1, 3), (3, 16, 1))[b % 3])]
+
+
+@pytest.mark.parametrize("bits,group,m", CASES)
+def test_integer_path_is_bit_exact(bits, group, m, cpu, rng):
+    """Quantized activations, decoded codes and per-group int32 dot products equal act_quant's exactly
+    (every code value of the slice, including 2^r - 1: the AVX2 pair sums stay unsaturated)."""
+    target, dev, isa = cpu
+    key = layout.KernelKey(24, 384, bits, group, layout.bucket_for(m))
+    codes = rng.integers(0, 1 << bits, (key.N, key.K)).astype(np.uint8)
+    codes[0] = (1 << bits) - 1  # the largest code against |xq| = 127 lanes
+    x = _activations(rng, m, key.K)
+    ex = _build(int8_kernels.int8_acc_func(key, isa, "main"), target)
+    acc = tvm_mod.empty((m, key.N, key.n_groups), "int32", dev)
+    ex["main"](tvm_mod.tensor(x, dev), tvm_mod.tensor(layout.pack(codes, bits), dev), acc)
+    xq, _, _ = act_quant.quantize_activations(x, group)
+    np.testing.assert_array_equal(acc.numpy(), act_quant.integer_acc(codes, xq, group))
+
+
+def test_largest_products_do_not_saturate(cpu):
+    """All codes 255 (r = 8) and all activations at +-127: each int16 pair sum of vpmaddubsw would overflow."""
+    target, dev, isa = cpu
+    key = layout.KernelKey(8, 64, 8, 64, 1)
+    codes = np.full((8, 64), 255, np.uint8)
+    x = np.ones((1, 64), np.float32)
+    x[0, 1::2] = -1.0
+    x[0, 2::4] = 1.0
+    ex = _build(int8_kernels.int8_acc_func(key, isa, "main"), target)
+    acc = tvm_mod.empty((1, 8, 1), "int32", dev)
+    ex["main"](tvm_mod.tensor(x, dev), tvm_mod.tensor(layout.pack(codes, 8), dev), acc)
+    np.testing.assert_array_equal(acc.numpy(), act_quant.integer_acc(codes, act_quant.quantize_activations(x, 64)[0],
+                                                                     64))
+
+
+@pytest.mark.parametrize("bits,group,sym,rule", [(2, 32, True, "round"), (3, 64, False, "midpoint"),
+                                                  (4, 64, True, "round"), (5, 128, False, "round"),
+                                                  (6, 32, False, "midpoint"), (7, 64, True, "midpoint"),
+                                                  (8, 128, False, "round"), (4, -1, False, "round")])
+def test_kernel_matches_the_exact_epilogue(bits, group, sym, rule, cpu, rng):
+    """The whole kernel (float epilogue in float32) against act_quant.int8_linear (float64 epilogue); the static
+    M = 1 and 16 kernels and the dynamic-M kernel at M = 3."""
+    target, dev, isa = cpu
+    K, N = 256, 40
+    q = rng.integers(0, 256, (N, K)).astype(np.uint8)
+    g = K if group == -1 else group
+    s = (rng.random((N, K // g)) * 0.02 + 1e-3).astype(np.float16)
+    z = None if sym else rng.integers(0, 256, (N, K // g)).astype(np.uint8)
+    arr = layout.pack_slice(q, s, z, bits, rule, group)
+    for m, bucket in ((1, 1), (16, 16), (3, None)):
+        key = layout.KernelKey(N, K, bits, group, bucket)
+        ex = _build(int8_kernels.int8_linear_func(key, isa, "main"), target)
+        x = _activations(rng, m, K)
+        y = tvm_mod.empty((m, N), "float32", dev)
+        ex["main"](tvm_mod.tensor(x, dev), *(tvm_mod.tensor(arr[n], dev) for n in "PSZ"), y)
+        ref = act_quant.int8_linear(x, arr, bits, group)
+        np.testing.assert_allclose(y.numpy(), ref, rtol=0, atol=2e-6 * np.abs(ref).max())
+
+
+@pytest.mark.parametrize("bits", range(2, 9))
+def test_decode_intrinsic_matches_layout(bits, cpu, rng):
+    """The byte-op decode of a 32-code block (tensorized wcode) equals layout.unpack, lane p holding code
+    lane_code(p): every lane order is a permutation of the block."""
+    target, dev, _ = cpu
+    from matq_compile._tvm import i64, te
+
+    key = layout.KernelKey(5, 96, bits, 32, 1)
+    P = te.placeholder((i64(5), i64(key.words_per_row)), "uint32", name="P")
+    W = te.compute((i64(5), i64(3), i64(8), i64(4)), lambda n, kb, i, j: int8_decode.block_code(
+        P, n, kb * i64(bits), i, j, bits), name="wcode")
+    sch = tvm_mod.Schedule(tvm_mod.tvm.IRModule({"main": te.create_prim_func([P, W])}))
+    block = sch.get_sblock("wcode")
+    int8_kernels._read_whole_block(sch, block, bits)
+    sch.tensorize(sch.get_loops(block)[2], int8_decode.intrin_name(bits))
+    assert "Shuffle" in sch.mod["main"].script() or bits == 8
+    codes = rng.integers(0, 1 << bits, (5, 96)).astype(np.uint8)
+    out = tvm_mod.empty((5, 3, 8, 4), "uint8", dev)
+    _build(sch.mod["main"], target)["main"](tvm_mod.tensor(layout.pack(codes, bits), dev), out)
+    order = [int8_decode.lane_code(p, bits) for p in range(32)]
+    assert sorted(order) == list(range(32))
+    np.testing.assert_array_equal(out.numpy().reshape(5, 3, 32), codes.reshape(5, 3, 32)[:, :, order])
+
+
+@pytest.mark.parametrize("mcpu,isa", [("cascadelake", "vnni"), ("alderlake", "vnni"), ("znver3", "avx2"),
+                                      ("haswell", "avx2"), ("x86-64", None)])
+def test_target_isa(mcpu, isa):
+    assert int8_intrin.target_isa(_llvm(mcpu).to_tvm()) == isa
+
+
+@pytest.mark.parametrize("mcpu,bits", [("cascadelake", 4), ("cascadelake", 8), ("alderlake", 3)])
+def test_vnni_targets_emit_vpdpbusd(mcpu, bits):
+    """Built (not run: this CPU may lack VNNI) for a VNNI target, the dot product is vpdpbusd, no vpmaddubsw."""
+    spec = _llvm(mcpu)
+    key = layout.KernelKey(64, 256, bits, 64, 1)
+    ex = _build(int8_kernels.int8_linear_func(key, int8_intrin.check_target(spec), "main"), spec.to_tvm())
+    asm = ex.mod.inspect_source("asm")
+    assert "vpdpbusd" in asm and "vpmaddubsw" not in asm
+
+
+def test_avx2_target_uses_pmaddubsw_and_splits_r8():
+    spec = _llvm("haswell")
+    for bits, count in ((4, 1), (8, 2)):  # r = 8: low 7 bits and top bit, one vpmaddubsw each
+        ex = _build(int8_kernels.int8_linear_func(layout.KernelKey(16, 64, bits, 64, 1), "avx2", "main"),
+                    spec.to_tvm())
+        asm = ex.mod.inspect_source("asm")
+        assert "vpdpbusd" not in asm and asm.count("vpmaddubsw") >= count
+
+
+@pytest.mark.parametrize("spec", [_llvm("x86-64"), TargetSpec("llvm-aarch64", "llvm", {
+    "mtriple": "aarch64-linux-gnu", "mcpu": "neoverse-n1", "num-cores": 4}), TargetSpec(
+    "cuda-sm90", "cuda", {"arch": "sm_90"}, {"kind": "llvm"})], ids=["x86-64", "aarch64", "cuda"])
+def test_targets_without_a_byte_dot_product_are_refused(spec):
+    with pytest.raises(ValueError) as e:
+        int8_intrin.check_target(spec)
+    msg = str(e.value)
+    assert "\n" not in msg and "--act int8 needs" in msg and "use --act float" in msg
+
+
+def test_unsupported_keys_are_rejected():
+    assert not int8_kernels.supports(layout.KernelKey(8, 96, 4, 48, 1))  # group not whole 32-code blocks
+    assert not int8_kernels.supports(layout.KernelKey(8, 96, 4, 32, 1, "float16"))
+    with pytest.raises(ValueError, match="multiple of 32"):
+        int8_kernels.int8_linear_func(layout.KernelKey(8, 96, 4, 48, 1), "avx2")
