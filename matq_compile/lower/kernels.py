@@ -154,7 +154,8 @@ def arg_shapes(key: layout.KernelKey, m: int | None = None) -> list[tuple[tuple[
     if m is None:
         raise ValueError(f"{key.name} has a dynamic M; pass m")
     G = key.n_groups
-    return [((m, key.K), key.dtype), (tuple(int(d) for d in packed_shape(key)), "uint32"), ((key.N, G), layout.SCALE_DTYPE),
+    p_shape = tuple(int(d) for d in packed_shape(key))
+    return [((m, key.K), key.dtype), (p_shape, "uint32"), ((key.N, G), layout.SCALE_DTYPE),
             ((key.N, G), layout.SCALE_DTYPE), ((m, key.N), key.dtype)]
 
 
