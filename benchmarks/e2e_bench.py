@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from matq_compile.bench import machine_info
+from matq_compile.bench import in_own_process, machine_info
 
 log = logging.getLogger("e2e_bench")
 ROOT = Path(__file__).resolve().parents[1]
@@ -212,12 +212,6 @@ def run_worker(job: dict) -> dict:
     return bench_llama_cpp(Path(job["gguf"]), prompt, n, reps, job["threads"])
 
 
-def in_own_process(job: dict) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--worker", json.dumps(job)], check=True, capture_output=True,
-                         text=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
 def stream_gbps() -> float:
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "kernel_anchors.py"), "stream"], check=True,
                          capture_output=True, text=True)
@@ -275,7 +269,7 @@ def main(argv=None) -> int:
     for r in range(args.rounds):
         for name, job, _ in engines:
             log.info("round %d/%d: %s", r + 1, args.rounds, name)
-            rounds[name].append(in_own_process(job if r == 0 else job | {"windows": None}))
+            rounds[name].append(in_own_process(__file__, job if r == 0 else job | {"windows": None}))
     runs = []
     for name, _, facts in engines:
         rs = rounds[name]

@@ -83,8 +83,21 @@ GPTQ_REFIT = [Variant(f"gptq{b}-refit", f"--method gptq --bits {b} --refit {b}",
 # the default recipe at a larger calibration set (the per-precision GPTQ rows it is compared with: CALIBRATION)
 MATGPTQ_CALIB = [Variant("per-slice-l64-c64", MATGPTQ[1].flags + " --calibration-samples 64", _ps(64.0),
                          calibration_samples=64)]
-CALIBRATION = [Variant(f"gptq4-c{n}", f"--method gptq --bits 4 --calibration-samples {n}", method="gptq", bits=4,
-                       calibration_samples=n) for n in (64, 128)]
+# GPTQ-4 at the larger calibration sets, with the refit of its own slice (the strongest dedicated GPTQ at c16)
+CALIBRATION = [Variant(f"gptq4-c{n}", f"--method gptq --bits 4 --calibration-samples {n} --refit 4", method="gptq",
+                       bits=4, calibration_samples=n, refit=True) for n in (64, 128)]
+# the default recipe under the other slice rule, with act-order over static groups (deployment unchanged: no perm
+# is stored), true-sequential and 10x the damping; the act-order GPTQ-4 row is the dedicated model's counterpart
+RECIPE_VARIANTS = [
+    Variant("per-slice-l64-midpoint", MATGPTQ[1].flags + " --slice-rule midpoint",
+            {**_ps(64.0), "slice_rule": "midpoint"}),
+    Variant("per-slice-l64-actorder", MATGPTQ[1].flags + " --act-order --static-groups",
+            {**_ps(64.0), "act_order": True, "static_groups": True}),
+    Variant("per-slice-l64-trueseq", MATGPTQ[1].flags + " --true-sequential", {**_ps(64.0), "true_sequential": True}),
+    Variant("per-slice-l64-damp10", MATGPTQ[1].flags + " --rel-damp 0.1", {**_ps(64.0), "rel_damp": 0.1}),
+]
+GPTQ_ORDER = [Variant("gptq4-actorder", "--method gptq --bits 4 --act-order --static-groups --refit 4",
+                      {"act_order": True, "static_groups": True}, method="gptq", bits=4, refit=True)]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -141,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
         if not extra.results:
             log.warning("%s has no finished steps with these settings", other)
         steps.results = {**extra.results, **steps.results}
-    variants = MATGPTQ[:2] + GPTQ + MATGPTQ[2:] + GPTQ_REFIT + MATGPTQ_CALIB + CALIBRATION
+    variants = (MATGPTQ[:2] + GPTQ + MATGPTQ[2:] + GPTQ_REFIT + MATGPTQ_CALIB + CALIBRATION + RECIPE_VARIANTS
+                + GPTQ_ORDER)
     if args.only:
         keep = set(args.only.split(","))
         variants = [v for v in variants if v.name in keep]
@@ -185,7 +199,7 @@ def spec_of(v: Variant, group_size: int):
 
     if v.method == "gptq":
         return QuantSpec(method="gptq", bits=v.bits, group_size=group_size, levels=v.slices,
-                         refit=(v.bits,) if v.refit else ())
+                         refit=(v.bits,) if v.refit else (), **v.kwargs)
     return QuantSpec(method="matgptq", group_size=group_size, trained_bits=(8, 4, 3), refit=REFIT, levels=SLICES,
                      **v.kwargs)
 
@@ -222,7 +236,7 @@ def run_variant(ctx: qt.Context, v: Variant) -> None:
 def rows(steps: qt.Steps) -> list[dict]:
     """Every study row (finished slices only; missing ones null), GPTQ per precision gathered into one row."""
     out = []
-    for v in MATGPTQ + MATGPTQ_CALIB:
+    for v in MATGPTQ + MATGPTQ_CALIB + RECIPE_VARIANTS:
         for refit in (False, True):
             key = step_name(v)
             ppl = {str(b): steps.get(f"ppl/{key}{'+refit' if refit else ''}/{b}") for b in SLICES}
@@ -256,11 +270,13 @@ def rows(steps: qt.Steps) -> list[dict]:
                         "calibration_samples": CALIB_DEFAULT,
                         "note": "one checkpoint per r, each storing its own slice's refitted scales; the row "
                                 "without +refit evaluates the same checkpoints with the GPTQ scales"})
-    for v in CALIBRATION:
-        ppl = {str(v.bits): steps.get(f"ppl/{step_name(v)}/{v.bits}")}
-        if ppl[str(v.bits)] is not None:
-            out.append({"name": v.name, "flags": v.flags, "ppl": ppl, **timing(steps, step_name(v)),
-                        "calibration_samples": v.calibration_samples})
+    for v in CALIBRATION + GPTQ_ORDER:  # dedicated GPTQ-4 variants: with their GPTQ scales, then refitted
+        for tag in ("", "+refit"):
+            ppl = {str(v.bits): steps.get(f"ppl/{step_name(v)}{tag}/{v.bits}")}
+            if ppl[str(v.bits)] is not None:
+                flags = v.flags if tag else v.flags.replace(f" --refit {v.bits}", "")
+                out.append({"name": v.name + tag, "flags": flags, "ppl": ppl, **timing(steps, step_name(v)),
+                            "calibration_samples": v.calibration_samples})
     return out
 
 
@@ -283,7 +299,8 @@ def write_reports(args: argparse.Namespace, steps: qt.Steps) -> None:
         "machine": {"cpu": qt._cpu_name(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
                     "shared": "2 cores shared with other jobs (loadavg per row where recorded); seconds are wall "
                               "clock, cpu_seconds process CPU time"},
-        "config": {"model": args.model, "grid": "symmetric int8 parent, zero 128, round slice rule",
+        "config": {"model": args.model,
+                   "grid": "symmetric int8 parent, zero 128, round slice rule (unless a row's flags say otherwise)",
                    "group_size": args.group_size, "R": [8, 4, 3], "calibration source": "wikitext-2/valid.txt",
                    "calibration_seq_len": args.calibration_seq_len, "seed": args.seed,
                    "eval text": "wikitext-2-raw/wiki.test.raw", "eval windows": args.windows,

@@ -1,7 +1,8 @@
 """One switchable SmolLM2-135M build against the dedicated build of every width, on this machine.
 
     flock /tmp/matq_cpu.lock python benchmarks/switch_bench.py --checkpoint CKPT [--checkpoint CKPT_MIDPOINT] \
-        [--widths 2,3,4,6,8] [--rounds 3] [--out benchmarks/results/switch_smollm2_<target>.json]
+        [--widths 2,3,4,6,8] [--act float,int8] [--planes cut --planes 4,4] [--rounds 3] \
+        [--out benchmarks/results/switch_smollm2_<target>.json]
 
 For each checkpoint (its slice rule decides the plane layout: round reads one plane more than r, midpoint exactly
 r), the switchable build (`matq compile --switchable --bits WIDTHS`) and, for the first checkpoint, one dedicated
@@ -10,6 +11,10 @@ in their own processes, interleaved for --rounds rounds (medians). decode_tok_s:
 --prompt-tokens prefill; the switchable build measures every width in one process, switching between them with
 Model.set_bits. switch_seconds: the median time of one Model.set_bits call; first_step_after_switch_s: the decode
 step right after a switch (no re-packing or reloading happens, so it should equal a steady step).
+--act lists the activation modes (`matq compile --act`); each mode has its own switchable and dedicated builds.
+--planes (repeat) lists plane splits of the switchable builds (`matq compile --planes`; "cut": a boundary at every
+width's cut, the default). The top-level rows are the first mode's, first checkpoint's and first split's; `by_act`
+holds every mode, and in it `by_layout` every switchable build by its layout tag (rule letter + plane widths).
 """
 from __future__ import annotations
 
@@ -18,14 +23,16 @@ import datetime
 import json
 import logging
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from matq_compile.bench import machine_info
+from matq_compile import planes
+from matq_compile.bench import in_own_process, machine_info
+from matq_compile.ckpt import read_slice_rule
+from matq_compile.cli.tune import plane_list
 
 log = logging.getLogger("switch_bench")
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,28 +84,62 @@ def run_worker(job: dict) -> dict:
     return {"decode_tok_s": out, **_switch_costs(model, job["widths"], prompt)}
 
 
-def in_own_process(job: dict) -> dict:
-    res = subprocess.run([sys.executable, __file__, "--worker", json.dumps(job)], check=True, capture_output=True,
-                         text=True)
-    return json.loads(res.stdout.strip().splitlines()[-1])
-
-
-def ensure_build(ckpt: Path, out: Path, args, bits: int | None = None, widths: tuple[int, ...] | None = None) -> Path:
+def ensure_build(ckpt: Path, out: Path, args, act: str, bits: int | None = None,
+                 widths: tuple[int, ...] | None = None, split: tuple[int, ...] | None = None) -> Path:
     from matq_compile.ckpt import load_checkpoint
     from matq_compile.export import CompileOptions, compile_model
 
     if (out / "manifest.json").is_file() and not args.rebuild:
         m = json.loads((out / "manifest.json").read_text())
         want = {"kind": "switchable", "widths": list(widths)} if widths else {"kind": "uniform", "bits": bits}
-        if m["checkpoint"]["hash"] == load_checkpoint(ckpt).hash and m["plan"] == want:
+        same = m["checkpoint"]["hash"] == load_checkpoint(ckpt).hash and m["plan"] == want
+        if same and m.get("act", "float") == act and (m.get("switch") or {}).get("layout") == (
+                None if widths is None else planes.tag(widths, read_slice_rule(ckpt), split)):
             return out
     opts = CompileOptions(target=args.target, head_dtype=args.head_dtype, embed_dtype=args.embed_dtype,
-                          max_seq_len=args.max_seq_len, switch_widths=widths)
+                          max_seq_len=args.max_seq_len, switch_widths=widths, switch_planes=split, act=act)
     return compile_model(ckpt, out, bits=bits, opts=opts)
 
 
 def build_mb(build: Path) -> float:
     return sum(f.stat().st_size for f in build.iterdir() if f.is_file()) / 1e6
+
+
+def measure(args, act: str, widths: tuple[int, ...], base: dict) -> dict:
+    """The switchable builds (every checkpoint x plane split) and the dedicated builds of the first checkpoint, in
+    activation mode `act`, each measured in its own process, interleaved for --rounds rounds."""
+    sfx = "" if act == "float" else f"-a{act.removeprefix('int')}"
+    switch, dedicated = {}, {}
+    for ckpt in args.checkpoint:
+        for split in args.planes or [None]:
+            layout = planes.tag(widths, read_slice_rule(ckpt), split)
+            switch[layout] = ensure_build(ckpt, args.work_dir / f"switch-{layout}{sfx}", args, act, widths=widths,
+                                          split=split)
+    for r in widths:
+        dedicated[r] = ensure_build(args.checkpoint[0], args.work_dir / f"int{r}{sfx}", args, act, bits=r)
+    samples: dict[str, list] = {f"switch-{t}": [] for t in switch} | {f"int{r}": [] for r in dedicated}
+    for k in range(args.rounds):
+        for t, build in switch.items():
+            log.info("round %d/%d, act %s: switchable (%s)", k + 1, args.rounds, act, t)
+            samples[f"switch-{t}"].append(in_own_process(__file__, base | {"kind": "switch", "build": str(build),
+                                                                     "widths": list(widths)}))
+        for r, build in dedicated.items():
+            log.info("round %d/%d, act %s: dedicated int%d", k + 1, args.rounds, act, r)
+            samples[f"int{r}"].append(in_own_process(__file__, base | {"kind": "dedicated", "build": str(build)}))
+    ded = {r: statistics.median(s["decode_tok_s"] for s in samples[f"int{r}"]) for r in widths}
+    by_layout = {}
+    for t in switch:
+        ss = samples[f"switch-{t}"]
+        rows = [{"bits": r, "switch_decode_tok_s": statistics.median(s["decode_tok_s"][str(r)] for s in ss),
+                 "dedicated_decode_tok_s": ded[r]} for r in widths]
+        for row in rows:
+            row["switch_vs_dedicated"] = row["switch_decode_tok_s"] / row["dedicated_decode_tok_s"]
+        by_layout[t] = {"rule": planes.parse_tag(t)[0], "planes": list(planes.parse_tag(t)[1]), "rows": rows,
+                        "build_mb": build_mb(switch[t]),
+                         **{k: statistics.median(s[k] for s in ss)
+                            for k in ("switch_seconds", "first_step_after_switch_s", "steady_step_s")}}
+    return {"by_layout": by_layout, "dedicated_builds_mb": sum(build_mb(b) for b in dedicated.values()),
+            "dedicated_build_mb": {str(r): build_mb(b) for r, b in dedicated.items()}}
 
 
 def parse_args(argv):
@@ -107,6 +148,9 @@ def parse_args(argv):
                    help="SmolLM2 checkpoint (repeat for another slice rule); the first also gets dedicated builds")
     p.add_argument("--widths", default="2,3,4,6,8")
     p.add_argument("--target", default="host")
+    p.add_argument("--act", default="float", help="activation modes, comma-separated: float, int8")
+    p.add_argument("--planes", action="append", type=lambda t: None if t == "cut" else plane_list(t), default=[],
+                   help="plane split of the switchable builds (repeat): cut (default) or widths like 4,4")
     p.add_argument("--head-dtype", default="int8", choices=("float32", "float16", "int8"))
     p.add_argument("--embed-dtype", default="int8", choices=("float32", "float16", "int8"))
     p.add_argument("--max-seq-len", type=int, default=1024)
@@ -125,11 +169,10 @@ def main(argv=None) -> int:
     from matq_compile import data, targets
     from matq_compile._log import enable_logging
     from matq_compile._tvm import TVM_VERSION
-    from matq_compile.ckpt import read_slice_rule
     from matq_compile.evaluate import load_tokenizer
     from matq_compile.io_utils import write_json
     from matq_compile.model_source import resolve_model
-    from matq_compile.planes import check_widths, tag
+    from matq_compile.planes import check_widths
 
     args = parse_args(argv)
     if args.worker:
@@ -143,43 +186,20 @@ def main(argv=None) -> int:
     text = data.read_text(data.data_file(data.WIKITEXT_TEST))
     prompt = [int(t) for t in data.tokenize(load_tokenizer(resolve_model("smollm2-135m")), text)[:args.prompt_tokens]]
     base = {"prompt": prompt, "new_tokens": args.new_tokens, "repeats": args.repeats}
-    switch, dedicated = {}, {}
-    for ckpt in args.checkpoint:
-        rule = read_slice_rule(ckpt)
-        switch[rule] = ensure_build(ckpt, args.work_dir / f"switch-{rule}", args, widths=widths)
-    for r in widths:
-        dedicated[r] = ensure_build(args.checkpoint[0], args.work_dir / f"int{r}", args, bits=r)
-    samples: dict[str, list] = {f"switch-{rule}": [] for rule in switch} | {f"int{r}": [] for r in dedicated}
-    for k in range(args.rounds):
-        for rule, build in switch.items():
-            log.info("round %d/%d: switchable (%s)", k + 1, args.rounds, rule)
-            samples[f"switch-{rule}"].append(in_own_process(base | {"kind": "switch", "build": str(build),
-                                                                     "widths": list(widths)}))
-        for r, build in dedicated.items():
-            log.info("round %d/%d: dedicated int%d", k + 1, args.rounds, r)
-            samples[f"int{r}"].append(in_own_process(base | {"kind": "dedicated", "build": str(build)}))
-    ded = {r: statistics.median(s["decode_tok_s"] for s in samples[f"int{r}"]) for r in widths}
-    by_rule = {}
-    for rule in switch:
-        ss = samples[f"switch-{rule}"]
-        rows = [{"bits": r, "switch_decode_tok_s": statistics.median(s["decode_tok_s"][str(r)] for s in ss),
-                 "dedicated_decode_tok_s": ded[r]} for r in widths]
-        for row in rows:
-            row["switch_vs_dedicated"] = row["switch_decode_tok_s"] / row["dedicated_decode_tok_s"]
-        by_rule[rule] = {"layout": tag(widths, rule), "rows": rows, "build_mb": build_mb(switch[rule]),
-                         **{k: statistics.median(s[k] for s in ss)
-                            for k in ("switch_seconds", "first_step_after_switch_s", "steady_step_s")}}
-    first = by_rule[read_slice_rule(args.checkpoint[0])]
+    acts = [a for a in args.act.split(",") if a]
+    by_act = {act: measure(args, act, widths, base) for act in acts}
+    first = by_act[acts[0]]["by_layout"][planes.tag(widths, read_slice_rule(args.checkpoint[0]),
+                                                    (args.planes or [None])[0])]
     result = {"command": " ".join([Path(sys.argv[0]).name] + (argv or sys.argv[1:])),
               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "machine": machine_info() | {"target": spec.name, "tvm": TVM_VERSION},
               "settings": {"prompt_tokens": len(prompt), "new_tokens": args.new_tokens, "repeats": args.repeats,
                            "rounds": args.rounds, "head_dtype": args.head_dtype, "embed_dtype": args.embed_dtype,
-                           "checkpoints": [str(c) for c in args.checkpoint], "widths": list(widths),
+                           "checkpoints": [str(c) for c in args.checkpoint], "widths": list(widths), "acts": acts,
                            "processes": "one per build and round"},
-              "rows": first["rows"], "switch_seconds": first["switch_seconds"], "switch_build_mb": first["build_mb"],
-              "dedicated_builds_mb": sum(build_mb(b) for b in dedicated.values()),
-              "dedicated_build_mb": {str(r): build_mb(b) for r, b in dedicated.items()}, "by_rule": by_rule}
+              "act": acts[0], "rows": first["rows"], "switch_seconds": first["switch_seconds"],
+              "switch_build_mb": first["build_mb"], "dedicated_builds_mb": by_act[acts[0]]["dedicated_builds_mb"],
+              "dedicated_build_mb": by_act[acts[0]]["dedicated_build_mb"], "by_act": by_act}
     out = args.out or ROOT / "benchmarks" / "results" / f"switch_smollm2_{spec.name}.json"
     write_json(out, result)
     print_table(result)
@@ -188,15 +208,17 @@ def main(argv=None) -> int:
 
 
 def print_table(result: dict) -> None:
-    for rule, res in result["by_rule"].items():
-        print(f"switchable build ({rule} rule, planes {res['layout']}): {res['build_mb']:.1f} MB; one switch "
+    for act, t, res in ((a, t, res) for a, m in result["by_act"].items() for t, res in m["by_layout"].items()):
+        print(f"act {act}: switchable build ({res['rule']} rule, layout {t}): {res['build_mb']:.1f} MB; "
+              f"one switch "
               f"{res['switch_seconds'] * 1e6:.1f} us; decode step after a switch "
               f"{res['first_step_after_switch_s'] * 1e3:.2f} ms vs steady {res['steady_step_s'] * 1e3:.2f} ms")
         print(f"{'bits':>5}{'switchable tok/s':>18}{'dedicated tok/s':>17}{'ratio':>8}")
         for row in res["rows"]:
             print(f"{row['bits']:>5}{row['switch_decode_tok_s']:>18.1f}{row['dedicated_decode_tok_s']:>17.1f}"
                   f"{row['switch_vs_dedicated']:>8.3f}")
-    print(f"dedicated builds together: {result['dedicated_builds_mb']:.1f} MB")
+    for act, m in result["by_act"].items():
+        print(f"act {act}: dedicated builds together: {m['dedicated_builds_mb']:.1f} MB")
 
 
 if __name__ == "__main__":

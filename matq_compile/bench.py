@@ -28,13 +28,14 @@ def load_table(path: str | Path, spec, db_dir: str | Path | None = None) -> Late
     return load_latency_table(path, spec.name, None if db_dir is None else database_hash(db_dir))
 
 
-def table_path(db_dir: str | Path, m_bucket: int) -> Path:
-    """Where the latency table of one M bucket is kept: beside the tuning database it was measured from."""
-    return Path(db_dir) / f"latency_m{m_bucket}.json"
+def table_path(db_dir: str | Path, m_bucket: int, act: str = "float") -> Path:
+    """Where the latency table of one M bucket (and activation mode) is kept: beside the tuning database it was
+    measured from; the int8-activation kernels' table is a file of its own (same kernel keys)."""
+    return Path(db_dir) / (f"latency_m{m_bucket}.json" if act == "float" else f"latency_m{m_bucket}_{act}.json")
 
 
 def cached_latency(keys: list[layout.KernelKey], spec, db_dir: str | Path, path: str | Path,
-                   measure_missing: bool = True, runner: str = "local", rpc=None) -> LatencyTable:
+                   measure_missing: bool = True, runner: str = "local", rpc=None, act: str = "float") -> LatencyTable:
     """The table at `path` (refused if from another target or database), with the kernels of `keys` it lacks
     measured (where `runner` says: any target, a GPU one on a local GPU or over RPC) and saved into it;
     measure_missing=False makes a missing kernel an error instead."""
@@ -46,7 +47,7 @@ def cached_latency(keys: list[layout.KernelKey], spec, db_dir: str | Path, path:
             raise ValueError(f"latency table {path} lacks {len(missing)} kernels, e.g. {missing[0].name}; "
                              f"measure them with matq bench-kernels or drop --no-measure")
         log.info("measuring %d kernel latencies on %s (cold cache)", len(missing), spec.name)
-        fresh = measure(missing, spec, db_dir, runner=runner, rpc=rpc)
+        fresh = measure(missing, spec, db_dir, runner=runner, rpc=rpc, act=act)
         table = fresh if table is None else table.merged(fresh)
         table.save(path)
         log.info("latency table saved to %s", path)
@@ -111,11 +112,14 @@ def build_kernel(key: layout.KernelKey, spec, db_dir: str | Path, fallback: bool
     from matq_compile.tune import TARGET_FILE, apply_database
 
     if act == "int8":
+        from matq_compile.lower import int8_kernels
         from matq_compile.lower.int8_intrin import check_target
-        from matq_compile.lower.int8_kernels import int8_linear_func
 
-        func = int8_linear_func(key, check_target(spec), "main")
-        return tvm.compile(tvm.IRModule({"main": func}), target=spec.to_tvm())
+        isa = check_target(spec)  # a target without a byte dot product is refused, as compile_model refuses it
+        if int8_kernels.supports(key):
+            func = int8_kernels.int8_linear_func(key, isa, "main")
+            return tvm.compile(tvm.IRModule({"main": func}), target=spec.to_tvm())
+        # an int8 build keeps the float kernel where there is no int8 form (LowerMatqLinear), so it is priced so
 
     func = linear_func(key, "main", gpu=spec.is_gpu)
     if fallback and not (Path(db_dir) / TARGET_FILE).exists():
@@ -124,6 +128,19 @@ def build_kernel(key: layout.KernelKey, spec, db_dir: str | Path, fallback: bool
     else:
         mod = apply_database(func, spec, db_dir, fallback)
     return tvm.compile(mod, target=spec.to_tvm())
+
+
+def in_own_process(script: str | Path, job: dict) -> dict:
+    """Run one measurement as `python SCRIPT --worker JOB` and return the JSON of its last stdout line: each engine
+    times in a process of its own, as its users run it (a TVM thread pool, torch or OpenMP threads beside it would
+    distort it), and the benchmarks' workers share this one protocol."""
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, str(script), "--worker", json.dumps(job)], check=True, capture_output=True,
+                         text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def machine_info() -> dict:

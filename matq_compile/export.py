@@ -45,6 +45,7 @@ class CompileOptions:
     fuse_siblings: bool = True  # one kernel for q/k/v and one for gate/up where their slices agree
     embed_dtype: str = "float32"  # the embedding table as stored and read: float32 (exact), float16, int8 rows
     switch_widths: tuple[int, ...] | None = None  # a switchable build serving these widths (no --bits / --plan)
+    switch_planes: tuple[int, ...] | None = None  # its plane widths (planes.plane_widths; None: every cut)
     act: str = "float"  # quantized linears' activations: float (exact) or int8 (per group; x86 AVX2/VNNI targets)
 
 
@@ -203,7 +204,7 @@ def compile_model(ckpt_dir: str | Path, out_dir: str | Path, bits: int | None = 
     if opts.switch_widths is not None:
         if bits is not None or plan is not None:
             raise ValueError("a switchable build serves its --bits list; it takes no plan (load plans at run time)")
-        switch = SwitchSpec(tuple(opts.switch_widths), ckpt.spec.slice_rule)
+        switch = SwitchSpec(tuple(opts.switch_widths), ckpt.spec.slice_rule, opts.switch_planes)
         layer_bits = {name: max(switch.widths) for name in ckpt.layer_names}
         plan_info = {"kind": "switchable", "widths": list(switch.widths)}
     else:
@@ -215,8 +216,6 @@ def compile_model(ckpt_dir: str | Path, out_dir: str | Path, bits: int | None = 
         raise ValueError(f"switchable builds run on CPU targets; {spec.name} is a GPU target (compile one build per "
                          f"width there)")
     int8_isa(spec, opts.act)  # refuse an int8-activation build for a target without a byte dot product, now
-    if switch is not None and opts.act != "float":
-        raise ValueError("--act int8 is not available for switchable builds (their kernels read nested planes)")
     db = _db_dir(spec, opts)
     cfg = LlamaConfig.from_hf(hf, opts.max_seq_len)
     mod, _ = build_llama(cfg, chunk=CHUNK, gpu=spec.is_gpu)

@@ -115,14 +115,17 @@ class SwitchSpec:
 
     widths: tuple[int, ...]
     rule: str
+    planes: tuple[int, ...] | None = None  # plane widths, high bits first (None: a boundary at every t(r))
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "widths", planes.check_widths(self.widths))
         slicing.check_rule(self.rule)
+        if self.planes is not None:  # checked here: a split that cannot serve the widths fails before any work
+            object.__setattr__(self, "planes", planes.plane_widths(self.widths, self.rule, self.planes))
 
     @property
     def tag(self) -> str:
-        return planes.tag(self.widths, self.rule)
+        return planes.tag(self.widths, self.rule, self.planes)
 
     def units(self, slices: Mapping[str, LinearSlice], fuse_siblings: bool = True) -> list[KernelUnit]:
         nested = {n: replace(sl, bits=max(self.widths), nested=self.tag) for n, sl in slices.items()}

@@ -7,12 +7,17 @@ r-bit slice needs the top t(r) bits of the parent code:
     round rule:    t(r) = r + 1 (r < 8)  (one bit more: the round bit; slicing.slice_codes)
                    t(8) = 8
 
-The stored bits are split into planes at every t(r) of W (high bits first), each split further into widths 4, 2, 1
-(a plane of width w | 32 never straddles a uint32 word, as in layout.py). The r-bit kernel reads only the planes
-covering the top t(r) bits, so the weight traffic per token falls with r; the bits below max t(r) are not stored.
+By default the stored bits are split into planes at every t(r) of W (high bits first), each split further into
+widths 4, 2, 1 (a plane of width w | 32 never straddles a uint32 word, as in layout.py). The r-bit kernel reads only
+the planes covering the top t(r) bits, so the weight traffic per token falls with r; the bits below max t(r) are not
+stored.
 
     W = {2, 3, 4, 6, 8}, round:    t = 3, 4, 5, 7, 8   -> plane widths (2, 1, 1, 1, 2, 1)
     W = {2, 3, 4, 6, 8}, midpoint: t = 2, 3, 4, 6, 8   -> plane widths (2, 1, 1, 2, 2)
+
+Any other split may be asked for (`planes=`, e.g. (4, 4)): a slice whose t(r) falls inside a plane reads that
+whole plane and drops its low bits. Fewer, wider planes cost the narrow slices traffic and save the wide ones decode
+work (each plane read is a shift, a mask and an or more per code), which pays where the kernels are compute-bound.
 
 The planes are stored one after another, each over all N rows (uint32 [N * nblk * sum(widths)], nblk =
 ceil(K / 32)), so the r-bit kernel streams the first planes whole and never touches the others; a plane-major
@@ -53,9 +58,20 @@ def top_bits(bits: int, rule: str) -> int:
     return bits if bits == 8 or rule == "midpoint" else bits + 1
 
 
-def plane_widths(widths: Iterable[int], rule: str) -> tuple[int, ...]:
-    """Widths of the stored planes, high bits first, for slice widths W under `rule`."""
-    cuts = sorted({top_bits(b, rule) for b in check_widths(widths)})
+def plane_widths(widths: Iterable[int], rule: str, planes: Iterable[int] | None = None) -> tuple[int, ...]:
+    """Widths of the stored planes, high bits first, for slice widths W under `rule`: `planes` if given (checked:
+    each 1, 2, 4 or 8, covering the widest slice's t(r), at most 8 bits), else a boundary at every t(r)."""
+    widths = check_widths(widths)
+    need = max(top_bits(b, rule) for b in widths)
+    if planes is not None:
+        planes = tuple(int(w) for w in planes)
+        if not planes or any(w not in (1, 2, 4, 8) for w in planes) or sum(planes) > 8:
+            raise ValueError(f"plane widths must each be 1, 2, 4 or 8 bits, at most 8 in all; got {list(planes)}")
+        if sum(planes) < need:
+            raise ValueError(f"planes {list(planes)} store {sum(planes)} bits; r={max(widths)} under the {rule} rule "
+                             f"reads {need}")
+        return planes
+    cuts = sorted({top_bits(b, rule) for b in widths})
     out, prev = [], 0
     for cut in cuts:
         seg = cut - prev
@@ -67,9 +83,9 @@ def plane_widths(widths: Iterable[int], rule: str) -> tuple[int, ...]:
     return tuple(out)
 
 
-def tag(widths: Iterable[int], rule: str) -> str:
-    """The layout's name in kernel keys: rule letter + plane widths, e.g. 'r211121'."""
-    return slicing.check_rule(rule)[0] + "".join(str(w) for w in plane_widths(widths, rule))
+def tag(widths: Iterable[int], rule: str, planes: Iterable[int] | None = None) -> str:
+    """The layout's name in kernel keys: rule letter + plane widths, e.g. 'r211121' (`planes`: plane_widths)."""
+    return slicing.check_rule(rule)[0] + "".join(str(w) for w in plane_widths(widths, rule, planes))
 
 
 def parse_tag(t: str) -> tuple[str, tuple[int, ...]]:
@@ -81,15 +97,15 @@ def parse_tag(t: str) -> tuple[str, tuple[int, ...]]:
 
 
 def planes_read(bits: int, layout_tag: str) -> tuple[tuple[int, int, int], ...]:
-    """(width, word offset, shift within the top t(r) bits) of each plane the r-bit slice reads, high first."""
+    """(width, bit offset, shift within the top t(r) bits) of each plane the r-bit slice reads, high first. A
+    negative shift: the last plane reaches below bit t(r), and its low -shift bits are dropped (a layout with no
+    plane boundary at t(r) serves r by reading one wider plane)."""
     rule, widths = parse_tag(layout_tag)
     t = top_bits(bits, rule)
     out, off = [], 0
     for w in widths:
         if off >= t:
             break
-        if off + w > t:
-            raise ValueError(f"layout {layout_tag} has no plane boundary at bit {t}: it does not serve r={bits}")
         out.append((w, off, t - off - w))
         off += w
     if off < t:
@@ -150,7 +166,7 @@ def slice_codes(words: np.ndarray, bits: int, layout_tag: str, K: int) -> np.nda
     for w, off, shift in planes_read(bits, layout_tag):
         word = words[word_index(n, k, N, K, w, off)]
         v = (word >> ((k % BLOCK % (32 // w)) * w).astype(np.uint32)) & np.uint32((1 << w) - 1)
-        top |= v << np.uint32(shift)
+        top |= v << np.uint32(shift) if shift >= 0 else v >> np.uint32(-shift)
     return round_top(top, bits, rule).astype(np.uint8)
 
 
@@ -162,7 +178,8 @@ def round_top(top: np.ndarray, bits: int, rule: str) -> np.ndarray:
 
 
 def pack_switch(qweight: np.ndarray, scales: dict[int, np.ndarray], zeros: np.ndarray | None,
-                widths: Iterable[int], rule: str, group: int = -1) -> dict[str, np.ndarray]:
+                widths: Iterable[int], rule: str, group: int = -1,
+                planes: Iterable[int] | None = None) -> dict[str, np.ndarray]:
     """Kernel arrays of one layer of a switchable build: "P" (the planes, once) and "S{r}", "Z{r}" per width
     (float16, as layout.pack_slice makes them from each slice's own scales)."""
     from matq_compile import layout
@@ -175,7 +192,7 @@ def pack_switch(qweight: np.ndarray, scales: dict[int, np.ndarray], zeros: np.nd
     g = layout.check_group(group, K)
     if zeros is None:
         zeros = np.full((N, K // g), 128, np.uint8)
-    out = {"P": pack(qweight, tag(widths, rule))}
+    out = {"P": pack(qweight, tag(widths, rule, planes))}
     for r in widths:
         s = np.asarray(scales[r])
         if s.shape != (N, K // g):

@@ -49,13 +49,17 @@ class SearchOptions:
     seed: int = 0
     refine: RefineOptions = field(default_factory=RefineOptions)
     switchable: bool = False
+    planes: tuple[int, ...] | None = None  # the switchable build's plane widths (planes.plane_widths)
+    act: str = "float"  # the build's activation mode: the kernels whose latency prices a plan
 
 
 def nested_tag(ckpt, opts: SearchOptions) -> str:
     """The plane layout of the switchable build the plans are for ("" for dedicated builds)."""
     from matq_compile import planes
 
-    return planes.tag(opts.levels, ckpt.spec.slice_rule) if opts.switchable else ""
+    if opts.planes is not None and not opts.switchable:
+        raise ValueError("--planes is a switchable build's layout; add --switchable")
+    return planes.tag(opts.levels, ckpt.spec.slice_rule, opts.planes) if opts.switchable else ""
 
 
 def latency_for(ckpt, opts: SearchOptions) -> LatencyTable:
@@ -66,11 +70,11 @@ def latency_for(ckpt, opts: SearchOptions) -> LatencyTable:
         raise ValueError("a latency budget needs --target (and its tuned database)")
     spec = targets.load(opts.target)
     db_dir = Path(opts.db_dir) if opts.db_dir else schedules.db_dir(spec)
-    path = Path(opts.latency_table) if opts.latency_table else bench.table_path(db_dir, opts.m_bucket)
+    path = Path(opts.latency_table) if opts.latency_table else bench.table_path(db_dir, opts.m_bucket, opts.act)
     layers = layers_from_sensitivity(ckpt.sensitivity, ckpt.layer_names, bool(ckpt.spec.act_order),
                                      nested_tag(ckpt, opts))
     keys = latency_keys(layers, opts.levels, opts.m_bucket, opts.fuse_siblings)
-    return bench.cached_latency(keys, spec, db_dir, path, opts.measure, opts.runner, opts.rpc)
+    return bench.cached_latency(keys, spec, db_dir, path, opts.measure, opts.runner, opts.rpc, opts.act)
 
 
 def search_table(ckpt, opts: SearchOptions, latency: LatencyTable | None) -> SearchTable:

@@ -40,3 +40,18 @@ def test_traffic_scales_with_bits():
     sizes = [bench.traffic_bytes(layout.KernelKey(4096, 4096, b, 64, 1), 1) for b in range(2, 9)]
     steps = {b - a for a, b in zip(sizes, sizes[1:])}
     assert steps == {4096 * 4096 // 8}  # exactly one more bit per weight per step of r
+
+
+def test_int8_tables_time_the_int8_kernels_in_a_file_of_their_own(tmp_path, host):
+    """act int8: the kernel an int8 build calls (its int8 form where one exists, else the float kernel), and a
+    table path apart from the float table's (same keys, other kernels)."""
+    from matq_compile.lower.int8_intrin import target_isa
+
+    if target_isa(host.to_tvm()) is None:
+        pytest.skip("this CPU has no byte dot product")
+    assert bench.table_path(tmp_path, 1, "int8") != bench.table_path(tmp_path, 1) == tmp_path / "latency_m1.json"
+    int8 = bench.build_kernel(layout.KernelKey(64, 128, 4, 64, 1), host, tmp_path / "no-db", act="int8")
+    assert "vpmaddubsw" in int8.mod.inspect_source("asm") or "vpdpbusd" in int8.mod.inspect_source("asm")
+    f16 = layout.KernelKey(64, 128, 4, 64, 1, "float16")  # no int8 form: the build keeps the float kernel
+    kept = bench.build_kernel(f16, host, tmp_path / "no-db", fallback=True, act="int8")
+    assert "vpmaddubsw" not in kept.mod.inspect_source("asm")

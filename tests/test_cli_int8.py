@@ -60,9 +60,35 @@ def test_act_flag_rejects_other_modes(ckpt, tmp_path):  # noqa: F811
     assert res.returncode == 2 and "invalid choice" in res.stderr
 
 
-def test_int8_is_refused_for_switchable_builds(ckpt, tmp_path):  # noqa: F811
-    """A switchable build's kernels read the parent's nested planes, which the int8 kernels do not decode."""
+@pytest.mark.skipif(not _host_has_byte_dot(), reason="this CPU has no AVX2/VNNI byte dot product")
+def test_switchable_int8_build_runs_at_each_width(ckpt, tmp_path):  # noqa: F811
+    """`--switchable --act int8`: one build whose int8-activation kernels read the nested planes, run per width."""
+    out = tmp_path / "o"
     res = matq("compile", "--checkpoint", str(ckpt), "--switchable", "--bits", "2,4", "--target", "host",
-               "--out", str(tmp_path / "o"), "--allow-untuned", "--act", "int8")
-    assert res.returncode == 2 and "not available for switchable builds" in res.stderr, res.stderr
-    assert not (tmp_path / "o").exists()
+               "--out", str(out), "--allow-untuned", "--max-seq-len", "64", "--act", "int8")
+    assert res.returncode == 0, res.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["act"] == "int8" and manifest["switch"]["widths"] == [2, 4]
+    for r in ("2", "4"):
+        res = matq("run", str(out), "--prompt", "hello", "--bits", r, "--max-new-tokens", "3", "--ignore-eos",
+                   check_no_torch=True)
+        assert res.returncode == 0, res.stderr
+
+
+@pytest.mark.skipif(not _host_has_byte_dot(), reason="this CPU has no AVX2/VNNI byte dot product")
+def test_bench_kernels_times_the_int8_kernels_of_a_switchable_split(tmp_path):
+    """`matq bench-kernels --act int8 --switchable --planes 4,4`: the int8 kernels of that build's layout, timed."""
+    from matq_compile import targets
+    from matq_compile.layout import KernelKey
+    from matq_compile.search.latency import load_latency_table
+
+    out = tmp_path / "lat.json"
+    res = matq("bench-kernels", "--target", "host", "--shape", "64x128", "--bits", "3,8", "--m-buckets", "1",
+               "--switchable", "--planes", "4,4", "--slice-rule", "midpoint", "--act", "int8", "--repeat", "3",
+               "--db-dir", str(tmp_path / "db"), "--out", str(out))
+    assert res.returncode == 0, res.stderr
+    table = load_latency_table(out, targets.load("host").name)
+    assert set(table.entries) == {KernelKey(64, 128, b, 64, 1, nested="m44") for b in (3, 8)}
+    assert all(t > 0 for t in table.entries.values())
+    bad = matq("bench-kernels", "--target", "host", "--shape", "64x128", "--planes", "4,4", "--out", str(out))
+    assert bad.returncode == 2 and "add --switchable" in bad.stderr

@@ -89,6 +89,33 @@ def test_switching_mid_generation_continues_like_the_dedicated_builds(switch, de
     assert got == want
 
 
+def _host_has_byte_dot() -> bool:
+    from matq_compile import targets
+    from matq_compile.lower.int8_intrin import target_isa
+
+    return target_isa(targets.load("host").to_tvm()) is not None
+
+
+@pytest.mark.skipif(not _host_has_byte_dot(), reason="this CPU has no AVX2/VNNI byte dot product")
+def test_int8_activation_build_equals_the_dedicated_int8_builds(ckpt, tmp_path):
+    """--act int8: the nested planes decode into the dedicated int8 kernels' lane order, so every width and a mixed
+    plan give the dedicated int8 builds' logits bit for bit, and a switch mid-generation continues exactly."""
+    widths = (2, 3, 6, 8)  # r = 8 decodes 2-bit planes bit by bit (no short decode in its lane order)
+    m = _load(compile_tiny(ckpt, tmp_path / "sw", switch_widths=widths, act="int8"))
+    assert json.loads((tmp_path / "sw" / "manifest.json").read_text())["act"] == "int8"
+    refs = {r: _load(compile_tiny(ckpt, tmp_path / f"int{r}", bits=r, act="int8")) for r in widths}
+    for r in widths:
+        m.set_bits(r)
+        m.reset()
+        np.testing.assert_array_equal(m.score(IDS), refs[r].score(IDS), err_msg=f"r={r}")
+    mixed = {n: widths[WIDTHS.index(b) % len(widths)] for n, b in _sibling_plan(ckpt).items()}  # siblings alike
+    plan, _ = write_plan(tmp_path / "plan.json", ckpt, mixed)
+    m.set_plan(plan)
+    m.reset()
+    ref = _load(compile_tiny(ckpt, tmp_path / "planned", plan=plan, act="int8"))
+    np.testing.assert_array_equal(m.score(IDS), ref.score(IDS))
+
+
 def test_the_build_stores_the_planes_once(switch, dedicated):
     from safetensors.numpy import load_file
 
@@ -115,6 +142,19 @@ def test_widths_and_plans_the_build_cannot_serve_are_refused(ckpt, switch, dedic
     assert m.unit_bits == [4] * len(m.switch["units"])  # a refused choice leaves the last one in force
     with pytest.raises(ValueError, match="--switchable"):
         _load(dedicated[4]).set_bits(4)
+
+
+def test_a_coarse_plane_split_equals_the_dedicated_builds(ckpt, dedicated, tmp_path):
+    """--planes 4,4: widths 2 and 3 read the top plane and drop its low bits, 8 reads both; same logits."""
+    m = _load(compile_tiny(ckpt, tmp_path / "coarse", switch_widths=(2, 3, 8), switch_planes=(4, 4)))
+    assert json.loads((tmp_path / "coarse" / "manifest.json").read_text())["switch"]["layout"] == "r44"
+    for r in (2, 3, 8):
+        m.set_bits(r)
+        m.reset()
+        np.testing.assert_array_equal(m.score(IDS), _load(dedicated[r]).score(IDS), err_msg=f"r={r}")
+    with pytest.raises(ValueError, match="store 4 bits"):
+        compile_tiny(ckpt, tmp_path / "bad", switch_widths=(2, 8), switch_planes=(2, 2))
+    assert not (tmp_path / "bad").exists()
 
 
 def test_a_build_of_fewer_widths_refuses_the_others(ckpt, tmp_path):
@@ -155,3 +195,9 @@ def test_cli_compiles_a_switchable_build_and_runs_it_at_any_width(tiny_tok_ckpt,
     assert bad.returncode == 2 and "serves r in [3, 8]" in bad.stderr
     bad = matq("compile", "--checkpoint", str(tiny_tok_ckpt), "--bits", "3,8", "--out", str(tmp_path / "c"))
     assert bad.returncode == 2 and "--switchable" in bad.stderr and not (tmp_path / "c").exists()
+    bad = matq("compile", "--checkpoint", str(tiny_tok_ckpt), "--bits", "3", "--planes", "4,4", "--out",
+               str(tmp_path / "c"))
+    assert bad.returncode == 2 and "add --switchable" in bad.stderr and not (tmp_path / "c").exists()
+    bad = matq("compile", "--checkpoint", str(tiny_tok_ckpt), "--switchable", "--planes", "4,3", "--out",
+               str(tmp_path / "c"))
+    assert bad.returncode == 2 and "1, 2, 4 or 8" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1

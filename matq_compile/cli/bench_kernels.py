@@ -18,6 +18,8 @@ def register(sub) -> None:
     p.add_argument("--repeat", type=int, default=50)
     add_runner_arguments(p)
     p.add_argument("--allow-untuned", action="store_true", help="default schedule for kernels without records")
+    p.add_argument("--act", choices=("float", "int8"), default="float",
+                   help="time the float-activation kernels (tuned) or the int8-activation ones (`matq compile --act`)")
     p.set_defaults(func=run)
 
 
@@ -31,7 +33,7 @@ def run(args) -> int:
     out = args.out or db_dir / "latency.json"
     preflight.out_file(out, "--out")
     table = bench.measure(keys_from_args(args), spec, db_dir, args.repeat, args.allow_untuned, args.runner,
-                          rpc_from_args(args))
+                          rpc_from_args(args), act=args.act)
     table.save(out)
     print(f"device: {table.device}")
     print(f"{'kernel':<52} {'median_us':>10} {'GB/s':>7}")

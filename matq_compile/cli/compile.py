@@ -6,6 +6,8 @@ import argparse
 import logging
 from pathlib import Path
 
+from matq_compile.cli.tune import plane_list
+
 log = logging.getLogger(__name__)
 
 
@@ -22,6 +24,10 @@ def register(subparsers) -> None:
     p.add_argument("--switchable", action="store_true",
                    help="one build serving several widths from one copy of the parent's bit planes; the width "
                         "(or a plan) is chosen at run time (`matq run --bits`, Model.set_bits / set_plan)")
+    p.add_argument("--planes", type=plane_list, default=None,
+                   help="with --switchable: plane widths, high bits first, each 1, 2, 4 or 8 (e.g. 4,4); fewer, "
+                        "wider planes cost the narrow widths traffic and save the wide ones decode work (default: a "
+                        "plane boundary at every width's cut)")
     p.add_argument("--target", default="host", help="target name (targets/*.toml or this CPU's name; default host)")
     p.add_argument("--out", type=Path, required=True, help="build directory to write (replaced atomically)")
     p.add_argument("--db-dir", type=Path, default=None,
@@ -61,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
                           allow_untuned=args.allow_untuned, head_dtype=args.head_dtype,
                           max_seq_len=args.max_seq_len, dump_dir=None if args.dump_ir is None else str(args.dump_ir),
                           fuse_siblings=not args.no_fuse_siblings, embed_dtype=args.embed_dtype,
-                          switch_widths=widths, act=args.act)
+                          switch_widths=widths, switch_planes=args.planes, act=args.act)
     if args.onnx is not None:
         if bits is None or widths is not None:
             raise ValueError("--onnx takes one uniform --bits (a plan names checkpoint layers)")
@@ -81,6 +87,8 @@ def _bits(args: argparse.Namespace) -> tuple[int | None, tuple[int, ...] | None]
         listed = None if args.bits is None else [int(b) for b in str(args.bits).split(",")]
     except ValueError:
         raise ValueError(f"--bits must be an integer or a comma list of integers, got {args.bits!r}") from None
+    if args.planes is not None and not args.switchable:
+        raise ValueError("--planes is a switchable build's layout; add --switchable")
     if args.switchable:
         if args.plan is not None:
             raise ValueError("--switchable takes widths (--bits 2,3,4), not a plan: plans are chosen at run time")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from matq_compile.cli.tune import add_runner_arguments, rpc_from_args
+from matq_compile.cli.tune import add_runner_arguments, plane_list, rpc_from_args
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +26,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--switchable", action="store_true",
                    help="plan for a switchable build serving --levels (`matq compile --switchable --bits LEVELS`): "
                         "price its kernels, keep fused sibling sets at one width")
+    p.add_argument("--planes", type=plane_list, default=None,
+                   help="with --switchable: the build's plane widths (`matq compile --planes`; default: every cut)")
+    p.add_argument("--act", choices=("float", "int8"), default="float",
+                   help="price the build's activation mode (`matq compile --act`): its own kernels' latency")
     p.add_argument("--ties", default="fused", choices=("fused", "none"),
                    help="fused: q/k/v of a block share bits, gate/up share bits (default); none: all free")
     p.add_argument("--target", default=None, help="target name (see targets/); needed for latency")
@@ -61,7 +65,8 @@ def options(args: argparse.Namespace):
                            args.refine_seq_len, args.model, args.calibration, args.seed)
     return SearchOptions(parse_levels(args.levels), args.proxy, args.ties, args.target, args.db_dir,
                          args.latency_table, not args.no_measure, args.m_bucket, args.runner, rpc_from_args(args),
-                         seed=args.seed, refine=refine, switchable=args.switchable)
+                         seed=args.seed, refine=refine, switchable=args.switchable, planes=args.planes,
+                         act=args.act)
 
 
 def run(args: argparse.Namespace) -> int:

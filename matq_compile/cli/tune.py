@@ -19,6 +19,14 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
+def plane_list(text: str) -> tuple[int, ...]:
+    """--planes 4,4: plane widths of a switchable build, high bits first (checked by planes.plane_widths)."""
+    try:
+        return tuple(int(w) for w in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected plane widths like 4,4, got {text!r}") from None
+
+
 def add_key_arguments(p: argparse.ArgumentParser) -> None:
     """Flags shared with bench-kernels: which kernels."""
     p.add_argument("--target", required=True, help="target name (see targets/), e.g. host or cuda-sm90")
@@ -33,6 +41,8 @@ def add_key_arguments(p: argparse.ArgumentParser) -> None:
                         "dense kernels serve them)")
     p.add_argument("--slice-rule", choices=("round", "midpoint"), default=None,
                    help="slice rule of a switchable build given by --shape (default: the checkpoint's, else round)")
+    p.add_argument("--planes", type=plane_list, default=None,
+                   help="plane widths of the switchable build (`matq compile --planes`; default: every cut)")
 
 
 def add_runner_arguments(p: argparse.ArgumentParser) -> None:
@@ -78,11 +88,13 @@ def keys_from_args(args) -> list:
         slices = {n: replace(sl, dtype=args.dtype) for n, sl in read_linear_slices(args.checkpoint).items()}
         if args.switchable:
             rule = rule or read_slice_rule(args.checkpoint)
-            units = SwitchSpec(tuple(bits), rule).units(slices)
+            units = SwitchSpec(tuple(bits), rule, args.planes).units(slices)
             keys = [u.key(m).with_bits(b) for m in ms for b in bits for u in units]
         else:
             keys = kernel_keys(slices, bits, ms)
-    nested = planes.tag(bits, rule or "round") if args.switchable else ""
+    if args.planes is not None and not args.switchable:
+        raise ValueError("--planes is a switchable build's layout; add --switchable")
+    nested = planes.tag(bits, rule or "round", args.planes) if args.switchable else ""
     keys += [KernelKey(n, k, b, args.group, m, args.dtype, nested) for n, k in shapes for m in ms for b in bits]
     return list(dict.fromkeys(keys))
 

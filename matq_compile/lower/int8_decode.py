@@ -17,6 +17,13 @@ Planes combine with a byte shift and an or. Written element-wise instead, LLVM w
 lane and packed the lanes back into bytes (about 7 ops per 8 codes). The description is the element-wise
 expression `block_code`, also used by the kernel's compute, so tensorize matches them exactly; tests pin both to
 layout.unpack.
+
+Nested planes (a switchable build, planes.py) lie in separate arrays of one buffer, so a block's words are not one
+region: each plane the slice reads is decoded on its own (`plane_code`, intrinsic `plane_intrin_name`) into bytes
+in the dense slice's lane order, and the kernel combines them with byte ops. The same lane order makes the
+switchable build's integer lanes, and so its float epilogue, bit-identical to the dedicated build's. A plane width
+the order has no short decode for (a 2-bit plane in natural order: r = 8 read from 2-bit planes) takes each lane's
+byte and tests its bits one by one (two ops per bit, on 32 codes at once).
 """
 from __future__ import annotations
 
@@ -26,13 +33,12 @@ from tvm.script import tirx as T
 
 BLOCK = layout.BLOCK
 ORDERS = {2: "crumb", 3: "crumb", 4: "nibble", 5: "nibble", 6: "nibble", 7: "nibble", 8: "natural"}
-_registered: set[int] = set()
+_registered: set[str] = set()
 
 
-def lane_code(p, bits: int):
-    """The code index (0..31 within the block) held by lane p (an int or an index expression) for r = bits."""
+def lane_code(p, order: str):
+    """The code index (0..31 within the block) held by lane p (an int or an index expression) in lane `order`."""
     div, mod = (lambda a, b: a // b, lambda a, b: a % b) if isinstance(p, int) else (tirx.floordiv, tirx.floormod)
-    order = ORDERS[bits]
     if order == "nibble":
         return 2 * mod(p, 16) + div(p, 16)
     if order == "crumb":
@@ -44,14 +50,8 @@ def block_code(P, n, word0, i, j, bits: int) -> tirx.PrimExpr:
     """uint8 code in lane i*4 + j of the block whose words start at P[n, word0] (layout.planes). The index
     expressions are simplified under 0 <= i < 8, 0 <= j < 4 here, for the kernel and the description alike:
     tensorize compares them structurally, and TVMScript simplifies the description's on its own."""
-    from tvm.ir import Range
-    from tvm.sym import Analyzer
-
-    ana = Analyzer()
-    for v, extent in ((i, 8), (j, 4)):
-        if isinstance(v, tirx.Var):
-            ana.bind(v, Range(tirx.const(0, "int64"), tirx.const(extent, "int64")))  # kernel indices are int64
-    kl = lane_code(i * 4 + j, bits)
+    ana = _lane_analyzer(i, j)
+    kl = lane_code(i * 4 + j, ORDERS[bits])
     code = None
     for w, off, shift in layout.planes(bits):
         per_word = 32 // w
@@ -63,18 +63,39 @@ def block_code(P, n, word0, i, j, bits: int) -> tirx.PrimExpr:
     return code.astype("uint8")
 
 
+def plane_code(P, base, i, j, w: int, order: str) -> tirx.PrimExpr:
+    """uint8 value of the w-bit plane in lane i*4 + j (lane `order`) of the block whose plane words start at
+    P[base] (a 1-D buffer: the nested planes). Simplified as block_code is, for the same reason."""
+    ana = _lane_analyzer(i, j)
+    kl = lane_code(i * 4 + j, order)
+    per_word = 32 // w
+    word = P[base + ana.simplify(tirx.floordiv(kl, per_word))]
+    v = (word >> ana.simplify(tirx.floormod(kl, per_word) * w).astype("uint32")) & tirx.const((1 << w) - 1, "uint32")
+    return v.astype("uint8")
+
+
+def _lane_analyzer(i, j):
+    from tvm.ir import Range
+    from tvm.sym import Analyzer
+
+    ana = Analyzer()
+    for v, extent in ((i, 8), (j, 4)):
+        if isinstance(v, tirx.Var):
+            ana.bind(v, Range(tirx.const(0, "int64"), tirx.const(extent, "int64")))  # kernel indices are int64
+    return ana
+
+
 def _u8(v: int, lanes: int) -> tirx.PrimExpr:
     return tirx.Broadcast(tirx.const(v, "uint8"), lanes)
 
 
-def _bytes(P, off: int, words: int) -> tirx.PrimExpr:
-    return T.reinterpret(f"uint8x{4 * words}", P.vload([0, off], f"uint32x{words}" if words > 1 else "uint32"))
+def _bytes(P, index: list, words: int) -> tirx.PrimExpr:
+    return T.reinterpret(f"uint8x{4 * words}", P.vload(index, f"uint32x{words}" if words > 1 else "uint32"))
 
 
-def _plane(P, w: int, off: int, bits: int) -> tirx.PrimExpr:
-    """uint8x32 values 0..2^w-1 of the w-bit plane at word `off`, lane p holding code lane_code(p, bits)."""
-    x, order = _bytes(P, off, w), ORDERS[bits]
-    ks = [lane_code(p, bits) for p in range(BLOCK)]
+def _plane(x: tirx.PrimExpr, w: int, order: str) -> tirx.PrimExpr:
+    """uint8x32 values 0..2^w-1 of a w-bit plane from its 4w bytes x, lane p holding code lane_code(p, order)."""
+    ks = [lane_code(p, order) for p in range(BLOCK)]
     if w == 1:
         rep = tirx.Shuffle([x] * 8, [k // 8 for k in ks])  # a shuffle draws at most its input lanes
         bit = tirx.Shuffle([tirx.const(1 << (k % 8), "uint8") for k in ks], list(range(BLOCK)))
@@ -87,6 +108,11 @@ def _plane(P, w: int, off: int, bits: int) -> tirx.PrimExpr:
         quads = T.reinterpret("uint64x4", tirx.Shuffle([x] * 4, list(range(BLOCK))))
         shifts = tirx.Shuffle([tirx.const(2 * s, "uint64") for s in range(4)], list(range(4)))
         return T.reinterpret("uint8x32", quads >> shifts) & _u8(3, BLOCK)
+    if (w, order) == (4, "natural"):  # lanes 2t, 2t+1 want the low and high nibble of byte t
+        pairs = T.reinterpret("uint16x16", tirx.Shuffle([x] * 2, [k // 2 for k in ks]))
+        low = pairs & tirx.Broadcast(tirx.const(0x000F, "uint16"), 16)
+        high = (pairs >> tirx.Broadcast(tirx.const(4, "uint16"), 16)) & tirx.Broadcast(tirx.const(0x0F00, "uint16"), 16)
+        return T.reinterpret("uint8x32", low | high)
     if (w, order) == (2, "nibble"):  # even lanes want field 0 / 1 (low half / high half), odd lanes field 2 / 3
         rep = tirx.Shuffle([x] * 4, [k // 4 for k in ks])  # each lane its code's byte
         quads = T.reinterpret("uint64x4", rep) >> tirx.Shuffle(
@@ -95,13 +121,20 @@ def _plane(P, w: int, off: int, bits: int) -> tirx.PrimExpr:
         even = pairs & tirx.Broadcast(tirx.const(0x0003, "uint16"), 16)
         odd = (pairs >> tirx.Broadcast(tirx.const(4, "uint16"), 16)) & tirx.Broadcast(tirx.const(0x0300, "uint16"), 16)
         return T.reinterpret("uint8x32", even | odd)
-    raise ValueError(f"no {w}-bit plane decode in {order} lane order")
+    rep = tirx.Shuffle([x] * (8 // w), [k * w // 8 for k in ks])  # each lane its code's byte (w | 8: no straddle)
+    code = None
+    for b in range(w):
+        bit = tirx.Shuffle([tirx.const(1 << (k * w % 8 + b), "uint8") for k in ks], list(range(BLOCK)))
+        v = tirx.min(rep & bit, _u8(1, BLOCK))
+        v = v << _u8(b, BLOCK) if b else v
+        code = v if code is None else code | v
+    return code
 
 
 def _code_vector(P, bits: int) -> tirx.PrimExpr:
     code = None
     for w, off, shift in layout.planes(bits):
-        v = _plane(P, w, off, bits)
+        v = _plane(_bytes(P, [0, off], w), w, ORDERS[bits])
         v = v << _u8(shift, BLOCK) if shift else v
         code = v if code is None else code | v
     return code
@@ -132,9 +165,43 @@ def _funcs(bits: int):
     return desc, impl
 
 
+def _plane_funcs(w: int, order: str):
+    @T.prim_func(s_tir=True)
+    def desc(P: T.Buffer((w,), "uint32", offset_factor=1),
+             W: T.Buffer((1, 1, 8, 4), "uint8", offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(P[0:w])
+            T.writes(W[0, 0, 0:8, 0:4])
+            for i, j in T.grid(T.int64(8), T.int64(4)):
+                with T.sblock("plane"):
+                    vi, vj = T.axis.remap("SS", [i, j])
+                    T.reads(P[0:w])
+                    T.writes(W[0, 0, vi, vj])
+                    W[0, 0, vi, vj] = plane_code(P, 0, vi, vj, w, order)
+
+    @T.prim_func(s_tir=True)
+    def impl(P: T.Buffer((w,), "uint32", offset_factor=1),
+             W: T.Buffer((1, 1, 8, 4), "uint8", offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(P[0:w])
+            T.writes(W[0, 0, 0:8, 0:4])
+            W.vstore([0, 0, 0, 0], _plane(_bytes(P, [0], w), w, order))
+
+    return desc, impl
+
+
 def intrin_name(bits: int) -> str:
-    """The registered decode intrinsic of r-bit blocks."""
-    if bits not in _registered:
-        s_tir.TensorIntrin.register(f"matq_decode_block_b{bits}", *_funcs(bits), override=True)
-        _registered.add(bits)
-    return f"matq_decode_block_b{bits}"
+    """The registered decode intrinsic of r-bit blocks (the dense layout)."""
+    return _register(f"matq_decode_block_b{bits}", lambda: _funcs(bits))
+
+
+def plane_intrin_name(w: int, order: str) -> str:
+    """The registered decode intrinsic of one w-bit nested plane of a block, into lane `order`."""
+    return _register(f"matq_decode_plane_w{w}_{order}", lambda: _plane_funcs(w, order))
+
+
+def _register(name: str, funcs) -> str:
+    if name not in _registered:
+        s_tir.TensorIntrin.register(name, *funcs(), override=True)
+        _registered.add(name)
+    return name

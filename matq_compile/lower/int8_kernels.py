@@ -1,6 +1,7 @@
 """int8-activation bit-slice kernels (x86 CPU): activations quantized per group, integer dot products, float
 epilogue once per group. Mirrors matq_compile/act_quant.py (pinned bit-exactly by tests); the weights are the
-same packed arrays as the float kernels' (layout.py), so a build switches mode without repacking.
+same packed arrays as the float kernels' (layout.py, or a switchable build's nested planes, planes.py), so a build
+switches mode without repacking.
 
     int8_linear_func(key, isa):  Y[M, N] from X f32[M, K], P, S, Z (the float kernel's signature)
 
@@ -8,7 +9,8 @@ Blocks (K seen as blocks of 32 = 8 lanes x 4 bytes, the tensor intrinsic's opera
     "amax"     amax[m, q] = max |X| over group q      "ascale"  sx = amax / 127     "ainv"  127 / amax (or 0)
     "xq"       xq[kb, m, i, j] int8 = clip(rint(X * ainv))     (round half to even; lanes in the decode's order)
     "xsum"     xsum[m, q] int32 = sum of the group's xq
-    "wcode"    wcode[n, kb, i, j] uint8: the r-bit codes of one 32-code block (int8_decode: byte ops per block)
+    "wcode"    wcode[n, kb, i, j] uint8: the r-bit codes of one 32-code block (int8_decode: byte ops per block;
+               nested planes: one "plane{p}" block per plane read, or-ed together byte-wise)
     "igemm"    part[m, n, q, i] int32 = sum_{b, j} wcode * xq                  (tensorized: 8 lanes x 4 bytes)
     "cscale"   cs[m, n, q] = sx * S                                            float32 from here on
     "fdot"     sum_{q, i} cs * part                                            8 float lanes, one FMA per group
@@ -27,7 +29,7 @@ then the epilogue folds the row's groups into 8 float lanes.
 """
 from __future__ import annotations
 
-from matq_compile import act_quant, layout
+from matq_compile import act_quant, layout, planes
 from matq_compile._tvm import Schedule, i64, te, tirx, tvm
 from matq_compile.lower import int8_decode, int8_intrin
 from matq_compile.lower.kernels import _weights, hand_scheduled
@@ -38,9 +40,9 @@ ROWS_PER_TASK = 8  # output rows per parallel task
 
 
 def supports(key: layout.KernelKey) -> bool:
-    """Whether `key` has an int8-activation kernel: float32 activations, groups of whole 32-code blocks, the dense
-    slice layout (not a switchable build's nested planes)."""
-    return key.dtype == "float32" and key.group_size % layout.BLOCK == 0 and not key.nested
+    """Whether `key` has an int8-activation kernel: float32 activations, groups of whole 32-code blocks (the dense
+    slice layout, or a switchable build's nested planes)."""
+    return key.dtype == "float32" and key.group_size % layout.BLOCK == 0
 
 
 def kernel_name(key: layout.KernelKey) -> str:
@@ -65,7 +67,7 @@ def _compute(key: layout.KernelKey, with_epilogue: bool):
                                                       tirx.const(0, f32)), name="ainv")
 
     def quant(kb, m, i, j):  # lane i*4+j holds the code order of the decode (int8_decode.lane_code)
-        k = kb * i64(layout.BLOCK) + int8_decode.lane_code(i * i64(J) + j, key.bits)
+        k = kb * i64(layout.BLOCK) + int8_decode.lane_code(i * i64(J) + j, int8_decode.ORDERS[key.bits])
         v = tirx.nearbyint(X[m, k] * inv[m, kb // NB])
         return tirx.max(tirx.min(v, qmax), -qmax).astype("int8")
 
@@ -74,8 +76,9 @@ def _compute(key: layout.KernelKey, with_epilogue: bool):
     xb, xi, xj = (te.reduce_axis((i64(0), e), name=n) for e, n in ((NB, "xb"), (i64(VEC), "xi"), (i64(J), "xj")))
     xsum = te.compute((M, G), lambda m, q: te.sum(xq[q * NB + xb, m, xi, xj].astype("int32"), axis=[xb, xi, xj]),
                       name="xsum")
-    W = te.compute((N, KB, i64(VEC), i64(J)), lambda n, kb, i, j: int8_decode.block_code(
-        P, n, kb * i64(key.bits), i, j, key.bits), name="wcode")
+    W = _nested_codes(P, key) if key.nested else te.compute(
+        (N, KB, i64(VEC), i64(J)), lambda n, kb, i, j: int8_decode.block_code(P, n, kb * i64(key.bits), i, j, key.bits),
+        name="wcode")
     b, j = te.reduce_axis((i64(0), NB), name="b"), te.reduce_axis((i64(0), i64(J)), name="j")
     part = te.compute((M, N, G, i64(VEC)), lambda m, n, q, i: te.sum(
         W[n, q * NB + b, i, j].astype("int32") * xq[q * NB + b, m, i, j].astype("int32"), axis=[b, j]),
@@ -92,6 +95,39 @@ def _compute(key: layout.KernelKey, with_epilogue: bool):
         cs[m, n, qz] * Z[n, qz].astype(f32) * xsum[m, qz].astype(f32), axis=qz), name="zterm")
     Y = te.compute((M, N), lambda m, n: dot[m, n] - zt[m, n], name="epilogue")
     return [X, P, S, Z, Y]
+
+
+def _nested_codes(P: te.Tensor, key: layout.KernelKey) -> te.Tensor:
+    """planes.slice_codes on bytes: one "plane{p}" block per plane the slice reads (int8_decode.plane_code), then
+    "wcode" = their top bits or-ed together, the round rule's round bit folded in ((T >> 1) + (T & 1) never
+    overflows a byte, unlike T + 1)."""
+    N, KB, nblk = i64(key.N), i64(key.K // layout.BLOCK), key.K // layout.BLOCK
+    order, u8 = int8_decode.ORDERS[key.bits], (lambda v: tirx.const(v, "uint8"))
+    parts = []
+    for p, (w, off, shift) in enumerate(planes.planes_read(key.bits, key.nested)):
+        parts.append((te.compute((N, KB, i64(VEC), i64(J)), _plane_fn(P, key, w, off, nblk, order), name=f"plane{p}"),
+                      shift))
+
+    def code(n, kb, i, j):
+        top = None
+        for plane, shift in parts:
+            v = plane[n, kb, i, j]
+            v = v << u8(shift) if shift > 0 else v >> u8(-shift) if shift else v
+            top = v if top is None else top | v
+        if planes.top_bits(key.bits, planes.parse_tag(key.nested)[0]) != key.bits:
+            top = tirx.min((top >> u8(1)) + (top & u8(1)), u8((1 << key.bits) - 1))
+        return top
+
+    return te.compute((N, KB, i64(VEC), i64(J)), code, name="wcode")
+
+
+def _plane_fn(P: te.Tensor, key: layout.KernelKey, w: int, off: int, nblk: int, order: str):
+    return lambda n, kb, i, j: int8_decode.plane_code(P, _plane_base(key, n, kb, w, off, nblk), i, j, w, order)
+
+
+def _plane_base(key: layout.KernelKey, n, kb, w: int, off: int, nblk: int):
+    """First word of plane (w, off) of row n, block kb (planes.word_index at code 32 kb)."""
+    return i64(off * key.N * nblk) + n * i64(w * nblk) + kb * i64(w)
 
 
 def _schedule(func: tirx.PrimFunc, key: layout.KernelKey, isa: str, with_epilogue: bool) -> tirx.PrimFunc:
@@ -120,9 +156,12 @@ def _schedule(func: tirx.PrimFunc, key: layout.KernelKey, isa: str, with_epilogu
     loops = sch.get_loops(gemm)
     block_loop = loops[-3 - has_m]  # b (or q, or ni): one 32-code block per iteration, shared by the rows m
     wcode = sch.get_sblock("wcode")
-    _read_whole_block(sch, wcode, key.bits)
-    sch.compute_at(wcode, block_loop)
-    sch.tensorize(sch.get_loops(wcode)[-2], int8_decode.intrin_name(key.bits))
+    if key.nested:
+        _schedule_nested_decode(sch, key, wcode, block_loop)
+    else:
+        _read_whole_block(sch, wcode, key.bits)
+        sch.compute_at(wcode, block_loop)
+        sch.tensorize(sch.get_loops(wcode)[-2], int8_decode.intrin_name(key.bits))
     sch.decompose_reduction(gemm, block_loop if key.group_size > layout.BLOCK else loops[-2 - has_m])
     sch.tensorize(loops[-2], int8_intrin.intrin_for(isa, key.bits))
     return sch.mod["main"]
@@ -178,6 +217,24 @@ def _read_whole_block(sch, block, bits: int) -> None:
     index_map = IndexMap(initial_indices=[iv.var for iv in sch.get(block).iter_vars],
                          final_indices=[n, n + 1, kb * bits, kb * bits + bits], inverse_index_map=None)
     _ffi_api.ScheduleAnnotateBufferAccess(sch, block, 0, 0, index_map)
+
+
+def _schedule_nested_decode(sch, key: layout.KernelKey, wcode, block_loop) -> None:
+    """Each plane's block decoded by its intrinsic right before the byte-wise combine, both under the block loop."""
+    from tvm.s_tir.schedule import _ffi_api
+    from tvm.tirx import IndexMap
+
+    sch.compute_at(wcode, block_loop)
+    nblk, order = key.K // layout.BLOCK, int8_decode.ORDERS[key.bits]
+    for p, (w, off, _) in enumerate(planes.planes_read(key.bits, key.nested)):
+        block = sch.get_sblock(f"plane{p}")
+        ivs = [iv.var for iv in sch.get(block).iter_vars]
+        base = _plane_base(key, ivs[0], ivs[1], w, off, nblk)  # the plane's w words: the intrinsic's operand
+        index_map = IndexMap(initial_indices=ivs, final_indices=[base, base + i64(w)], inverse_index_map=None)
+        _ffi_api.ScheduleAnnotateBufferAccess(sch, block, 0, 0, index_map)
+        sch.compute_at(block, block_loop)
+        sch.tensorize(sch.get_loops(block)[-2], int8_decode.plane_intrin_name(w, order))
+    sch.vectorize(sch.fuse(*sch.get_loops(wcode)[-2:]))
 
 
 def _divisor(n: int, at_most: int) -> int:

@@ -66,7 +66,7 @@ def _nested_code(P: te.Tensor, n, k, key: layout.KernelKey) -> tirx.PrimExpr:
         word = P[i64(off * key.N * nblk) + n * i64(w * nblk) + tirx.floordiv(k, i64(layout.BLOCK)) * i64(w)
                  + tirx.floordiv(kl, i64(per_word))]
         v = (word >> (tirx.floormod(kl, i64(per_word)) * i64(w)).astype("uint32")) & tirx.const((1 << w) - 1, "uint32")
-        v = v << tirx.const(shift, "uint32") if shift else v
+        v = v << tirx.const(shift, "uint32") if shift > 0 else v >> tirx.const(-shift, "uint32") if shift else v
         top = v if top is None else top | v
     rule = planes.parse_tag(key.nested)[0]
     if planes.top_bits(key.bits, rule) != key.bits:
@@ -159,13 +159,18 @@ def arg_shapes(key: layout.KernelKey, m: int | None = None) -> list[tuple[tuple[
             ((key.N, G), layout.SCALE_DTYPE), ((m, key.N), key.dtype)]
 
 
-def switch_func(key: layout.KernelKey, widths: tuple[int, ...], name: str) -> tirx.PrimFunc:
+def switch_func(key: layout.KernelKey, widths: tuple[int, ...], name: str,
+                callees: tuple[str, ...] | None = None) -> tirx.PrimFunc:
     """The run-time switch of a switchable build: calls the kernel of width `bits` (an int64 scalar, from the entry
     function's bits shape) on the unit's one plane array and that width's scales and zeros.
 
         args  X act[M, K], P uint32[N * nested words_per_row], S_r, Z_r f16[N, K/g] for r in widths, bits; out Y
-    Each branch is a direct call of the per-width kernel (`key.with_bits(r).name`, a tuned bit-slice kernel in the
-    same library); a width outside `widths` raises. Written scheduled (it holds no loops)."""
+    Each branch is a direct call of the per-width kernel in the same library: `callees[i]` for widths[i] (default
+    `key.with_bits(r).name`, the tuned bit-slice kernel; an int8-activation build passes its kernels' names). A
+    width outside `widths` raises. Written scheduled (it holds no loops)."""
+    callees = tuple(key.with_bits(r).name for r in widths) if callees is None else tuple(callees)
+    if len(callees) != len(widths):
+        raise ValueError(f"{name}: {len(widths)} widths but {len(callees)} kernels")
     M = i64(key.m_bucket) if key.m_bucket is not None else tirx.Var("m", "int64")
     X = te.placeholder((M, i64(key.K)), key.dtype, name="X")
     P = te.placeholder(packed_shape(key), "uint32", name="P")
@@ -177,7 +182,7 @@ def switch_func(key: layout.KernelKey, widths: tuple[int, ...], name: str) -> ti
         x, p, *rest = ins
         stmt = _assert(tirx.const(False, "bool"), "ValueError", f"{name}: this build has no kernel for that width")
         for i in reversed(range(len(widths))):
-            call = tirx.call_cpacked(key.with_bits(widths[i]).name, x, p, rest[2 * i], rest[2 * i + 1], outs[0])
+            call = tirx.call_cpacked(callees[i], x, p, rest[2 * i], rest[2 * i + 1], outs[0])
             ok = _assert(call == 0, "RuntimeError", f"{name}: the r={widths[i]} kernel failed")
             stmt = tirx.IfThenElse(bits == widths[i], ok, stmt)
         return stmt

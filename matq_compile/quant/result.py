@@ -35,7 +35,8 @@ class QuantResult:
             validate_parts(self.qweight, s, self.zeros, None, f"slice {r} scales")
 
     def scales_for(self, bits: int, refit: bool = True) -> torch.Tensor:
-        """The scales slice `bits` is dequantized with: its refitted scales if stored (and wanted), else the parent's."""
+        """The scales slice `bits` is dequantized with: its refitted scales if stored (and wanted), else the
+        parent's."""
         return self.slice_scales.get(bits, self.scales) if refit else self.scales
 
     @property

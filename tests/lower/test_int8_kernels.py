@@ -57,6 +57,33 @@ def test_integer_path_is_bit_exact(bits, group, m, cpu, rng):
     np.testing.assert_array_equal(acc.numpy(), act_quant.integer_acc(codes, xq, group))
 
 
+NESTED = [(w, rule, None, b) for w in ((2, 3, 4, 6, 8), (3, 5, 7), (4, 8), (8,)) for rule in ("round", "midpoint")
+          for b in w] + [((2, 3, 4, 6, 8), rule, (4, 4), b) for rule in ("round", "midpoint") for b in (2, 3, 4, 6, 8)]
+
+
+@pytest.mark.parametrize("widths,rule,split,bits", NESTED)
+def test_nested_integer_path_is_bit_exact(widths, rule, split, bits, cpu, rng):
+    """A switchable build's int8-activation kernels decode the r-bit slice from the nested planes (planes.py) and
+    give act_quant's integer dot products of slicing.slice_codes exactly. The layouts cover every plane width in
+    every lane order a slice reads it in, the bit-by-bit decode included (2- and 4-bit planes at r = 8), and the
+    coarse split (4, 4), where narrow slices drop a plane's low bits."""
+    from matq_compile import planes, slicing
+
+    target, dev, isa = cpu
+    m, group = ((1, 32), (3, 64), (16, 128))[bits % 3]
+    tag = planes.tag(widths, rule, split)
+    key = layout.KernelKey(24, 384, bits, group, layout.bucket_for(m), nested=tag)
+    q = rng.integers(0, 256, (key.N, key.K)).astype(np.uint8)
+    q[0], q[1] = 255, 0  # the largest slice code (round: the clamped 2^r rounding) and the smallest
+    x = _activations(rng, m, key.K)
+    ex = _build(int8_kernels.int8_acc_func(key, isa, "main"), target)
+    acc = tvm_mod.empty((m, key.N, key.n_groups), "int32", dev)
+    ex["main"](tvm_mod.tensor(x, dev), tvm_mod.tensor(planes.pack(q, tag), dev), acc)
+    codes = slicing.slice_codes(q, bits, rule).astype(np.uint8)
+    np.testing.assert_array_equal(acc.numpy(), act_quant.integer_acc(codes, act_quant.quantize_activations(
+        x, group)[0], group))
+
+
 def test_largest_products_do_not_saturate(cpu):
     """All codes 255 (r = 8) and all activations at +-127: each int16 pair sum of vpmaddubsw would overflow."""
     target, dev, isa = cpu
@@ -115,7 +142,7 @@ def test_decode_intrinsic_matches_layout(bits, cpu, rng):
     codes = rng.integers(0, 1 << bits, (5, 96)).astype(np.uint8)
     out = tvm_mod.empty((5, 3, 8, 4), "uint8", dev)
     _build(sch.mod["main"], target)["main"](tvm_mod.tensor(layout.pack(codes, bits), dev), out)
-    order = [int8_decode.lane_code(p, bits) for p in range(32)]
+    order = [int8_decode.lane_code(p, int8_decode.ORDERS[bits]) for p in range(32)]
     assert sorted(order) == list(range(32))
     np.testing.assert_array_equal(out.numpy().reshape(5, 3, 32), codes.reshape(5, 3, 32)[:, :, order])
 

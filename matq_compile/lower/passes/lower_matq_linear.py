@@ -90,16 +90,15 @@ class _Rewriter(relax.PyExprMutator):
         key = sl.key(_m_bucket(m))
         if self.switch is None:
             return relax.call_tir(self._kernel(key), [x, *args[:3]], out_ty=out)
-        for r in self.switch.widths:
-            self._kernel(key.with_bits(r))
+        callees = tuple(self._kernel(key.with_bits(r)).name_hint for r in self.switch.widths)
         n_arrays = 1 + 2 * len(self.switch.widths)
-        return relax.call_tir(self._switch(key), [x, *args[:n_arrays], self.unit_bits[layer]],
+        return relax.call_tir(self._switch(key, callees), [x, *args[:n_arrays], self.unit_bits[layer]],
                               out_ty=out)
 
-    def _switch(self, key: layout.KernelKey) -> tvm.ir.GlobalVar:
+    def _switch(self, key: layout.KernelKey, callees: tuple[str, ...]) -> tvm.ir.GlobalVar:
         name = "matq_switch_" + key.with_bits(max(self.switch.widths)).name[len("matq_linear_"):]
         if name not in self.kernels:
-            self.kernels[name] = self.builder_.add_func(switch_func(key, self.switch.widths, name), name)
+            self.kernels[name] = self.builder_.add_func(switch_func(key, self.switch.widths, name, callees), name)
         return self.kernels[name]
 
     def rewrite(self, func: relax.Function) -> relax.Function:
