@@ -383,7 +383,7 @@ def update_table(args: argparse.Namespace, steps: qt.Steps, report: dict) -> Non
     table["seconds"]["matgptq"] = default["seconds"]
     if "gptq8-slice" in by_name:
         table["seconds"]["gptq"] = by_name["gptq8-slice"]["seconds"]
-    variant = {v.name: v for v in MATGPTQ}.get(args.default.removesuffix("+refit"))
+    variant = {v.name: v for v in MATGPTQ + RECIPE_VARIANTS}.get(args.default.removesuffix("+refit"))
     if variant is not None:  # the config describes the default recipe, not the reference's λ = 1, μ uniform
         kw = variant.kwargs
         table["config"]["lambda"] = {str(r): w for r, w in kw.get("lambdas", ((8, 1.0), (4, 1.0), (3, 1.0)))}
@@ -391,6 +391,8 @@ def update_table(args: argparse.Namespace, steps: qt.Steps, report: dict) -> Non
                                                            if kw.get("feedback") == "per-slice" else "")
         table["config"]["feedback"] = kw.get("feedback", "shared")
         table["config"]["refit"] = list(REFIT) if args.default.endswith("+refit") else []
+        table["config"]["act_order"] = bool(kw.get("act_order", False))
+        table["config"]["static_groups"] = bool(kw.get("static_groups", False))
     table["study"] = "benchmarks/results/quantizer_study_smollm2.json (same protocol; these keys are copied from it)"
     table["date"] = report["date"]
     write_json(args.table, table)

@@ -171,7 +171,8 @@ def test_recipes_and_explicit_overrides(setup, tmp_path):
 
     root, model = setup
     runs = {"default": [], "reference": ["--recipe", "reference"],
-            "override": ["--error-feedback", "shared", "--refit", "none", "--trained-bits", "8,4,2"],
+            "override": ["--error-feedback", "shared", "--refit", "none", "--trained-bits", "8,4,2",
+                         "--no-act-order"],
             "gptq": ["--method", "gptq", "--bits", "4"]}
     specs = {}
     for name, extra in runs.items():
@@ -184,10 +185,13 @@ def test_recipes_and_explicit_overrides(setup, tmp_path):
         assert (got.trained_bits, got.feedback, got.refit, got.mu) == (
             want["trained_bits"], want["feedback"], tuple(sorted(want["refit"], reverse=True)), want["mu"]), name
         assert dict(got.lambdas) == dict(want["lambdas"]), name
+        assert (got.act_order, got.static_groups) == (want["act_order"], want["static_groups"]), name
+    assert specs["default"].act_order and specs["default"].static_groups and not specs["reference"].act_order
     over = specs["override"]
     assert over.feedback == "shared" and over.refit == () and over.trained_bits == (8, 4, 2)
+    assert not over.act_order and over.static_groups  # --no-act-order wins; the recipe's static groups stay
     assert dict(over.lambdas) == {r: w for r, w in default["lambdas"] if r in (8, 4, 2)}
-    assert specs["gptq"].refit == () and specs["gptq"].feedback == "shared"
+    assert specs["gptq"].refit == () and specs["gptq"].feedback == "shared" and not specs["gptq"].act_order
     ck = load_checkpoint(tmp_path / "default")
     assert all(sorted(res.slice_scales) == sorted(default["refit"]) for res in ck.layers.values())
 

@@ -39,8 +39,8 @@ def register(subparsers) -> None:
     g.add_argument("--asym", dest="sym", action="store_false", help="asymmetric grid with uint8 zeros")
     g.add_argument("--slice-rule", choices=("round", "midpoint"), default="round")
     g.add_argument("--recipe", choices=("default", "reference"), default="default",
-                   help="matgptq settings to start from (R, λ, μ, error feedback, refit); the flags below override "
-                        "them. reference = MatGPTQ as published; default = chosen from the quantizer study")
+                   help="matgptq settings to start from (R, λ, μ, error feedback, refit, act-order); the flags below "
+                        "override them. reference = MatGPTQ as published; default = chosen from the quantizer study")
     g.add_argument("--trained-bits", type=int_list, default=None, help="trained slice set R, e.g. 8,4,3")
     g.add_argument("--lambdas", type=lambda_list, default=None, help="per-slice weights, e.g. 8:1,4:1,3:1")
     g.add_argument("--mu", choices=("uniform", "lambda"), default=None,
@@ -51,10 +51,11 @@ def register(subparsers) -> None:
                    help="slices whose group scales are refitted after the codes are fixed, e.g. 8,6,5,4,3; none")
     g.add_argument("--rel-damp", type=float, default=1e-2)
     g.add_argument("--block-size", type=int, default=128)
-    g.add_argument("--act-order", action="store_true")
-    g.add_argument("--static-groups", action="store_true",
+    g.add_argument("--act-order", action=argparse.BooleanOptionalAction, default=None,
+                   help="quantize columns in decreasing Hessian-diagonal order (matgptq default recipe: on)")
+    g.add_argument("--static-groups", action=argparse.BooleanOptionalAction, default=None,
                    help="group grids fixed from the unquantized weights before any update; with --act-order the "
-                        "checkpoint stores no perm (deployment unchanged)")
+                        "checkpoint stores no perm (deployment unchanged; matgptq default recipe: on)")
     g.add_argument("--true-sequential", action="store_true")
     g.add_argument("--levels", type=int_list, default=(2, 3, 4, 5, 6, 7, 8), help="levels in the sensitivity table")
     c = p.add_argument_group("calibration")
@@ -88,7 +89,6 @@ def run(args: argparse.Namespace) -> int:
 
     spec = QuantSpec(method=args.method, bits=args.bits, group_size=args.group_size, sym=args.sym,
                      slice_rule=args.slice_rule, rel_damp=args.rel_damp, block_size=args.block_size,
-                     act_order=args.act_order, static_groups=args.static_groups,
                      true_sequential=args.true_sequential, levels=args.levels,
                      **recipe_fields(args))
     calib = CalibSpec(calibration_source(args.calibration), args.calibration_samples, args.calibration_seq_len,
@@ -114,7 +114,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def recipe_fields(args: argparse.Namespace) -> dict:
-    """R, λ, μ, feedback and refit: the recipe's values (matgptq only), overridden by flags given explicitly."""
+    """R, λ, μ, feedback, refit and column order: the recipe's values (matgptq only), overridden by flags given
+    explicitly (rtn/gptq: the flags, else QuantSpec's defaults)."""
     from matq_compile.quant.recipes import RECIPE_FIELDS, recipe
 
     base = recipe(args.recipe) if args.method == "matgptq" else {}
