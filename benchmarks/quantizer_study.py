@@ -96,8 +96,9 @@ RECIPE_VARIANTS = [
     Variant("per-slice-l64-trueseq", MATGPTQ[1].flags + " --true-sequential", {**_ps(64.0), "true_sequential": True}),
     Variant("per-slice-l64-damp10", MATGPTQ[1].flags + " --rel-damp 0.1", {**_ps(64.0), "rel_damp": 0.1}),
 ]
-GPTQ_ORDER = [Variant("gptq4-actorder", "--method gptq --bits 4 --act-order --static-groups --refit 4",
-                      {"act_order": True, "static_groups": True}, method="gptq", bits=4, refit=True)]
+GPTQ_ORDER = [Variant(f"gptq{b}-actorder", f"--method gptq --bits {b} --act-order --static-groups --refit {b}",
+                      {"act_order": True, "static_groups": True}, method="gptq", bits=b, refit=True)
+              for b in (4, 3, 5, 6, 8)]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -370,6 +371,8 @@ def update_table(args: argparse.Namespace, steps: qt.Steps, report: dict) -> Non
     for r in map(str, SLICES):
         cands = [(plain.get(r), plain_src.get(r)),
                  (by_name.get(refit_row, {}).get("ppl", {}).get(r), f"quantizer_study.py row {refit_row!r}")]
+        cands += [(by_name.get(row, {}).get("ppl", {}).get(r), f"quantizer_study.py row {row!r}")
+                  for row in (f"gptq{r}-actorder", f"gptq{r}-actorder+refit")]  # act-order where it helps
         cands = [c for c in cands if c[0] is not None]
         if cands:
             best[r], best_src[r] = min(cands, key=lambda c: c[0])
