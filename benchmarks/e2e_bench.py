@@ -139,10 +139,11 @@ def bench_llama_cpp(gguf: Path, prompt: list[int], new_tokens: int, repeats: int
 
     t_dec = statistics.median(decode() for _ in range(repeats))
     return {"prefill_tok_s": len(prompt) / t_pre, "decode_tok_s": new_tokens / t_dec, "ppl": None,
-            "llama_cpp_python": llama_cpp.__version__, "threads": threads}
+            "llama_cpp_python": llama_cpp.__version__, "threads": threads,
+            "system_info": llama_cpp.llama_print_system_info().decode()}  # the CPU features it was built with
 
 
-def ensure_build(ckpt: Path, out: Path, bits: int | None, plan: Path | None, args) -> Path:
+def ensure_build(ckpt: Path, out: Path, bits: int | None, plan: Path | None, args, act: str = "float") -> Path:
     """Compile unless an up-to-date build of the same checkpoint, slice choice and target exists."""
     from matq_compile import schedules, targets
     from matq_compile.ckpt import load_checkpoint
@@ -157,11 +158,13 @@ def ensure_build(ckpt: Path, out: Path, bits: int | None, plan: Path | None, arg
                 and m.get("embed_dtype", "float32") == args.embed_dtype
                 and (m["database"] or {}).get("hash") == db_hash
                 and m["model"]["max_seq_len"] == args.max_seq_len and m["target"]["name"] == args.target_name
+                and m.get("act", "float") == act
                 and (m["plan"].get("bits") == bits if bits else m["plan"].get("path") == str(plan)))
         if same and not args.rebuild:
             return out
     opts = CompileOptions(target=args.target, db_dir=args.db_dir, allow_untuned=args.allow_untuned,
-                          head_dtype=args.head_dtype, embed_dtype=args.embed_dtype, max_seq_len=args.max_seq_len)
+                          head_dtype=args.head_dtype, embed_dtype=args.embed_dtype, max_seq_len=args.max_seq_len,
+                          act=act)
     return compile_model(ckpt, out, bits=bits, plan=plan, opts=opts)
 
 
@@ -181,6 +184,8 @@ def parse_args(argv):
     p.add_argument("--checkpoint", type=Path, default=None)
     p.add_argument("--plan", type=Path, default=None, help="a searched plan for this checkpoint")
     p.add_argument("--bits", default="8,4,3,2")
+    p.add_argument("--act", default="float", help="comma list of activation modes to build: float, int8 "
+                                                   "(int8 builds are named matq-int<r>-a8)")
     p.add_argument("--target", default="host")
     p.add_argument("--db-dir", default=None)
     p.add_argument("--allow-untuned", action="store_true")
@@ -225,9 +230,12 @@ def jobs(args, model_dir: Path, prompt: list[int], windows_path: str | None) -> 
     configs = [(f"matq-int{b}", int(b), None) for b in args.bits.split(",") if b]
     if args.plan is not None:
         configs.append((f"matq-plan-{args.plan.stem}", None, args.plan))
-    for name, bits, plan in configs:
-        build = ensure_build(args.checkpoint, args.work_dir / name, bits, plan, args)
-        facts = {"act": "float32", "bits": bits, "plan": None if plan is None else str(plan),
+    configs = [(name + ("-a8" if act == "int8" else ""), bits, plan, act)
+               for act in args.act.split(",") for name, bits, plan in configs]
+    for name, bits, plan, act in configs:
+        build = ensure_build(args.checkpoint, args.work_dir / name, bits, plan, args, act)
+        facts = {"act": "int8 (per group)" if act == "int8" else "float32", "bits": bits,
+                 "plan": None if plan is None else str(plan),
                  "build_mb": sum(f.stat().st_size for f in build.iterdir() if f.is_file()) / 1e6}
         out.append((name, base | {"engine": "matq", "build": str(build)}, facts))
     skip = set(args.skip.split(","))

@@ -271,9 +271,9 @@ def rows(steps: qt.Steps) -> list[dict]:
                         "calibration_samples": CALIB_DEFAULT,
                         "note": "one checkpoint per r, each storing its own slice's refitted scales; the row "
                                 "without +refit evaluates the same checkpoints with the GPTQ scales"})
-    for v in CALIBRATION + GPTQ_ORDER:  # dedicated GPTQ-4 variants: with their GPTQ scales, then refitted
-        for tag in ("", "+refit"):
-            ppl = {str(v.bits): steps.get(f"ppl/{step_name(v)}{tag}/{v.bits}")}
+    for v in CALIBRATION + GPTQ_ORDER:  # dedicated GPTQ variants: with their GPTQ scales, then refitted; an 8-bit
+        for tag in ("", "+refit"):      # one is also sliced to every width (GPTQ-8 -> slice)
+            ppl = {str(b): steps.get(f"ppl/{step_name(v)}{tag}/{b}") for b in v.slices}
             if ppl[str(v.bits)] is not None:
                 flags = v.flags if tag else v.flags.replace(f" --refit {v.bits}", "")
                 out.append({"name": v.name + tag, "flags": flags, "ppl": ppl, **timing(steps, step_name(v)),

@@ -14,7 +14,8 @@ Blocks (K seen as blocks of 32 = 8 lanes x 4 bytes, the tensor intrinsic's opera
     "igemm"    part[m, n, q, i] int32 = sum_{b, j} wcode * xq                  (tensorized: 8 lanes x 4 bytes)
     "cscale"   cs[m, n, q] = sx * S                                            float32 from here on
     "fdot"     sum_{q, i} cs * part                                            8 float lanes, one FMA per group
-    "zterm"    sum_q cs * Z * xsum                                             vectorised over groups
+    "zx"       zx[q, m] = sx * xsum                                            once per call, group-major
+    "zterm"    sum_q zx[q, m] * S * Z                                          vectorised over groups (M = 1) or rows
     "epilogue" Y = fdot - zterm
 
 The float work reads the eight integer lanes of each group (converted exactly while |part| < 2^24, i.e.
@@ -23,9 +24,13 @@ group by group with scalar loads, cost as much as the whole decode-and-dot loop.
 epilogue for that integer lane sum ("lanesum", acc[m, n, q] = sum_i part), so tests pin every integer block
 (quantization, decode, dot) bit-exactly.
 
-The schedule is written here (the kernels are hand-scheduled, not tuned): rows in parallel, for each row and
-group the 32-code blocks are decoded once and dotted with every activation row (M > 1 reuses the decoded block),
-then the epilogue folds the row's groups into 8 float lanes.
+The schedule is written here (the kernels are hand-scheduled, not tuned): rows in parallel; for each row and
+group the group's 32-code blocks are decoded once, then each activation row takes the group's blocks in turn (the
+block loop unrolled inside the row loop, so LLVM keeps the 8 int32 lanes in a register and forwards the zero init:
+one store per row and group, not one per block); the epilogue folds the row's groups into 8 float lanes stored
+contiguously per activation row. With several activation rows (prefill) the activation scales and cs are stored
+group-major and cs and the zero term are vectorised over the rows: as scalar loops per output they cost as much as
+the integer dot products.
 """
 from __future__ import annotations
 
@@ -90,9 +95,12 @@ def _compute(key: layout.KernelKey, with_epilogue: bool):
     q = te.reduce_axis((i64(0), G), name="q")
     dot = te.compute((M, N), lambda m, n: te.sum(cs[m, n, q] * part[m, n, q, li].astype(f32), axis=[q, li]),
                      name="fdot")
+    # the zero term, sum_q (sx xsum)[m, q] (S Z)[n, q]: its activation factor once per call, stored group-major so
+    # that a row's term is vectorised over the activation rows (M > 1)
+    zx = te.compute((G, M), lambda q, m: sx[m, q] * xsum[m, q].astype(f32), name="zx")
     qz = te.reduce_axis((i64(0), G), name="qz")
     zt = te.compute((M, N), lambda m, n: te.sum(
-        cs[m, n, qz] * Z[n, qz].astype(f32) * xsum[m, qz].astype(f32), axis=qz), name="zterm")
+        zx[qz, m] * (S[n, qz].astype(f32) * Z[n, qz].astype(f32)), axis=qz), name="zterm")
     Y = te.compute((M, N), lambda m, n: dot[m, n] - zt[m, n], name="epilogue")
     return [X, P, S, Z, Y]
 
@@ -135,7 +143,8 @@ def _schedule(func: tirx.PrimFunc, key: layout.KernelKey, isa: str, with_epilogu
     every producer, and the epilogue's activation scales and sums are produced once, at the root)."""
     sch = Schedule(tvm.IRModule({"main": func}))
     _schedule_activations(sch)
-    placed = _schedule_epilogue(sch, key.n_groups) if with_epilogue else []
+    rows = key.m_bucket != 1  # several activation rows (static M > 1 or dynamic M)
+    placed = _schedule_epilogue(sch, key) if with_epilogue else []
     out = sch.get_sblock("epilogue" if with_epilogue else "lanesum")
     m, n, *rest = sch.get_loops(out)
     no, ni = sch.split(n, [None, _divisor(key.N, ROWS_PER_TASK)])
@@ -144,26 +153,36 @@ def _schedule(func: tirx.PrimFunc, key: layout.KernelKey, isa: str, with_epilogu
     for block in placed:
         sch.compute_at(block, ni)
     for block in placed:
-        if sch.get(block).name_hint.endswith("_rf"):
+        name = sch.get(block).name_hint
+        if name.endswith("_rf"):
             _vectorize_rf(sch, block)
-    if with_epilogue and key.n_groups > 1:  # one group: no group loop (the innermost would be the row loop)
-        sch.vectorize(sch.get_loops(sch.get_sblock("cscale"))[-1])
+        elif name == "zterm" and key.m_bucket not in (None, 1):
+            _vectorize_rows(sch, block, key.n_groups)
+    if with_epilogue:
+        _schedule_cscale(sch, key)
     gemm = sch.get_sblock("igemm")
     sch.transform_layout(gemm, ("write", 0), lambda m, n, q, i: (n, q, m, i))  # a row's lanes together
     sch.reorder_block_iter_var(gemm, [1, 2, 4, 0, 3, 5])  # (n, q, b, m, i, j): compute_at makes loops in this order
     sch.compute_at(gemm, ni)  # loops [q, b, m,] i, j; unit loops are dropped
-    has_m = key.m_bucket != 1
+    has_q, has_b = key.n_groups > 1, key.group_size > layout.BLOCK
     loops = sch.get_loops(gemm)
-    block_loop = loops[-3 - has_m]  # b (or q, or ni): one 32-code block per iteration, shared by the rows m
+    inner = loops[len(loops) - (has_q + has_b + rows + 2):]
+    group_loop = inner[0] if has_q else ni  # the group's blocks are decoded here, before any activation row
+    b_loop, m_loop = (inner[has_q] if has_b else None), (inner[has_q + has_b] if rows else None)
+    if b_loop is not None and m_loop is not None:
+        sch.reorder(m_loop, b_loop)  # per row, the group's blocks in turn: its 8 int32 lanes stay in a register
     wcode = sch.get_sblock("wcode")
     if key.nested:
-        _schedule_nested_decode(sch, key, wcode, block_loop)
+        _schedule_nested_decode(sch, key, wcode, group_loop)
     else:
         _read_whole_block(sch, wcode, key.bits)
-        sch.compute_at(wcode, block_loop)
+        sch.compute_at(wcode, group_loop)
         sch.tensorize(sch.get_loops(wcode)[-2], int8_decode.intrin_name(key.bits))
-    sch.decompose_reduction(gemm, block_loop if key.group_size > layout.BLOCK else loops[-2 - has_m])
-    sch.tensorize(loops[-2], int8_intrin.intrin_for(isa, key.bits))
+    lane_loop = sch.get_loops(gemm)[-2]
+    sch.decompose_reduction(gemm, b_loop if b_loop is not None else lane_loop)
+    if b_loop is not None:
+        sch.unroll(b_loop)  # straight-line adds: LLVM forwards the zero init and the partial sums
+    sch.tensorize(lane_loop, int8_intrin.intrin_for(isa, key.bits))
     return sch.mod["main"]
 
 
@@ -189,12 +208,45 @@ def _rfactor_lanes(sch, name: str, split: bool):
     return rf, sch.get_sblock(name)
 
 
-def _schedule_epilogue(sch, groups: int) -> list:
-    """The float work: fdot over 8 float lanes (the igemm lanes), zterm 8 groups wide where the group count
-    allows. Returns the blocks to place under the row loop, consumers first."""
-    placed = list(_rfactor_lanes(sch, "fdot", False))[::-1]
-    placed += list(_rfactor_lanes(sch, "zterm", True))[::-1] if groups % VEC == 0 else [sch.get_sblock("zterm")]
+def _schedule_epilogue(sch, key: layout.KernelKey) -> list:
+    """The float work: fdot over 8 float lanes (the igemm lanes; a row's lanes stored together), zterm 8 groups
+    wide for one activation row where the group count allows, else across the rows. Returns the blocks to place
+    under the row loop, consumers first."""
+    rf, fdot = _rfactor_lanes(sch, "fdot", False)
+    sch.transform_layout(rf, ("write", 0), lambda li, m, n: (n, m, li))
+    placed = [fdot, rf]
+    if key.m_bucket == 1 and key.n_groups % VEC == 0:
+        placed += list(_rfactor_lanes(sch, "zterm", True))[::-1]
+    else:
+        placed.append(sch.get_sblock("zterm"))
     return placed + [sch.get_sblock("cscale")]
+
+
+def _schedule_cscale(sch, key: layout.KernelKey) -> None:
+    """cs = sx * S under the row loop: vectorized over the groups for one activation row, over the rows for a
+    static M > 1 (sx and cs stored group-major)."""
+    cscale = sch.get_sblock("cscale")
+    if key.m_bucket in (None, 1):
+        if key.n_groups > 1:  # one group: no group loop (the innermost would be the row loop)
+            sch.vectorize(sch.get_loops(cscale)[-1])
+        return
+    sch.transform_layout(sch.get_sblock("ascale"), ("write", 0), lambda m, q: (q, m))
+    sch.transform_layout(cscale, ("write", 0), lambda m, n, q: (n, q, m))
+    if key.n_groups > 1:
+        m, q = sch.get_loops(cscale)[-2:]
+        sch.reorder(q, m)
+    sch.vectorize(sch.get_loops(cscale)[-1])
+
+
+def _vectorize_rows(sch, block, groups: int) -> None:
+    """zterm under the row loop, loops m, q -> q, m with m vectorized (its factor zx is stored group-major)."""
+    if groups == 1:  # no group loop
+        sch.vectorize(sch.get_loops(block)[-1])
+        return
+    m, q = sch.get_loops(block)[-2:]
+    sch.reorder(q, m)
+    sch.vectorize(m)
+    sch.decompose_reduction(block, q)
 
 
 def _vectorize_rf(sch, rf) -> None:
