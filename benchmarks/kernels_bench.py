@@ -50,8 +50,9 @@ def reuse_study(spec, db_dir: Path, shape: tuple[int, int], trials: int, bits_li
         with tempfile.TemporaryDirectory() as tmp:
             ded_db = Path(tmp) / spec.name
             ran = tune.tune([key], spec, ded_db, trials, at_bits=None)
-            pairs = [(bench.measure([key], spec, db_dir, repeat=20).entries[key],
-                      bench.measure([key], spec, ded_db, repeat=20).entries[key]) for _ in range(rounds)]
+            built: dict = {}
+            pairs = [(bench.measure([key], spec, db_dir, repeat=20, built=built).entries[key],
+                      bench.measure([key], spec, ded_db, repeat=20, built=built).entries[key]) for _ in range(rounds)]
         reused, dedicated = (float(np.median(v)) for v in zip(*pairs))
         out[str(bits)] = {"shape": [N, K, 1], "trials_reused": 0, "trials_dedicated": sum(ran.values()),
                           "latency_reused_s": reused, "latency_dedicated_s": dedicated,
@@ -70,7 +71,7 @@ def main_rows(spec, db_dir: Path, shapes, ms, bits_list, bw: float, rounds: int,
               acts: tuple[str, ...] = ("float",)) -> tuple[list[dict], dict]:
     """Per (shape, M): `rounds` interleaved rounds of our kernels (each activation mode) and every anchor;
     medians over rounds."""
-    rows, anchors = [], {}
+    rows, anchors, built = [], {}, {}  # built: each kernel compiled once, timed in every round
     for N, K in shapes:
         for M in ms:
             keys = [layout.KernelKey(N, K, b, 64, M) for b in bits_list]
@@ -79,7 +80,7 @@ def main_rows(spec, db_dir: Path, shapes, ms, bits_list, bw: float, rounds: int,
             ref = []
             for _ in range(rounds):
                 for a in acts:
-                    table = bench.measure(keys, spec, db_dir, act=a)
+                    table = bench.measure(keys, spec, db_dir, act=a, built=built)
                     for k in keys:
                         ours[(k, a)].append(table.entries[k])
                 for (b, acc), vals in ort.items():

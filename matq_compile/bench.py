@@ -76,12 +76,13 @@ def traffic_bytes(key: layout.KernelKey, m: int) -> int:
 
 
 def measure(keys: list[layout.KernelKey], spec, db_dir: str | Path, repeat: int = 50, fallback: bool = False,
-            runner: str = "local", rpc=None, act: str = "float") -> LatencyTable:
+            runner: str = "local", rpc=None, act: str = "float", built: dict | None = None) -> LatencyTable:
     """Median cold-cache latency of each (static-M) key, scheduled from db_dir, timed where `runner` says
     (remote.open_session: this machine's CPU or GPU, or an RPC server); the table names the device that timed it.
 
     fallback: kernels without records (or no database at all) get the target's default schedule; act "int8": the
-    int8-activation kernels (hand-scheduled, no database)."""
+    int8-activation kernels (hand-scheduled, no database). built: a dict the caller keeps across calls, so a kernel
+    timed in several rounds is compiled once."""
     from matq_compile import remote
     from matq_compile._tvm import TVM_VERSION
     from matq_compile.tune import database_hash
@@ -95,7 +96,13 @@ def measure(keys: list[layout.KernelKey], spec, db_dir: str | Path, repeat: int 
     log.info("timing %d kernels on %s", len(keys), session.device_name)
     entries, stats = {}, {}
     for key in progress(keys, desc="bench"):
-        mod = session.load(build_kernel(key, spec, db_dir, fallback, act))
+        cache_key = (key, act, str(db_dir), fallback)
+        executable = built.get(cache_key) if built is not None else None
+        if executable is None:
+            executable = build_kernel(key, spec, db_dir, fallback, act)
+            if built is not None:
+                built[cache_key] = executable
+        mod = session.load(executable)
         t = session.time(mod, "main", random_args(key, key.m_bucket), repeat)
         entries[key] = float(np.median(t))
         stats[key] = {"min_s": float(t.min()), "gbps": traffic_bytes(key, key.m_bucket) / entries[key] / 1e9}

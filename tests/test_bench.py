@@ -36,6 +36,23 @@ def test_measure_save_load_and_refusals(tmp_path, host):
         bench.load_table(path, host, db)
 
 
+def test_measure_compiles_each_kernel_once_across_rounds(tmp_path, host, monkeypatch):
+    """With a `built` dict kept across calls (kernels_bench's rounds), each kernel is compiled once and re-timed;
+    a kernel scheduled from another database is compiled anew."""
+    db = tmp_path / host.name
+    tune.check_database(db, host, create=True)
+    compiled = []
+    real = bench.build_kernel
+    monkeypatch.setattr(bench, "build_kernel", lambda key, *a, **kw: compiled.append(key) or real(key, *a, **kw))
+    keys, built = [layout.KernelKey(64, 128, 4, 64, 1)], {}
+    tables = [bench.measure(keys, host, db, repeat=3, fallback=True, built=built) for _ in range(2)]
+    assert compiled == keys and all(t.entries[keys[0]] > 0 for t in tables)
+    other = tmp_path / "other" / host.name
+    tune.check_database(other, host, create=True)
+    bench.measure(keys, host, other, repeat=3, fallback=True, built=built)
+    assert compiled == keys * 2
+
+
 def test_traffic_scales_with_bits():
     sizes = [bench.traffic_bytes(layout.KernelKey(4096, 4096, b, 64, 1), 1) for b in range(2, 9)]
     steps = {b - a for a, b in zip(sizes, sizes[1:])}
