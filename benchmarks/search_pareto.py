@@ -2,12 +2,14 @@
 
     flock /tmp/matq_cpu.lock python benchmarks/search_pareto.py --checkpoint CKPT --target host
 
-For every budget (>= 8 decode-latency budgets between uniform int2 and int8, plus the uniform int3/int4/int6
+For every budget (>= 8 decode-latency budgets from the fastest uniform slice to the slowest, plus the uniform int3/int4
 latencies) it solves the MILP, writes the plan under benchmarks/results/plans/, re-measures the plan by running
 all its kernels back to back in one compiled Relax function (each layer with its own weights, so the weights
 stream from memory as in decode), and measures WikiText-2 perplexity of the fake-quantized model (the quantizer's
 protocol: windows of 1024 tokens from token 0). Writes benchmarks/results/search_smollm2_<target>.json, a front
-CSV and a PNG, and prints the README table.
+CSV and a PNG, and prints the README table. `--act int8` prices and re-measures the plans on the int8-activation
+kernels instead (`…_<target>_int8.*`); perplexity stays the fake-quantized model's, which int8 activations move
+by < 1 % (benchmarks/act_ppl.py).
 """
 from __future__ import annotations
 
@@ -45,16 +47,18 @@ def machine() -> dict:
 # ---- re-measurement: every layer's kernel of one plan, back to back, in one compiled function ----
 
 def build_chain(allocation: dict[str, int], table: SearchTable, spec, db_dir: Path, fallback: bool = False,
-                fuse_siblings: bool = True):
-    """VM executable with one function `chain(x_K..., P_i, S_i, Z_i ...)` calling each tuned kernel the compiled
-    model runs (kernel_units.py: fused sibling sets as one kernel)."""
+                fuse_siblings: bool = True, act: str = "float"):
+    """VM executable with one function `chain(x_K..., P_i, S_i, Z_i ...)` calling each kernel the compiled model
+    runs (kernel_units.py: fused sibling sets as one kernel): the tuned float kernels, or with act "int8" the
+    int8-activation kernel wherever the build would use one."""
     from matq_compile import tune
     from matq_compile._tvm import tvm
     from matq_compile.kernel_units import kernel_units
-    from matq_compile.lower.kernels import arg_shapes, linear_func
+    from matq_compile.lower.kernels import arg_shapes
     from matq_compile.search.tables import slices_at
     from tvm import relax
 
+    kernel = _kernel_maker(spec, act)
     bb = relax.BlockBuilder()
     keys = [u.key(table.m_bucket) for u in kernel_units(slices_at(table.layers, allocation), fuse_siblings)]
     xs = {k: relax.Var(f"x{k}", relax.TensorType((table.m_bucket, k), "float32")) for k in sorted({k.K for k in keys})}
@@ -65,7 +69,7 @@ def build_chain(allocation: dict[str, int], table: SearchTable, spec, db_dir: Pa
             shapes.append((shape, dtype))
     with bb.function("chain", [*xs.values(), *params]):
         with bb.dataflow():
-            gvs = {key: bb.add_func(linear_func(key), key.name) for key in dict.fromkeys(keys)}
+            gvs = {key: bb.add_func(kernel(key), key.name) for key in dict.fromkeys(keys)}
             outs = [bb.emit(relax.call_tir(gvs[key], [xs[key.K], *params[3 * i: 3 * i + 3]],
                                            out_ty=relax.TensorType((table.m_bucket, key.N), "float32")))
                     for i, key in enumerate(keys)]
@@ -78,29 +82,49 @@ def build_chain(allocation: dict[str, int], table: SearchTable, spec, db_dir: Pa
     return ex, sorted(xs), shapes
 
 
-def measure_chain(allocation: dict[str, int], table: SearchTable, spec, db_dir: Path,
-                  repeat: int, fuse_siblings: bool = True) -> tuple[float, float]:
-    """Median seconds of one call of every layer kernel back to back (weights distinct per layer): with every
-    buffer flushed from the cache before each repeat (cold, as the per-kernel table is timed), and without."""
-    from matq_compile._tvm import tvm
-    from tvm import relax
+def _kernel_maker(spec, act: str):
+    """key -> the PrimFunc the build runs for it (lower/passes: LowerMatqLinear's choice of form)."""
+    from matq_compile.lower.kernels import linear_func
 
-    ex, ks, shapes = build_chain(allocation, table, spec, db_dir, fuse_siblings=fuse_siblings)
-    dev = tvm.cpu()
-    rng = np.random.default_rng(0)
-    args = [tvm.runtime.tensor(rng.standard_normal((table.m_bucket, k)).astype("float32"), dev) for k in ks]
-    for shape, dtype in shapes:
-        if dtype == "uint32":
-            arr = rng.integers(0, 2**32, size=shape, dtype=np.uint32)
-        else:
-            arr = rng.uniform(0.5, 1.5, size=shape).astype(dtype)
-        args.append(tvm.runtime.tensor(arr, dev))
-    vm = relax.VirtualMachine(ex, dev)
-    vm["chain"](*args)  # warm-up: code pages, VM allocator pools
-    cold = vm.time_evaluator("chain", dev, number=1, repeat=repeat, min_repeat_ms=0,
-                             f_preproc="cache_flush_cpu_non_first_arg")(*args)
-    warm = vm.time_evaluator("chain", dev, number=1, repeat=repeat, min_repeat_ms=0)(*args)
-    return float(np.median(cold.results)), float(np.median(warm.results))
+    if act != "int8":
+        return linear_func
+    from matq_compile.lower import int8_kernels
+    from matq_compile.lower.int8_intrin import check_target
+
+    isa = check_target(spec)
+    return lambda key: (int8_kernels.int8_linear_func(key, isa) if int8_kernels.supports(key) else linear_func(key))
+
+
+class ChainTimer:
+    """One plan's kernels back to back (build_chain), built once with distinct weights per layer and timed as
+    often as asked: rounds over all plans interleave them, so a drift of the machine hits every plan alike."""
+
+    def __init__(self, allocation: dict[str, int], table: SearchTable, spec, db_dir: Path,
+                 fuse_siblings: bool = True, act: str = "float"):
+        from matq_compile._tvm import tvm
+        from tvm import relax
+
+        ex, ks, shapes = build_chain(allocation, table, spec, db_dir, fuse_siblings=fuse_siblings, act=act)
+        self.dev = tvm.cpu()
+        rng = np.random.default_rng(0)
+        self.args = [tvm.runtime.tensor(rng.standard_normal((table.m_bucket, k)).astype("float32"), self.dev)
+                     for k in ks]
+        for shape, dtype in shapes:
+            if dtype == "uint32":
+                arr = rng.integers(0, 2**32, size=shape, dtype=np.uint32)
+            else:
+                arr = rng.uniform(0.5, 1.5, size=shape).astype(dtype)
+            self.args.append(tvm.runtime.tensor(arr, self.dev))
+        self.vm = relax.VirtualMachine(ex, self.dev)
+        self.vm["chain"](*self.args)  # warm-up: code pages, VM allocator pools
+
+    def __call__(self, repeat: int) -> tuple[float, float]:
+        """Median seconds of one call: with every buffer flushed from the cache before each repeat (cold, as the
+        per-kernel table is timed), and without."""
+        cold = self.vm.time_evaluator("chain", self.dev, number=1, repeat=repeat, min_repeat_ms=0,
+                                      f_preproc="cache_flush_cpu_non_first_arg")(*self.args)
+        warm = self.vm.time_evaluator("chain", self.dev, number=1, repeat=repeat, min_repeat_ms=0)(*self.args)
+        return float(np.median(cold.results)), float(np.median(warm.results))
 
 
 # ---- perplexity of the fake-quantized model ----
@@ -138,9 +162,10 @@ class PPLRunner:
 # ---- the front ----
 
 def budgets_for(table: SearchTable, points: int) -> list[float]:
-    """`points` decode latencies from uniform int2 to uniform int8, plus the uniform int3/int4 latencies."""
+    """`points` decode latencies from the fastest uniform slice to the slowest (not always the fewest and the most
+    bits: int3 decodes slower than int4 on some CPUs), plus the uniform int3/int4 latencies."""
     uni = {b: float(table.latency_s[:, i].sum()) for i, b in enumerate(table.levels)}
-    lo, hi = uni[min(table.levels)], uni[max(table.levels)]
+    lo, hi = min(uni.values()), max(uni.values())
     extra = [uni[b] for b in (3, 4) if b in uni]
     return sorted(set(np.linspace(lo, hi, points).tolist()) | set(extra))
 
@@ -194,10 +219,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--db-dir", default=None, help="default: the committed schedules/db/<target>")
     p.add_argument("--latency-table", default=None)
     p.add_argument("--levels", default="2,3,4,6,8")
-    p.add_argument("--points", type=int, default=10, help="latency budgets between uniform int2 and int8")
+    p.add_argument("--points", type=int, default=10,
+                   help="latency budgets from the fastest uniform slice to the slowest")
     p.add_argument("--windows", type=int, default=8, help="perplexity windows (0 = skip perplexity)")
     p.add_argument("--seq-len", type=int, default=1024)
     p.add_argument("--repeat", type=int, default=30, help="timed repeats of each plan's kernel chain")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="interleaved rounds over all plans; a plan's time is the median of its rounds")
+    p.add_argument("--act", choices=("float", "int8"), default="float",
+                   help="the builds' activation mode: its kernels price the plans and are re-measured")
     p.add_argument("--results-dir", default=str(ROOT / "benchmarks" / "results"))
     p.add_argument("--refine-generations", type=int, default=0,
                    help="also refine the int3/int4-latency plans on KL for this many generations")
@@ -220,21 +250,29 @@ def main(argv: list[str] | None = None) -> int:
     spec = targets.load(args.target)
     levels = parse_levels(args.levels)
     db_dir = Path(args.db_dir) if args.db_dir else schedules.db_dir(spec)
-    opts = SearchOptions(levels, target=args.target, db_dir=str(db_dir), latency_table=args.latency_table)
+    opts = SearchOptions(levels, target=args.target, db_dir=str(db_dir), latency_table=args.latency_table,
+                         act=args.act)
     latency = latency_for(ckpt, opts)
     table = search_table(ckpt, opts, latency)
     results = Path(args.results_dir)
-    tag = f"smollm2_{spec.name}"
+    tag = f"smollm2_{spec.name}" + ("_int8" if args.act == "int8" else "")
     front = solve_front(table, ckpt, spec.name, latency, budgets_for(table, args.points), results / "plans", tag)
     if args.refine_generations > 0:
         front += refine_points(table, ckpt, spec.name, latency, args, results / "plans", tag)
     uniform = {b: {n: b for n in table.names} for b in levels}
     points = [(f"int{b}", a) for b, a in uniform.items()] + [(p.name, dict(plan.layers)) for _, plan, p in front]
-    measured, back_to_back = {}, {}
-    for name, alloc in progress(points, desc="re-measure"):
-        measured[name], back_to_back[name] = measure_chain(alloc, table, spec, db_dir, args.repeat)
-        log.info("%s: measured %.4f ms cold, %.4f ms without flush", name, measured[name] * 1e3,
-                 back_to_back[name] * 1e3)
+    timers = {name: ChainTimer(alloc, table, spec, db_dir, act=args.act) for name, alloc in progress(
+        points, desc="build plans")}
+    samples: dict[str, list] = {name: [] for name in timers}
+    for _ in progress(range(args.rounds), desc="re-measure rounds"):
+        for name, timer in timers.items():
+            samples[name].append(timer(args.repeat))
+    measured = {name: float(np.median([c for c, _ in t])) for name, t in samples.items()}
+    back_to_back = {name: float(np.median([w for _, w in t])) for name, t in samples.items()}
+    for name in timers:
+        log.info("%s: measured %.4f ms cold, %.4f ms without flush (median of %d rounds)", name,
+                 measured[name] * 1e3, back_to_back[name] * 1e3, args.rounds)
+    del timers
     ppl: dict[str, float] = {}
     outputs = (args, ckpt, spec, latency, table, uniform, front, (measured, back_to_back))
     write_outputs(*outputs, ppl, results, tag, show=args.windows == 0)
@@ -271,7 +309,8 @@ def write_outputs(args, ckpt, spec, latency, table, uniform, front, timings, ppl
     for budget, plan, path in front:
         p = plan.predicted
         rel = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
-        pareto.append({"budget": str(budget), "budget_s": budget.value, "solver": plan.solver, "avg_bits": p["avg_bits"],
+        pareto.append({"budget": str(budget), "budget_s": budget.value, "solver": plan.solver,
+                       "avg_bits": p["avg_bits"],
                        "predicted_s": p["latency_s"], "measured_s": measured[path.name], "ppl": ppl.get(path.name),
                        "measured_no_flush_s": back_to_back[path.name],
                        "proxy": p["proxy"], "bytes": p["bytes"], "plan": str(rel)})
@@ -287,13 +326,16 @@ def write_outputs(args, ckpt, spec, latency, table, uniform, front, timings, ppl
            "checkpoint": {"path": str(args.checkpoint), "hash": ckpt.hash, "spec": ckpt.spec.to_dict()},
            "eval": {"text": "wikitext-2-raw test", "seq_len": args.seq_len, "windows": args.windows},
            "levels": list(table.levels), "latency_regime": "decode M=1, sum of linear-layer kernels",
+           # act: the kernels' activation mode; ppl is always the fake-quantized (float-activation) model's
+           "act": args.act, "rounds": args.rounds, "repeat": args.repeat,
            "uniform": uni_json, "pareto": pareto,
            "fit_measured_vs_predicted": {"alpha": float(alpha), "c0_s": float(c0),
                                          "max_rel_err": float(np.max(np.abs(meas / pred - 1)))}}
     write_json(results / f"search_{tag}.json", obj)
     write_front(results / f"search_{tag}_front.csv", rows)
     plot_front(rows, results / f"search_{tag}.png", quality="ppl" if ppl else "proxy", x_axis="predicted_latency",
-               title=f"SmolLM2-135M bit-width search on {spec.name}")
+               title=f"SmolLM2-135M bit-width search on {spec.name}"
+               + (" (int8-activation kernels)" if args.act == "int8" else ""))
     if show:
         print_table(uni_json, pareto)
 

@@ -20,8 +20,8 @@ from matq_compile.search.front import FrontRow, bits_histogram, write_front
 from matq_compile.search.latency import LatencyTable
 from matq_compile.search.milp import sweep_values
 from matq_compile.search.problem import Solution
-from matq_compile.search.tables import (DEFAULT_LEVELS, ByteModel, SearchTable, build_table, latency_keys,
-                                        layers_from_sensitivity, plan_kernels, plan_latency)
+from matq_compile.search.tables import (DEFAULT_LEVELS, ByteModel, SearchTable, build_table, check_levels,
+                                        latency_keys, layers_from_sensitivity, plan_kernels, plan_latency)
 from matq_compile.tune import RPCSettings
 
 log = logging.getLogger(__name__)
@@ -69,6 +69,7 @@ def latency_for(ckpt, opts: SearchOptions) -> LatencyTable:
     if opts.target is None:
         raise ValueError("a latency budget needs --target (and its tuned database)")
     spec = targets.load(opts.target)
+    check_levels(ckpt.sensitivity, opts.levels, opts.proxy)  # cheap, before any kernel is measured
     db_dir = Path(opts.db_dir) if opts.db_dir else schedules.db_dir(spec)
     path = Path(opts.latency_table) if opts.latency_table else bench.table_path(db_dir, opts.m_bucket, opts.act)
     layers = layers_from_sensitivity(ckpt.sensitivity, ckpt.layer_names, bool(ckpt.spec.act_order),

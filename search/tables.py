@@ -128,6 +128,14 @@ def layers_from_sensitivity(sensitivity: Mapping[str, Mapping[str, Any]], layer_
     return tuple(out)
 
 
+def check_levels(sensitivity: Mapping[str, Mapping[str, Any]], levels: Sequence[int], proxy: str) -> None:
+    """ValueError naming the first level the checkpoint's sensitivity table lacks: checked before any kernel is
+    measured for those levels."""
+    for name, entry in sensitivity.items():
+        for bits in levels:
+            _proxy_value(entry, proxy, bits, name)
+
+
 def _proxy_value(entry: Mapping[str, Any], proxy: str, bits: int, layer: str) -> float:
     table = entry.get(proxy)
     if table is None:
@@ -135,7 +143,8 @@ def _proxy_value(entry: Mapping[str, Any], proxy: str, bits: int, layer: str) ->
     value = table.get(str(bits), table.get(bits)) if isinstance(table, Mapping) else None
     if value is None:
         have = sorted(table) if isinstance(table, Mapping) else table
-        raise ValueError(f"sensitivity of layer {layer!r} has no {proxy}[{bits}] (there: {have})")
+        raise ValueError(f"sensitivity of layer {layer!r} has no {proxy}[{bits}] (there: {have}); "
+                         f"pass --levels from those")
     return float(value)
 
 

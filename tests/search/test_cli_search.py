@@ -103,3 +103,35 @@ def test_latency_budget_through_bench_table(tiny_search_ckpt, tmp_path, caplog):
     assert main(base[:-3] + ["--db-dir", str(tmp_path / "db2"), "--no-measure", "--budget", "latency:0.1ms",
                              "--out", str(tmp_path / "c")]) == 2
     assert "another tuning database" in caplog.text
+
+
+def test_levels_missing_from_sensitivity_refused_before_measuring(tiny_search_ckpt, tmp_path, caplog, monkeypatch):
+    """A level the checkpoint's sensitivity table lacks is one line naming it, before any kernel is timed."""
+    import dataclasses
+
+    from matq_compile import bench
+    from matq_compile import ckpt as ckpt_mod
+
+    ckpt_dir, _ = tiny_search_ckpt
+    real = ckpt_mod.load_checkpoint
+
+    def without_r2(*args, **kwargs):
+        ck = real(*args, **kwargs)
+        sens = {name: {kind: ({b: v for b, v in t.items() if str(b) != "2"} if isinstance(t, dict) else t)
+                       for kind, t in entry.items()} for name, entry in ck.sensitivity.items()}
+        return dataclasses.replace(ck, sensitivity=sens)
+
+    timed = []
+
+    def no_timing(*args, **kwargs):
+        timed.append(args)
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(ckpt_mod, "load_checkpoint", without_r2)
+    monkeypatch.setattr(bench, "cached_latency", no_timing)
+    args = ["search", "--checkpoint", str(ckpt_dir), "--target", "host", "--budget", "latency:1ms",
+            "--out", str(tmp_path / "out")]
+    assert main(args) == 2
+    assert "has no nmse[2]" in caplog.text and "pass --levels" in caplog.text and not timed
+    assert not (tmp_path / "out" / "allocation.json").exists()
+    assert main(args + ["--levels", "3,4,6,8"]) == 2 and len(timed) == 1  # levels it has: on to the timing
