@@ -11,6 +11,9 @@ Implementations (one 256-bit register per operand):
                <= 127 (r <= 7)
     avx2_r8    r = 8 on AVX2: codes split into their low 7 bits and the top bit (each pair sum <= 2*128*127),
                two vpmaddubsw + two vpmaddwd, exact
+
+and on AVX2 a group form over a weight group's nb blocks (nb = 2, 4): the nb vpmaddubsw pair sums added in int16
+(vpaddw), then one vpmaddwd, where nb * 2 * (2^r - 1) * 127 <= 32767 (g = 64: r <= 6; g = 128: r <= 5).
 """
 from __future__ import annotations
 
@@ -74,8 +77,55 @@ def _avx2_r8(A: T.Buffer((8, 4), "uint8", offset_factor=1), B: T.Buffer((8, 4), 
         C[T.ramp(T.int32(0), 1, 8)] = C.vload([0], "int32x8") + _madd(lo, b) + _madd(hi, b)
 
 
+def _group_pair(nb: int):
+    """(desc, impl) of the AVX2 group intrinsic: C[i] += sum_{b, j} A[b, i, j] * B[b, i, j] over nb blocks, the
+    nb vpmaddubsw pair sums added as int16 (vpaddw) and widened by one vpmaddwd: exact while nb pair sums fit in
+    int16 (group_intrin_for checks the bound); B's blocks may lie apart (one activation row of several)."""
+    sb = T.int32()
+
+    @T.prim_func(s_tir=True)
+    def desc(A: T.Buffer((nb, 8, 4), "uint8", offset_factor=1),
+             B: T.Buffer((nb, 8, 4), "int8", offset_factor=1, strides=(sb, 4, 1)),
+             C: T.Buffer((8,), "int32", offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:8], A[0:nb, 0:8, 0:4], B[0:nb, 0:8, 0:4])
+            T.writes(C[0:8])
+            for b, i, j in T.grid(nb, 8, 4):
+                with T.sblock("update"):
+                    vb, vi, vj = T.axis.remap("RSR", [b, i, j])
+                    C[vi] = C[vi] + T.Cast("int32", A[vb, vi, vj]) * T.Cast("int32", B[vb, vi, vj])
+
+    def pairs(A, B, b):
+        return T.call_llvm_pure_intrin("int16x16", "llvm.x86.avx2.pmadd.ub.sw",
+                                       T.reinterpret("int8x32", A.vload([b, 0, 0], "uint8x32")),
+                                       B.vload([b, 0, 0], "int8x32"))
+
+    def summed(A, B):
+        acc = pairs(A, B, 0)
+        for b in range(1, nb):
+            acc = acc + pairs(A, B, b)
+        return acc
+
+    @T.prim_func(s_tir=True)
+    def impl(A: T.Buffer((nb, 8, 4), "uint8", offset_factor=1),
+             B: T.Buffer((nb, 8, 4), "int8", offset_factor=1, strides=(sb, 4, 1)),
+             C: T.Buffer((8,), "int32", offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:8], A[0:nb, 0:8, 0:4], B[0:nb, 0:8, 0:4])
+            T.writes(C[0:8])
+            C[T.ramp(T.int32(0), 1, 8)] = C.vload([0], "int32x8") + T.call_llvm_pure_intrin(
+                "int32x8", "llvm.x86.avx2.pmadd.wd", summed(A, B), T.broadcast(T.int16(1), 16))
+
+    return desc, impl
+
+
 _IMPLS = {"vnni": _vnni, "avx2": _avx2, "avx2_r8": _avx2_r8}
+GROUP_BLOCKS = (2, 4)  # blocks per group the int16 group intrinsic is registered for (g = 64, 128)
 _registered = False
+
+
+def _group_name(nb: int) -> str:
+    return f"matq_dot_{nb}x8x4_u8s8_avx2_i16"
 
 
 def register() -> None:
@@ -84,7 +134,19 @@ def register() -> None:
     if not _registered:
         for kind, name in INTRINS.items():
             s_tir.TensorIntrin.register(name, _desc, _IMPLS[kind], override=True)
+        for nb in GROUP_BLOCKS:
+            s_tir.TensorIntrin.register(_group_name(nb), *_group_pair(nb), override=True)
         _registered = True
+
+
+def group_intrin_for(isa: str, bits: int, nb: int) -> str | None:
+    """The intrinsic that sums a whole group of nb blocks in int16 before widening (one vpmaddwd per group instead
+    of per block), where that is exact: AVX2, and nb pair sums of codes <= 2^bits - 1 times |xq| <= 127 stay within
+    int16 (g = 64: r <= 6; g = 128: r <= 5). None: use intrin_for block by block."""
+    if isa != "avx2" or nb not in GROUP_BLOCKS or nb * 2 * ((1 << bits) - 1) * 127 > 32767:
+        return None
+    register()
+    return _group_name(nb)
 
 
 def intrin_for(isa: str, bits: int) -> str:
@@ -119,4 +181,4 @@ def check_target(spec) -> str:
     return isa
 
 
-__all__ = ["INTRINS", "ISAS", "check_target", "intrin_for", "register", "target_isa"]
+__all__ = ["INTRINS", "ISAS", "check_target", "group_intrin_for", "intrin_for", "register", "target_isa"]

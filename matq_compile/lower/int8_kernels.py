@@ -163,7 +163,13 @@ def _schedule(func: tirx.PrimFunc, key: layout.KernelKey, isa: str, with_epilogu
     gemm = sch.get_sblock("igemm")
     sch.transform_layout(gemm, ("write", 0), lambda m, n, q, i: (n, q, m, i))  # a row's lanes together
     sch.reorder_block_iter_var(gemm, [1, 2, 4, 0, 3, 5])  # (n, q, b, m, i, j): compute_at makes loops in this order
-    sch.compute_at(gemm, ni)  # loops [q, b, m,] i, j; unit loops are dropped
+    if with_epilogue and key.m_bucket == 1 and key.n_groups > 1:
+        # one activation row: each group's integer sum is made right where the float fold consumes it (in the
+        # fold's group loop), so its lanes stay in a register and the fold's FMA chain hides behind the next
+        # group's integer work
+        sch.compute_at(gemm, sch.get_loops(sch.get_sblock("fdot_rf_update"))[2])  # loops no, ni, q; then b, i, j
+    else:
+        sch.compute_at(gemm, ni)  # loops [q, b, m,] i, j; unit loops are dropped
     has_q, has_b = key.n_groups > 1, key.group_size > layout.BLOCK
     loops = sch.get_loops(gemm)
     inner = loops[len(loops) - (has_q + has_b + rows + 2):]
@@ -180,6 +186,14 @@ def _schedule(func: tirx.PrimFunc, key: layout.KernelKey, isa: str, with_epilogu
         sch.tensorize(sch.get_loops(wcode)[-2], int8_decode.intrin_name(key.bits))
     lane_loop = sch.get_loops(gemm)[-2]
     sch.decompose_reduction(gemm, b_loop if b_loop is not None else lane_loop)
+    group = int8_intrin.group_intrin_for(isa, key.bits, key.group_size // layout.BLOCK) if has_b else None
+    if group is not None:  # the group's blocks summed in int16, widened once
+        # a group's blocks of one activation row as one region (the intrinsic's operand), the rows of a group
+        # still together: xq [kb, m] -> [group, m, block of the group]
+        nb = i64(key.group_size // layout.BLOCK)
+        sch.transform_layout(sch.get_sblock("xq"), ("write", 0), lambda kb, m, i, j: (kb // nb, m, kb % nb, i, j))
+        sch.tensorize(b_loop, group)
+        return sch.mod["main"]
     if b_loop is not None:
         sch.unroll(b_loop)  # straight-line adds: LLVM forwards the zero init and the partial sums
     sch.tensorize(lane_loop, int8_intrin.intrin_for(isa, key.bits))

@@ -99,6 +99,39 @@ def test_largest_products_do_not_saturate(cpu):
                                                                      64))
 
 
+@pytest.mark.parametrize("bits,group", [(6, 64), (5, 128), (2, 128)])
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_int16_group_sums_at_their_bound(bits, group, sign, cpu):
+    """Where a group's blocks are summed in int16 before widening (AVX2, r <= 6 at g = 64, r <= 5 at g = 128), the
+    largest codes against xq = +-127 reach the bound (r = 6, g = 64: 2 x 2 x 63 x 127 = 32004) exactly."""
+    target, dev, isa = cpu
+    key = layout.KernelKey(8, 256, bits, group, 1)
+    codes = np.full((8, 256), (1 << bits) - 1, np.uint8)
+    x = np.full((1, 256), sign, np.float32)
+    ex = _build(int8_kernels.int8_acc_func(key, isa, "main"), target)
+    acc = tvm_mod.empty((1, 8, key.n_groups), "int32", dev)
+    ex["main"](tvm_mod.tensor(x, dev), tvm_mod.tensor(layout.pack(codes, bits), dev), acc)
+    want = act_quant.integer_acc(codes, act_quant.quantize_activations(x, group)[0], group)
+    np.testing.assert_array_equal(acc.numpy(), want)
+    assert abs(int(want[0, 0, 0])) == group * ((1 << bits) - 1) * 127
+
+
+@pytest.mark.parametrize("bits,group,grouped", [(4, 64, True), (6, 64, True), (7, 64, False), (5, 128, True),
+                                                (6, 128, False), (4, 32, False)])
+def test_group_intrinsic_where_int16_is_exact(bits, group, grouped):
+    """AVX2: one vpmaddwd per group of blocks where nb pair sums of (2^r - 1) x 127 fit in int16, one per block
+    otherwise; VNNI never (vpdpbusd widens in the same instruction)."""
+    nb = group // layout.BLOCK
+    assert (int8_intrin.group_intrin_for("avx2", bits, nb) is not None) == grouped
+    assert grouped == (nb > 1 and nb * 2 * ((1 << bits) - 1) * 127 <= 32767)
+    assert int8_intrin.group_intrin_for("vnni", bits, nb) is None
+    key = layout.KernelKey(16, 256, bits, group, 1)
+    text = int8_kernels.int8_linear_func(key, "avx2", "main").script()
+    widen, pairs = text.count("llvm.x86.avx2.pmadd.wd"), text.count("llvm.x86.avx2.pmadd.ub.sw")
+    per_block = 2 if bits == 8 else 1  # the block loop's body (unrolled only when lowered)
+    assert (widen, pairs) == ((1, nb) if grouped else (per_block, per_block))
+
+
 @pytest.mark.parametrize("bits,group,sym,rule", [(2, 32, True, "round"), (3, 64, False, "midpoint"),
                                                   (4, 64, True, "round"), (5, 128, False, "round"),
                                                   (6, 32, False, "midpoint"), (7, 64, True, "midpoint"),
