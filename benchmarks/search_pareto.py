@@ -51,14 +51,13 @@ def build_chain(allocation: dict[str, int], table: SearchTable, spec, db_dir: Pa
     """VM executable with one function `chain(x_K..., P_i, S_i, Z_i ...)` calling each kernel the compiled model
     runs (kernel_units.py: fused sibling sets as one kernel): the tuned float kernels, or with act "int8" the
     int8-activation kernel wherever the build would use one."""
-    from matq_compile import tune
+    from matq_compile import bench, tune
     from matq_compile._tvm import tvm
     from matq_compile.kernel_units import kernel_units
     from matq_compile.lower.kernels import arg_shapes
     from matq_compile.search.tables import slices_at
     from tvm import relax
 
-    kernel = _kernel_maker(spec, act)
     bb = relax.BlockBuilder()
     keys = [u.key(table.m_bucket) for u in kernel_units(slices_at(table.layers, allocation), fuse_siblings)]
     xs = {k: relax.Var(f"x{k}", relax.TensorType((table.m_bucket, k), "float32")) for k in sorted({k.K for k in keys})}
@@ -69,7 +68,7 @@ def build_chain(allocation: dict[str, int], table: SearchTable, spec, db_dir: Pa
             shapes.append((shape, dtype))
     with bb.function("chain", [*xs.values(), *params]):
         with bb.dataflow():
-            gvs = {key: bb.add_func(kernel(key), key.name) for key in dict.fromkeys(keys)}
+            gvs = {key: bb.add_func(bench.kernel_func(key, spec, act), key.name) for key in dict.fromkeys(keys)}
             outs = [bb.emit(relax.call_tir(gvs[key], [xs[key.K], *params[3 * i: 3 * i + 3]],
                                            out_ty=relax.TensorType((table.m_bucket, key.N), "float32")))
                     for i, key in enumerate(keys)]
@@ -80,19 +79,6 @@ def build_chain(allocation: dict[str, int], table: SearchTable, spec, db_dir: Pa
     with target:
         ex = tvm.compile(mod, target=target)
     return ex, sorted(xs), shapes
-
-
-def _kernel_maker(spec, act: str):
-    """key -> the PrimFunc the build runs for it (lower/passes: LowerMatqLinear's choice of form)."""
-    from matq_compile.lower.kernels import linear_func
-
-    if act != "int8":
-        return linear_func
-    from matq_compile.lower import int8_kernels
-    from matq_compile.lower.int8_intrin import check_target
-
-    isa = check_target(spec)
-    return lambda key: (int8_kernels.int8_linear_func(key, isa) if int8_kernels.supports(key) else linear_func(key))
 
 
 class ChainTimer:

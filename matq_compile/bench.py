@@ -110,25 +110,34 @@ def measure(keys: list[layout.KernelKey], spec, db_dir: str | Path, repeat: int 
     return LatencyTable(spec.name, TVM_VERSION, database_hash(db_dir), entries, stats, session.device_name)
 
 
-def build_kernel(key: layout.KernelKey, spec, db_dir: str | Path, fallback: bool = False, act: str = "float"):
-    """The compiled kernel of `key` (symbol "main") for `spec`, scheduled from db_dir; with fallback, a missing
-    record or a missing database means the target's default schedule. act "int8": the int8-activation kernel."""
-    from matq_compile import schedules
-    from matq_compile._tvm import tvm
+def kernel_func(key: layout.KernelKey, spec, act: str = "float", name: str | None = None):
+    """The PrimFunc a build in activation mode `act` runs for `key` (LowerMatqLinear's choice), with global_symbol
+    `name`: the int8-activation kernel (already scheduled) where act is "int8" and the key has an int8 form, else
+    the unscheduled float kernel, which an int8 build keeps and so is priced so. A target without a byte dot
+    product is refused for act "int8", as compile_model refuses it."""
     from matq_compile.lower.kernels import linear_func
-    from matq_compile.tune import TARGET_FILE, apply_database
 
     if act == "int8":
         from matq_compile.lower import int8_kernels
         from matq_compile.lower.int8_intrin import check_target
 
-        isa = check_target(spec)  # a target without a byte dot product is refused, as compile_model refuses it
+        isa = check_target(spec)
         if int8_kernels.supports(key):
-            func = int8_kernels.int8_linear_func(key, isa, "main")
-            return tvm.compile(tvm.IRModule({"main": func}), target=spec.to_tvm())
-        # an int8 build keeps the float kernel where there is no int8 form (LowerMatqLinear), so it is priced so
+            return int8_kernels.int8_linear_func(key, isa, name)
+    return linear_func(key, name, gpu=spec.is_gpu)
 
-    func = linear_func(key, "main", gpu=spec.is_gpu)
+
+def build_kernel(key: layout.KernelKey, spec, db_dir: str | Path, fallback: bool = False, act: str = "float"):
+    """The compiled kernel of `key` (symbol "main") for `spec`, scheduled from db_dir; with fallback, a missing
+    record or a missing database means the target's default schedule. act "int8": the int8-activation kernel."""
+    from matq_compile import schedules
+    from matq_compile._tvm import tvm
+    from matq_compile.lower.kernels import HAND_ATTR
+    from matq_compile.tune import TARGET_FILE, apply_database
+
+    func = kernel_func(key, spec, act, "main")
+    if func.attrs is not None and HAND_ATTR in func.attrs:  # the int8 kernel: scheduled where it is written
+        return tvm.compile(tvm.IRModule({"main": func}), target=spec.to_tvm())
     if fallback and not (Path(db_dir) / TARGET_FILE).exists():
         log.warning("%s: no tuning database at %s; default schedule", key.name, db_dir)
         mod = tvm.IRModule({"main": schedules.default_schedule(func, spec)})
