@@ -24,13 +24,17 @@ group by group with scalar loads, cost as much as the whole decode-and-dot loop.
 epilogue for that integer lane sum ("lanesum", acc[m, n, q] = sum_i part), so tests pin every integer block
 (quantization, decode, dot) bit-exactly.
 
-The schedule is written here (the kernels are hand-scheduled, not tuned): rows in parallel; for each row and
-group the group's 32-code blocks are decoded once, then each activation row takes the group's blocks in turn (the
-block loop unrolled inside the row loop, so LLVM keeps the 8 int32 lanes in a register and forwards the zero init:
-one store per row and group, not one per block); the epilogue folds the row's groups into 8 float lanes stored
-contiguously per activation row. With several activation rows (prefill) the activation scales and cs are stored
-group-major and cs and the zero term are vectorised over the rows: as scalar loops per output they cost as much as
-the integer dot products.
+The schedule is written here (the kernels are hand-scheduled, not tuned): tasks of output rows in parallel; each
+group's integer sum is made inside the float fold's group loop, so its 8 int32 lanes stay in a register and the
+fold's FMA chain overlaps the next group's integer work:
+    M = 1        per output row and group: decode the group's blocks, sum, fold
+    static M > 1 a task's rows are decoded once; its fold runs over tiles of N_TILE output rows x ROW_TILE
+                 activation rows (unrolled: independent accumulators in registers, each decoded block and each
+                 activation block loaded once per tile), the activation tile reused across the task's rows
+    dynamic M    per output row: decode the whole row, then fold activation row by activation row
+The scales are converted from half precision once per row, 8 groups at a time ("sfloat", "szfloat"): one scalar
+conversion per use chains every use to the last through the conversion's merge operand. With several activation
+rows the activation scales and cs are stored group-major and cs and the zero term are vectorised over the rows.
 """
 from __future__ import annotations
 
@@ -42,6 +46,9 @@ from matq_compile.lower.kernels import _weights, hand_scheduled
 INT8_ATTR = "matq.int8_kernel"  # on every int8-activation kernel: its name (KEY_ATTR stays off: no database)
 VEC, J = 8, 4  # int32 lanes x bytes per lane of one intrinsic call
 ROWS_PER_TASK = 8  # output rows per parallel task
+# static M > 1: a tile of N_TILE output rows x ROW_TILE activation rows folds together, its accumulators in registers
+# (independent FMA chains; each decoded block and each activation block loaded once per tile)
+N_TILE, ROW_TILE = 2, 4
 
 
 def supports(key: layout.KernelKey) -> bool:
@@ -91,7 +98,10 @@ def _compute(key: layout.KernelKey, with_epilogue: bool):
     li = te.reduce_axis((i64(0), i64(VEC)), name="li")
     if not with_epilogue:
         return [X, P, te.compute((M, N, G), lambda m, n, q: te.sum(part[m, n, q, li], axis=li), name="lanesum")]
-    cs = te.compute((M, N, G), lambda m, n, q: sx[m, q] * S[n, q].astype(f32), name="cscale")
+    # a row's scales and scale x zero as float32, converted 8 groups at a time (module docstring)
+    sf = te.compute((N, G), lambda n, q: S[n, q].astype(f32), name="sfloat")
+    szf = te.compute((N, G), lambda n, q: S[n, q].astype(f32) * Z[n, q].astype(f32), name="szfloat")
+    cs = te.compute((M, N, G), lambda m, n, q: sx[m, q] * sf[n, q], name="cscale")
     q = te.reduce_axis((i64(0), G), name="q")
     dot = te.compute((M, N), lambda m, n: te.sum(cs[m, n, q] * part[m, n, q, li].astype(f32), axis=[q, li]),
                      name="fdot")
@@ -100,7 +110,7 @@ def _compute(key: layout.KernelKey, with_epilogue: bool):
     zx = te.compute((G, M), lambda q, m: sx[m, q] * xsum[m, q].astype(f32), name="zx")
     qz = te.reduce_axis((i64(0), G), name="qz")
     zt = te.compute((M, N), lambda m, n: te.sum(
-        zx[qz, m] * (S[n, qz].astype(f32) * Z[n, qz].astype(f32)), axis=qz), name="zterm")
+        zx[qz, m] * szf[n, qz], axis=qz), name="zterm")
     Y = te.compute((M, N), lambda m, n: dot[m, n] - zt[m, n], name="epilogue")
     return [X, P, S, Z, Y]
 
@@ -150,30 +160,45 @@ def _schedule(func: tirx.PrimFunc, key: layout.KernelKey, isa: str, with_epilogu
     no, ni = sch.split(n, [None, _divisor(key.N, ROWS_PER_TASK)])
     sch.reorder(no, ni, m, *rest)
     sch.parallel(no)
+    tiled = with_epilogue and _tiled(key)
     for block in placed:
-        sch.compute_at(block, ni)
+        # a tiled fold (and its scales) spans the task's rows: each activation tile is reused across them
+        sch.compute_at(block, no if tiled and sch.get(block).name_hint in ("fdot_rf", "cscale", "sfloat") else ni)
+    fold_inner = None
     for block in placed:
         name = sch.get(block).name_hint
-        if name.endswith("_rf"):
+        if name == "fdot_rf" and tiled:
+            fold_inner = _tile_fold(sch, block)
+        elif name.endswith("_rf"):
             _vectorize_rf(sch, block)
+        elif name in ("sfloat", "szfloat") and key.n_groups > 1:
+            sch.vectorize(sch.get_loops(block)[-1])
         elif name == "zterm" and key.m_bucket not in (None, 1):
             _vectorize_rows(sch, block, key.n_groups)
     if with_epilogue:
-        _schedule_cscale(sch, key)
+        _schedule_cscale(sch, key, tiled)
     gemm = sch.get_sblock("igemm")
     sch.transform_layout(gemm, ("write", 0), lambda m, n, q, i: (n, q, m, i))  # a row's lanes together
     sch.reorder_block_iter_var(gemm, [1, 2, 4, 0, 3, 5])  # (n, q, b, m, i, j): compute_at makes loops in this order
-    if with_epilogue and key.m_bucket == 1 and key.n_groups > 1:
-        # one activation row: each group's integer sum is made right where the float fold consumes it (in the
-        # fold's group loop), so its lanes stay in a register and the fold's FMA chain hides behind the next
-        # group's integer work
-        sch.compute_at(gemm, sch.get_loops(sch.get_sblock("fdot_rf_update"))[2])  # loops no, ni, q; then b, i, j
+    fused = with_epilogue and key.n_groups > 1
+    if fused:
+        # each group's integer sum is made right where the float fold consumes it (in the fold's group loop), so
+        # its lanes stay in a register and the fold's FMA chain hides behind the next group's integer work
+        if tiled:  # per (group, output row, activation row) of the tile, all unrolled
+            sch.compute_at(gemm, fold_inner[-1])
+            for loop in fold_inner:
+                sch.unroll(loop)
+        else:  # loops no, ni, [m,] q; then b, i, j
+            sch.compute_at(gemm, sch.get_loops(sch.get_sblock("fdot_rf_update"))[3 if rows else 2])
+        rows = False
     else:
         sch.compute_at(gemm, ni)  # loops [q, b, m,] i, j; unit loops are dropped
     has_q, has_b = key.n_groups > 1, key.group_size > layout.BLOCK
     loops = sch.get_loops(gemm)
     inner = loops[len(loops) - (has_q + has_b + rows + 2):]
-    group_loop = inner[0] if has_q else ni  # the group's blocks are decoded here, before any activation row
+    # the group's blocks are decoded before any activation row: per group, or the whole row when the fold's
+    # activation-row loop is outside the group loop
+    group_loop = no if tiled else ni if (not has_q or (fused and key.m_bucket != 1)) else inner[0]
     b_loop, m_loop = (inner[has_q] if has_b else None), (inner[has_q + has_b] if rows else None)
     if b_loop is not None and m_loop is not None:
         sch.reorder(m_loop, b_loop)  # per row, the group's blocks in turn: its 8 int32 lanes stay in a register
@@ -233,12 +258,12 @@ def _schedule_epilogue(sch, key: layout.KernelKey) -> list:
         placed += list(_rfactor_lanes(sch, "zterm", True))[::-1]
     else:
         placed.append(sch.get_sblock("zterm"))
-    return placed + [sch.get_sblock("cscale")]
+    return placed + [sch.get_sblock(name) for name in ("cscale", "sfloat", "szfloat")]
 
 
-def _schedule_cscale(sch, key: layout.KernelKey) -> None:
-    """cs = sx * S under the row loop: vectorized over the groups for one activation row, over the rows for a
-    static M > 1 (sx and cs stored group-major)."""
+def _schedule_cscale(sch, key: layout.KernelKey, tiled: bool) -> None:
+    """cs = sx * S under the row loop (the task loop when tiled): vectorized over the groups for one activation
+    row, over the rows for a static M > 1 (sx and cs stored group-major)."""
     cscale = sch.get_sblock("cscale")
     if key.m_bucket in (None, 1):
         if key.n_groups > 1:  # one group: no group loop (the innermost would be the row loop)
@@ -246,7 +271,10 @@ def _schedule_cscale(sch, key: layout.KernelKey) -> None:
         return
     sch.transform_layout(sch.get_sblock("ascale"), ("write", 0), lambda m, q: (q, m))
     sch.transform_layout(cscale, ("write", 0), lambda m, n, q: (n, q, m))
-    if key.n_groups > 1:
+    if tiled:  # the task's rows: loops m, n, q
+        m, n, q = sch.get_loops(cscale)[-3:]
+        sch.reorder(n, q, m)
+    elif key.n_groups > 1:
         m, q = sch.get_loops(cscale)[-2:]
         sch.reorder(q, m)
     sch.vectorize(sch.get_loops(cscale)[-1])
@@ -263,6 +291,18 @@ def _vectorize_rows(sch, block, groups: int) -> None:
     sch.decompose_reduction(block, q)
 
 
+def _tile_fold(sch, rf) -> list:
+    """The fold under the task loop: loops lane, m, n, q -> m_o, n_o, q, n_i, m_i, lane (lane vectorized); the
+    (n_i, m_i) tile's accumulators stay in registers. Returns [n_i, m_i] (unit loops dropped)."""
+    lane, m, n, q = sch.get_loops(rf)[1:]
+    mo, mi = sch.split(m, [None, ROW_TILE])
+    no, ni = sch.split(n, [None, _divisor(sch.get(n).extent.value, N_TILE)])
+    sch.reorder(mo, no, q, ni, mi, lane)
+    sch.vectorize(lane)
+    sch.decompose_reduction(rf, q)
+    return [loop for loop in (ni, mi) if sch.get(loop).extent.value > 1]
+
+
 def _vectorize_rf(sch, rf) -> None:
     """rf loops under the row loop: lane, [m,] [q] (iter var order) -> [m,] [q,] lane vectorized."""
     lane, *rest = sch.get_loops(rf)[2:]
@@ -270,6 +310,10 @@ def _vectorize_rf(sch, rf) -> None:
         sch.reorder(*rest, lane)
         sch.vectorize(lane)
         sch.decompose_reduction(rf, rest[-1])
+
+
+def _tiled(key: layout.KernelKey) -> bool:
+    return key.m_bucket not in (None, 1) and key.m_bucket % ROW_TILE == 0 and key.n_groups > 1
 
 
 def _read_whole_block(sch, block, bits: int) -> None:

@@ -139,14 +139,26 @@ def test_group_intrinsic_where_int16_is_exact(bits, group, grouped):
 def test_kernel_matches_the_exact_epilogue(bits, group, sym, rule, cpu, rng):
     """The whole kernel (float epilogue in float32) against act_quant.int8_linear (float64 epilogue); the static
     M = 1 and 16 kernels and the dynamic-M kernel at M = 3."""
+    _check_epilogue(bits, group, sym, rule, 40, ((1, 1), (16, 16), (3, None)), cpu, rng)
+
+
+@pytest.mark.parametrize("N", [35, 15])
+def test_tiled_kernel_with_odd_task_rows(N, cpu, rng):
+    """M = 16 folds tiles of output rows x activation rows; a task of 7 rows (N = 35) or 5 rows (N = 15) takes
+    tiles of one output row, and still matches the exact epilogue."""
+    assert int8_kernels.N_TILE > 1 and 16 % int8_kernels.ROW_TILE == 0
+    _check_epilogue(4, 64, False, "round", N, ((16, 16),), cpu, rng)
+
+
+def _check_epilogue(bits, group, sym, rule, N, runs, cpu, rng):
     target, dev, isa = cpu
-    K, N = 256, 40
+    K = 256
     q = rng.integers(0, 256, (N, K)).astype(np.uint8)
     g = K if group == -1 else group
     s = (rng.random((N, K // g)) * 0.02 + 1e-3).astype(np.float16)
     z = None if sym else rng.integers(0, 256, (N, K // g)).astype(np.uint8)
     arr = layout.pack_slice(q, s, z, bits, rule, group)
-    for m, bucket in ((1, 1), (16, 16), (3, None)):
+    for m, bucket in runs:
         key = layout.KernelKey(N, K, bits, group, bucket)
         ex = _build(int8_kernels.int8_linear_func(key, isa, "main"), target)
         x = _activations(rng, m, K)
