@@ -190,7 +190,7 @@ def _schedule(func: tirx.PrimFunc, key: layout.KernelKey, isa: str, with_epilogu
                 sch.unroll(loop)
         else:  # loops no, ni, [m,] q; then b, i, j
             sch.compute_at(gemm, sch.get_loops(sch.get_sblock("fdot_rf_update"))[3 if rows else 2])
-        rows = False
+        rows = False  # the fold's loops hold the activation rows: the integer block has no row loop of its own
     else:
         sch.compute_at(gemm, ni)  # loops [q, b, m,] i, j; unit loops are dropped
     has_q, has_b = key.n_groups > 1, key.group_size > layout.BLOCK
