@@ -148,13 +148,15 @@ def ensure_build(ckpt: Path, out: Path, bits: int | None, plan: Path | None, arg
     from matq_compile import schedules, targets
     from matq_compile.ckpt import load_checkpoint
     from matq_compile.export import CompileOptions, compile_model
+    from matq_compile.runtime import FORMAT_VERSION
     from matq_compile.tune import database_hash
 
     if (out / "manifest.json").is_file():
         m = json.loads((out / "manifest.json").read_text())
         db = Path(args.db_dir) if args.db_dir else schedules.db_dir(targets.load(args.target))
         db_hash = database_hash(db) if (db / "target.json").is_file() else None
-        same = (m["checkpoint"]["hash"] == load_checkpoint(ckpt).hash and m["head_dtype"] == args.head_dtype
+        same = (m.get("format_version") == FORMAT_VERSION and m["checkpoint"]["hash"] == load_checkpoint(ckpt).hash
+                and m["head_dtype"] == args.head_dtype
                 and m.get("embed_dtype", "float32") == args.embed_dtype
                 and (m["database"] or {}).get("hash") == db_hash
                 and m["model"]["max_seq_len"] == args.max_seq_len and m["target"]["name"] == args.target_name

@@ -182,6 +182,7 @@ def _llm_manifest(ckpt, ckpt_dir: Path, plan_info: dict, layer_bits: dict, spec,
         "allow_untuned": opts.allow_untuned, "head_dtype": opts.head_dtype, "embed_dtype": opts.embed_dtype,
         "act": opts.act, "modules": module_kinds(ex.mod), "model": cfg.to_dict(), "chunk": CHUNK,
         "eos_token_ids": _eos_ids(ckpt_dir, hf),
+        "kv_cache": {"kt": list(cfg.cache_shapes[0]), "v": list(cfg.cache_shapes[1]), "dtype": "float32"},
         "params": [{"name": n, "shape": list(a.shape), "dtype": str(a.dtype)} for n, a in arrays.items()],
         "files": {LIB_NAME: sha256_file(tmp / LIB_NAME), WEIGHTS_NAME: sha256_file(tmp / WEIGHTS_NAME)},
     }

@@ -79,8 +79,7 @@ class LlamaConfig:
     @property
     def cache_shapes(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """(K^T cache, V cache) shapes, see llama_kernels."""
-        L, KV, D, S = self.num_layers, self.num_kv_heads, self.head_dim, self.max_seq_len
-        return (L, KV, D, S), (L, KV, S, D)
+        return lk.cache_shapes(self.num_layers, self.num_kv_heads, self.head_dim, self.max_seq_len)
 
 
 def _kernels(c: LlamaConfig, gpu: bool) -> dict[str, Any]:
@@ -93,6 +92,8 @@ def _kernels(c: LlamaConfig, gpu: bool) -> dict[str, Any]:
              "v_write": lk.v_write_func(*dims, gpu=gpu), "select_row": lk.select_row_func(c.hidden_size, gpu),
              "attention": lk.attention_func(c.num_layers, c.num_heads, c.num_kv_heads, c.head_dim, c.max_seq_len,
                                             gpu)}
+    if not gpu:  # a vectorised exp; on CUDA the legalized silu is scheduled by dlight
+        funcs["silu_mul"] = lk.silu_mul_func(c.intermediate_size)
     return {name: hand_scheduled(f) for name, f in funcs.items()}
 
 
@@ -124,20 +125,25 @@ class _Attention(nn.Module):
 
 
 class _MLP(nn.Module):
-    def __init__(self, c: LlamaConfig) -> None:
+    def __init__(self, c: LlamaConfig, kernels: dict[str, Any]) -> None:
+        self.kernels = kernels
         self.gate_proj = nn.Linear(c.hidden_size, c.intermediate_size, bias=False)
         self.up_proj = nn.Linear(c.hidden_size, c.intermediate_size, bias=False)
         self.down_proj = nn.Linear(c.intermediate_size, c.hidden_size, bias=False)
 
     def forward(self, x: nn.Tensor) -> nn.Tensor:
-        return self.down_proj(op.silu(self.gate_proj(x)) * self.up_proj(x))
+        gate, up = self.gate_proj(x), self.up_proj(x)
+        if "silu_mul" not in self.kernels:
+            return self.down_proj(op.silu(gate) * up)
+        return self.down_proj(op.tensor_ir_op(self.kernels["silu_mul"], "silu_mul", [gate, up],
+                                              out=nn.Tensor.placeholder(gate.shape, "float32")))
 
 
 class _Block(nn.Module):
     def __init__(self, c: LlamaConfig, layer: int, kernels: dict[str, Any]) -> None:
         self.layer = layer
         self.self_attn = _Attention(c, kernels)
-        self.mlp = _MLP(c)
+        self.mlp = _MLP(c, kernels)
         self.input_layernorm = nn.RMSNorm(c.hidden_size, axes=-1, epsilon=c.rms_norm_eps, bias=False)
         self.post_attention_layernorm = nn.RMSNorm(c.hidden_size, axes=-1, epsilon=c.rms_norm_eps, bias=False)
 
@@ -184,6 +190,12 @@ class LlamaModel(nn.Module):
                                out=nn.Tensor.placeholder([1, self.c.hidden_size], "float32"))
         return self._logits(last), kt, vc
 
+    def extend(self, ids: nn.Tensor, pos, kt_cache: nn.Tensor, v_cache: nn.Tensor) -> tuple:
+        """prefill without the logits, for every chunk of a prompt but its last (the LM head is the largest
+        matrix of a small model: 28 MB for SmolLM2, read once per call)."""
+        _, kt, vc = self._hidden(ids, pos, kt_cache, v_cache)
+        return kt, vc
+
     def decode(self, ids: nn.Tensor, pos, kt_cache: nn.Tensor, v_cache: nn.Tensor) -> tuple:
         x, kt, vc = self._hidden(ids, pos, kt_cache, v_cache)
         return self._logits(x), kt, vc
@@ -193,7 +205,8 @@ class LlamaModel(nn.Module):
         return self._logits(x), kt, vc
 
 
-def build_llama(c: LlamaConfig, chunk: int | str = "n", functions: tuple[str, ...] = ("prefill", "decode", "score"),
+def build_llama(c: LlamaConfig, chunk: int | str = "n",
+                functions: tuple[str, ...] = ("prefill", "extend", "decode", "score"),
                 gpu: bool = False) -> tuple[tvm.IRModule, list[tuple[str, tuple[int, ...], str]]]:
     """Relax IRModule of the decoder and its parameters [(HF name, shape, dtype)] in argument order.
 
@@ -205,6 +218,7 @@ def build_llama(c: LlamaConfig, chunk: int | str = "n", functions: tuple[str, ..
               "v_cache": nn.spec.Tensor(list(v_shape), "float32")}
     ids = nn.spec.Tensor([1, chunk], "int32")
     specs = {"prefill": {"ids": ids, "pos": nn.spec.Int(), "last": nn.spec.Int(), **caches},
+             "extend": {"ids": ids, "pos": nn.spec.Int(), **caches},
              "decode": {"ids": nn.spec.Tensor([1, 1], "int32"), "pos": nn.spec.Int(), **caches},
              "score": {"ids": ids, "pos": nn.spec.Int(), **caches}}
     unknown = set(functions) - set(specs)

@@ -4,8 +4,10 @@ The linears go through the bit-slice kernels (lower/kernels.py); everything here
 so the loops are parallel over (token, head) and vectorised over a fixed tile: the llvm default pipeline
 schedules nothing, and a naive attention loop would cost more than the quantized linears.
 
-KV cache layout (one tensor per kind for the whole model, written in place by call_tir_inplace):
-    K^T cache  [layers, kv_heads, head_dim, max_seq]   keys transposed: the score loop is an axpy over positions
+KV cache layout (one tensor per kind for the whole model, written in place by call_tir_inplace; cache_shapes):
+    K^T cache  [layers, kv_heads, max_seq / TILE, head_dim, TILE]   keys transposed per tile of TILE positions:
+               the score loop is an axpy over positions, and one tile's keys are one contiguous 4 KB read
+               (a [head_dim, max_seq] plane would put each tile's rows max_seq floats apart, a page per row)
     V cache    [layers, kv_heads, max_seq, head_dim]   the value loop is an axpy over head_dim
 Positions >= the written length may hold stale values; they are never read (scores are masked by length).
 """
@@ -16,7 +18,16 @@ import math
 from matq_compile._tvm import tirx
 from tvm.script import tirx as T
 
+from matq_compile.lower.fastmath import exp_nonpositive
+
 TILE = 16  # vector width (floats) of the position loops; max_seq must be a multiple of it
+
+
+def cache_shapes(layers: int, kv_heads: int, head_dim: int, max_seq: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(K^T cache, V cache) shapes of the layout above."""
+    if max_seq % TILE:
+        raise ValueError(f"max_seq_len must be a multiple of {TILE}, got {max_seq}")
+    return (layers, kv_heads, max_seq // TILE, head_dim, TILE), (layers, kv_heads, max_seq, head_dim)
 
 
 def _loops(gpu: bool):
@@ -73,18 +84,20 @@ def rope_func(head_dim: int, gpu: bool = False) -> tirx.PrimFunc:
 
 
 def k_write_func(layers: int, kv_heads: int, head_dim: int, max_seq: int, gpu: bool = False) -> tirx.PrimFunc:
-    """In place: kt[layer, h, :, pos + i] = k[i, h, :] (serial on CPU: a few hundred floats per step)."""
+    """In place: K^T[layer, h, :, pos + i] = k[i, h, :] (serial on CPU: a few hundred floats per step)."""
     par = _loops(gpu)[0] if gpu else T.serial
+    kt_shape = cache_shapes(layers, kv_heads, head_dim, max_seq)[0]
 
     @T.prim_func(private=True, s_tir=True)
     def k_write(kt_h: T.handle, k_h: T.handle, layer: T.int64, pos: T.int64):
         n = T.int64()
-        kt = T.match_buffer(kt_h, (layers, kv_heads, head_dim, max_seq), "float32")
+        kt = T.match_buffer(kt_h, kt_shape, "float32")
         k = T.match_buffer(k_h, (n, kv_heads, head_dim), "float32")
         with T.sblock("root"):
             for t in par(n * kv_heads):
                 for d in range(head_dim):
-                    kt[layer, t % kv_heads, d, pos + t // kv_heads] = k[t // kv_heads, t % kv_heads, d]
+                    kt[layer, t % kv_heads, (pos + t // kv_heads) // TILE, d, (pos + t // kv_heads) % TILE] = k[
+                        t // kv_heads, t % kv_heads, d]
 
     return k_write
 
@@ -112,15 +125,88 @@ def attention_func(layers: int, heads: int, kv_heads: int, head_dim: int, max_se
     """o[i, h*D:(h+1)*D] = softmax(q[i,h] . K[:L]^T / sqrt(D)) V[:L] with L = pos + i + 1 (causal, GQA)."""
     if max_seq % TILE:
         raise ValueError(f"max_seq_len must be a multiple of {TILE}, got {max_seq}")
+    if gpu:
+        return _attention_gpu(layers, heads, kv_heads, head_dim, max_seq)
+    return _attention_cpu(layers, heads, kv_heads, head_dim, max_seq)
+
+
+def _attention_cpu(layers: int, heads: int, kv_heads: int, head_dim: int, max_seq: int) -> tirx.PrimFunc:
+    """One task per (token, head). Scores of TILE positions at a time in registers, with SPLIT independent FMA
+    chains over head_dim (one chain would wait on the FMA latency); a vectorised max, exp and sum over the scores
+    (positions past L are masked to 0 after the exp, so stale cache values never count); the value sum in head_dim
+    registers. The scores live in a per-task scratch row and are written once per tile."""
     H, KVH, D, S = heads, kv_heads, head_dim, max_seq
-    G, scale = heads // kv_heads, 1.0 / math.sqrt(head_dim)
-    par, vec, scope = _loops(gpu)
+    G, scale, SPLIT = heads // kv_heads, 1.0 / math.sqrt(head_dim), 4
+    KT_SHAPE = cache_shapes(layers, kv_heads, head_dim, max_seq)[0]
+    if D % SPLIT:
+        raise ValueError(f"head_dim must be a multiple of {SPLIT}, got {D}")
 
     @T.prim_func(private=True, s_tir=True)
     def attention(q_h: T.handle, kt_h: T.handle, v_h: T.handle, layer: T.int64, pos: T.int64, o_h: T.handle):
         n = T.int64()
         q = T.match_buffer(q_h, (n, H, D), "float32")
-        kt = T.match_buffer(kt_h, (layers, KVH, D, S), "float32")
+        kt = T.match_buffer(kt_h, KT_SHAPE, "float32")
+        v = T.match_buffer(v_h, (layers, KVH, S, D), "float32")
+        o = T.match_buffer(o_h, (n, H * D), "float32")
+        with T.sblock("root"):
+            for t in T.parallel(n * H):
+                s = T.decl_buffer((S,), "float32")
+                acc = T.decl_buffer((SPLIT, TILE), "float32")
+                red = T.decl_buffer((2, TILE), "float32")
+                tot = T.decl_buffer((2,), "float32")
+                oacc = T.decl_buffer((D,), "float32")
+                for j0 in range((pos + t // H + TILE) // TILE):
+                    for u, j1 in T.grid(SPLIT, TILE):
+                        acc[u, j1] = T.float32(0)
+                    for d0 in range(D // SPLIT):
+                        for u in T.unroll(SPLIT):
+                            for j1 in T.vectorized(TILE):
+                                acc[u, j1] = acc[u, j1] + q[t // H, t % H, d0 * SPLIT + u] * kt[
+                                    layer, t % H // G, j0, d0 * SPLIT + u, j1]
+                    for j1 in T.vectorized(TILE):
+                        s[j0 * TILE + j1] = T.Select(
+                            j0 * TILE + j1 <= pos + t // H,
+                            (acc[0, j1] + acc[1, j1] + acc[2, j1] + acc[3, j1]) * T.float32(scale),
+                            T.float32(-3.0e38))
+                for j1 in T.vectorized(TILE):
+                    red[0, j1] = T.float32(-3.0e38)
+                    red[1, j1] = T.float32(0)
+                for j0 in range((pos + t // H + TILE) // TILE):
+                    for j1 in T.vectorized(TILE):
+                        red[0, j1] = T.max(red[0, j1], s[j0 * TILE + j1])
+                tot[0] = T.float32(-3.0e38)
+                for j1 in range(TILE):
+                    tot[0] = T.max(tot[0], red[0, j1])
+                for j0 in range((pos + t // H + TILE) // TILE):
+                    for j1 in T.vectorized(TILE):
+                        s[j0 * TILE + j1] = T.Select(j0 * TILE + j1 <= pos + t // H,
+                                                     exp_nonpositive(s[j0 * TILE + j1] - tot[0]), T.float32(0))
+                        red[1, j1] = red[1, j1] + s[j0 * TILE + j1]
+                tot[1] = T.float32(0)
+                for j1 in range(TILE):
+                    tot[1] = tot[1] + red[1, j1]
+                for d in T.vectorized(D):
+                    oacc[d] = T.float32(0)
+                for j in range(pos + t // H + 1):
+                    for d in T.vectorized(D):
+                        oacc[d] = oacc[d] + s[j] * v[layer, t % H // G, j, d]
+                for d in T.vectorized(D):
+                    o[t // H, t % H * D + d] = oacc[d] * (T.float32(1) / tot[1])
+
+    return attention
+
+
+def _attention_gpu(layers: int, heads: int, kv_heads: int, head_dim: int, max_seq: int) -> tirx.PrimFunc:
+    H, KVH, D, S = heads, kv_heads, head_dim, max_seq
+    G, scale = heads // kv_heads, 1.0 / math.sqrt(head_dim)
+    par, vec, scope = _loops(True)
+    KT_SHAPE = cache_shapes(layers, kv_heads, head_dim, max_seq)[0]
+
+    @T.prim_func(private=True, s_tir=True)
+    def attention(q_h: T.handle, kt_h: T.handle, v_h: T.handle, layer: T.int64, pos: T.int64, o_h: T.handle):
+        n = T.int64()
+        q = T.match_buffer(q_h, (n, H, D), "float32")
+        kt = T.match_buffer(kt_h, KT_SHAPE, "float32")
         v = T.match_buffer(v_h, (layers, KVH, S, D), "float32")
         o = T.match_buffer(o_h, (n, H * D), "float32")
         with T.sblock("root"):
@@ -134,8 +220,8 @@ def attention_func(layers: int, heads: int, kv_heads: int, head_dim: int, max_se
                 for d in range(D):
                     for j0 in range(nt):
                         for j1 in vec(TILE):
-                            s[j0 * TILE + j1] = s[j0 * TILE + j1] + q[t // H, t % H, d] * kt[layer, t % H // G, d,
-                                                                                              j0 * TILE + j1]
+                            s[j0 * TILE + j1] = s[j0 * TILE + j1] + q[t // H, t % H, d] * kt[layer, t % H // G, j0, d,
+                                                                                              j1]
                 acc[0] = T.float32(-3.0e38)
                 for j in range(pos + t // H + 1):
                     acc[0] = T.max(acc[0], s[j])
@@ -152,6 +238,32 @@ def attention_func(layers: int, heads: int, kv_heads: int, head_dim: int, max_se
                     o[t // H, t % H * D + d] = o[t // H, t % H * D + d] / acc[1]
 
     return attention
+
+
+def _silu(g: tirx.PrimExpr) -> tirx.PrimExpr:
+    """g * sigmoid(g) with e = exp(-|g|), so the exp never overflows. An expression, not a let: a let bound inside a
+    vectorised loop is not widened per lane by this TVM (every lane read another lane's value)."""
+    e = exp_nonpositive(-T.fabs(g))
+    return g * T.Select(g >= T.float32(0), T.float32(1), e) / (T.float32(1) + e)
+
+
+def silu_mul_func(width: int) -> tirx.PrimFunc:
+    """y = silu(g) * u = g * u * sigmoid(g), sigmoid(g) from e = exp(-|g|) so the exp never overflows (CPU).
+    Serial and vectorised: a decode step has 1536 values, less work than a parallel launch costs."""
+    lanes = 8 if width % 8 == 0 else 1
+
+    @T.prim_func(private=True, s_tir=True)
+    def silu_mul(g_h: T.handle, u_h: T.handle, y_h: T.handle):
+        n = T.int64()
+        g = T.match_buffer(g_h, (n, width), "float32")
+        u = T.match_buffer(u_h, (n, width), "float32")
+        y = T.match_buffer(y_h, (n, width), "float32")
+        with T.sblock("root"):
+            for i, d0 in T.grid(n, width // lanes):
+                for d1 in T.vectorized(lanes):
+                    y[i, d0 * lanes + d1] = _silu(g[i, d0 * lanes + d1]) * u[i, d0 * lanes + d1]
+
+    return silu_mul
 
 
 def select_row_func(width: int, gpu: bool = False) -> tirx.PrimFunc:

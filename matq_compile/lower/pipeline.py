@@ -94,18 +94,33 @@ def matq_pipeline(slices: Lowering, spec, db_dir: str | Path | None, opts: Pipel
     return tvm.transform.Sequential(seq, name="matq_pipeline")
 
 
-def weight_params(mod: tvm.IRModule) -> list:
-    """The weight parameters (relax.Var) shared by every entry function (after its num_input activations)."""
-    found = None
-    for gv, func in mod.functions_items():
-        if not isinstance(func, relax.Function) or func.attrs is None or "num_input" not in func.attrs:
+def weight_params(mod: tvm.IRModule) -> tuple[tvm.IRModule, list]:
+    """The weight parameters (relax.Var) every entry function takes after its num_input activations, and the module
+    with each entry function's weights aligned to them: the union, in the order of the function that takes the most
+    (ties by name). A function that reads fewer (extend: the last layer's MLP and the LM head are dead code there)
+    still takes them all, so one argument list serves every entry function."""
+    entries = sorted(((gv, f) for gv, f in mod.functions_items() if isinstance(f, relax.Function)
+                      and f.attrs is not None and "num_input" in f.attrs), key=lambda e: e[0].name_hint)
+    if not entries:
+        return mod, []  # no num_input: every input is an activation (imported graphs)
+    weights = {gv.name_hint: list(f.params[int(f.attrs["num_input"]):]) for gv, f in entries}
+    order = sorted(weights, key=lambda name: -len(weights[name]))
+    union: dict[str, relax.Var] = {}
+    for name in order:
+        for v in weights[name]:
+            if v.name in union and str(union[v.name].ty) != str(v.ty):
+                raise ValueError(f"weight parameter {v.name} is {union[v.name].ty} in one entry function and {v.ty} "
+                                 f"in {name}")
+            union.setdefault(v.name, v)
+    bb = relax.BlockBuilder(mod)
+    for gv, f in entries:
+        own = {v.name: v for v in weights[gv.name_hint]}
+        if len(own) == len(union):
             continue
-        params = list(func.params[int(func.attrs["num_input"]):])
-        sig = [(p.name, str(p.ty)) for p in params]
-        if found is not None and sig != found[1]:
-            raise ValueError(f"entry function {gv.name} has other weight parameters than the others")
-        found = found or (params, sig)
-    return [] if found is None else found[0]  # no num_input: every input is an activation (imported graphs)
+        params = list(f.params[:int(f.attrs["num_input"])]) + [own[n] if n in own else relax.Var(n, v.ty)
+                                                               for n, v in union.items()]
+        bb.update_func(gv, relax.Function(params, f.body, f.ret_ty, f.is_pure, f.attrs))
+    return bb.get(), list(union.values())
 
 
 class Compiled(NamedTuple):
@@ -125,6 +140,6 @@ def compile_module(mod: tvm.IRModule, slices: Lowering, spec, db_dir: str | Path
     last = phases(slices, spec, db_dir, opts)[-1][0]
     with target:
         lowered = matq_pipeline(slices, spec, db_dir, opts, stop_before=last, params=param_map)(mod)
-        params = weight_params(lowered)
+        lowered, params = weight_params(lowered)
         rest = tvm.transform.Sequential([p for _, ps in phases(slices, spec, db_dir, opts)[-1:] for p in ps])
         return Compiled(tvm.compile(lowered, target=target, relax_pipeline=rest), params, param_map)

@@ -26,7 +26,7 @@ from matq_compile.runtime.verify import as_mismatch, check_binding, check_device
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 2  # 2: SHA256SUMS over the whole build
+FORMAT_VERSION = 3  # 2: SHA256SUMS over the whole build; 3: kv_cache shapes (K^T tiled per 16 positions)
 LIB_NAME, WEIGHTS_NAME, MANIFEST_NAME = "model.so", "weights.safetensors", "manifest.json"
 
 
@@ -72,7 +72,10 @@ def read_manifest(build_dir: str | Path, verify: bool = True) -> dict[str, Any]:
         raise FileNotFoundError(f"{build_dir} is not a matq build: {MANIFEST_NAME} is missing")
     if verify:
         verify_build(build_dir)
-    manifest = read_json(build_dir / MANIFEST_NAME, "build manifest", FORMAT_VERSION)
+    manifest = read_json(build_dir / MANIFEST_NAME, "build manifest")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise FormatError(f"{build_dir} is a build of format {manifest.get('format_version')!r}; this runtime reads "
+                          f"format {FORMAT_VERSION} (recompile it with `matq compile`)")
     for name in manifest["files"]:
         if not (build_dir / name).is_file():
             raise FileNotFoundError(f"{build_dir}: {name} is missing")
@@ -122,20 +125,15 @@ class Model:
         self.vocab = int(self.manifest["model"]["vocab_size"])
         self._shape = tvm.runtime.ShapeTuple
         self._tensor = tvm.runtime.tensor
-        kt_shape, v_shape = self._cache_shapes()
-        self.kt = tvm.runtime.empty(kt_shape, "float32", self.dev)
-        self.vc = tvm.runtime.empty(v_shape, "float32", self.dev)
+        cache = self.manifest["kv_cache"]  # shapes of the compiler's cache layout (lower/llama_kernels.py)
+        self.kt = tvm.runtime.empty(tuple(cache["kt"]), cache["dtype"], self.dev)
+        self.vc = tvm.runtime.empty(tuple(cache["v"]), cache["dtype"], self.dev)
         self.pos = 0
         self.switch: dict[str, Any] | None = self.manifest.get("switch")
         self._bits: tuple = ()  # the switch input of every call: one width per kernel unit (switchable builds)
         self.unit_bits: list[int] = []
         if self.switch is not None:
             self.set_bits(int(self.switch["default_bits"]))
-
-    def _cache_shapes(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
-        m = self.manifest["model"]
-        L, KV, D, S = m["num_layers"], m["num_kv_heads"], m["head_dim"], m["max_seq_len"]
-        return (L, KV, D, S), (L, KV, S, D)
 
     @property
     def widths(self) -> list[int]:
@@ -220,11 +218,15 @@ class Model:
         ids = self._ids(ids)
         if ids.size == 0:
             raise ValueError("prefill needs at least one token")
-        out = None
-        for chunk, n in self._chunks(ids):
-            out = self._call("prefill", self._tensor(chunk, self.dev), self._shape([self.pos]), self._shape([n - 1]),
-                             self.kt, self.vc, *self._bits, *self.params)
+        chunks = list(self._chunks(ids))
+        for chunk, n in chunks[:-1]:  # no logits: the head runs for the last chunk only
+            self._call("extend", self._tensor(chunk, self.dev), self._shape([self.pos]), self.kt, self.vc,
+                       *self._bits, *self.params)
             self.pos += n
+        chunk, n = chunks[-1]
+        out = self._call("prefill", self._tensor(chunk, self.dev), self._shape([self.pos]), self._shape([n - 1]),
+                         self.kt, self.vc, *self._bits, *self.params)
+        self.pos += n
         return out[0].numpy()[0]
 
     def decode(self, token: int) -> np.ndarray:

@@ -186,7 +186,7 @@ Options ParseArgs(int argc, char** argv) {
 void CheckBinding(const ffi::Module& vm, const std::vector<std::string>& names) {
   ffi::Function arity = vm->GetFunction("get_function_arity", false).value();
   ffi::Function param_name = vm->GetFunction("get_function_param_name", false).value();
-  for (const char* func : {"prefill", "decode"}) {
+  for (const char* func : {"prefill", "extend", "decode"}) {
     int64_t n = arity(ffi::String(func)).cast<int64_t>();
     int64_t first = n - static_cast<int64_t>(names.size());
     if (first <= 0)
@@ -201,16 +201,19 @@ void CheckBinding(const ffi::Module& vm, const std::vector<std::string>& names) 
   }
 }
 
+constexpr int64_t kFormatVersion = 3;  // runtime.FORMAT_VERSION: the manifest keys read here
+
 class Runner {
  public:
   Runner(const Options& o) : dev_{o.device == "cuda" ? kDLCUDA : kDLCPU, 0} {
     VerifyBuild(o.build);
     auto manifest = ParseObject(ReadFile(o.build + "/manifest.json"), "manifest.json");
+    if (!manifest.count("format_version") || manifest["format_version"].cast<int64_t>() != kFormatVersion)
+      throw std::runtime_error(o.build + " is a build of another format than " + std::to_string(kFormatVersion) +
+                               " (recompile it with `matq compile`)");
     auto model = manifest["model"].cast<ffi::Map<ffi::Any, ffi::Any>>();
     chunk_ = manifest["chunk"].cast<int64_t>();
     max_seq_ = model["max_seq_len"].cast<int64_t>();
-    int64_t L = model["num_layers"].cast<int64_t>(), KV = model["num_kv_heads"].cast<int64_t>();
-    int64_t D = model["head_dim"].cast<int64_t>();
     auto weights = LoadSafetensors(o.build + "/weights.safetensors", dev_);
     std::vector<std::string> names;
     for (const ffi::Any& p : manifest["params"].cast<ffi::Array<ffi::Any>>()) {
@@ -222,8 +225,9 @@ class Runner {
     }
     SetBits(manifest, o.bits);
     DLDataType f32{kDLFloat, 32, 1};
-    kt_ = Empty({L, KV, D, max_seq_}, f32, dev_);
-    vc_ = Empty({L, KV, max_seq_, D}, f32, dev_);
+    auto cache = manifest["kv_cache"].cast<ffi::Map<ffi::Any, ffi::Any>>();  // the compiler's cache layout
+    kt_ = Empty(IntList(cache["kt"]), f32, dev_);
+    vc_ = Empty(IntList(cache["v"]), f32, dev_);
     ffi::Module lib = ffi::Module::LoadFromFile(o.build + "/model.so");
     ffi::Module vm = lib->GetFunction("vm_load_executable", false).value()().cast<ffi::Module>();
     if (dev_.device_type == kDLCPU) {
@@ -234,6 +238,7 @@ class Runner {
     }
     CheckBinding(vm, names);
     prefill_ = vm->GetFunction("prefill", false).value();
+    extend_ = vm->GetFunction("extend", false).value();
     decode_ = vm->GetFunction("decode", false).value();
     vm_ = vm;
   }
@@ -247,7 +252,10 @@ class Runner {
       size_t n = std::min<size_t>(chunk_, ids.size() - s);
       std::vector<int32_t> piece(chunk_, 0);
       std::copy(ids.begin() + s, ids.begin() + s + n, piece.begin());
-      next = Argmax(Call(prefill_, Ids(piece), {ffi::Shape({pos_}), ffi::Shape({static_cast<int64_t>(n) - 1})}));
+      if (s + n < ids.size())  // not the last chunk: no logits (extend skips the LM head)
+        Call(extend_, Ids(piece), {ffi::Shape({pos_})});
+      else
+        next = Argmax(Call(prefill_, Ids(piece), {ffi::Shape({pos_}), ffi::Shape({static_cast<int64_t>(n) - 1})}));
       pos_ += static_cast<int64_t>(n);
     }
     return next;
@@ -283,7 +291,8 @@ class Runner {
     bits_ = ffi::Shape(std::vector<int64_t>(units, r));
   }
 
-  // f(ids, *shapes, kt_cache, v_cache, [bits], *params) -> logits [1, V] (first element of the returned tuple).
+  // f(ids, *shapes, kt_cache, v_cache, [bits], *params) -> the first element of the returned tuple (the logits
+  // [1, V]; extend returns only the caches, and its result is dropped).
   Tensor Call(const ffi::Function& f, Tensor ids, const std::vector<ffi::Shape>& shapes) {
     std::vector<ffi::AnyView> args;
     args.emplace_back(ids);
@@ -309,7 +318,7 @@ class Runner {
   Tensor kt_, vc_;
   ffi::Optional<ffi::Shape> bits_;
   ffi::Optional<ffi::Module> vm_;  // owns the functions below
-  ffi::Function prefill_, decode_;
+  ffi::Function prefill_, extend_, decode_;
 };
 
 double Seconds(std::chrono::steady_clock::time_point a, std::chrono::steady_clock::time_point b) {

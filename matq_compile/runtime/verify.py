@@ -17,7 +17,7 @@ from matq_compile.io_utils import FormatError, atomic_path, sha256_file
 
 DIGEST_NAME = "SHA256SUMS"
 ALWAYS_LISTED = ("manifest.json", "model.so")
-ENTRY_FUNCTIONS = ("prefill", "decode", "score")  # LLM builds: (leading inputs..., *params)
+ENTRY_FUNCTIONS = ("prefill", "extend", "decode", "score")  # LLM builds: (leading inputs..., *params)
 _LINE = re.compile(r"^([0-9a-f]{64})  (\S(?:.*\S)?)$")
 
 

@@ -43,6 +43,13 @@ def _run(hf_dir, model) -> None:
     for pos in range(5, 9):
         out = vm["decode"](tvm.runtime.tensor(ids[:, pos:pos + 1], dev), shape([pos]), *caches, *args)[0].numpy()
         np.testing.assert_allclose(out[0], ref[pos], rtol=1e-4, atol=1e-4)
+    # a prompt of 13 tokens: extend writes the first chunk's keys and values (no logits), prefill the rest
+    caches = [tvm.runtime.empty(s, "float32", dev) for s in cfg.cache_shapes]
+    kv = vm["extend"](tvm.runtime.tensor(ids[:, :8], dev), shape([0]), *caches, *args)
+    assert len(kv) == 2 and tuple(kv[0].shape) == cfg.cache_shapes[0]
+    pad[0, :5] = IDS[8:13]
+    out = vm["prefill"](tvm.runtime.tensor(pad, dev), shape([8]), shape([4]), *caches, *args)[0].numpy()
+    np.testing.assert_allclose(out[0], ref[12], rtol=1e-4, atol=1e-4)
 
 
 def test_tied_gqa_matches_hf(tiny_llama_dir, tiny_llama):

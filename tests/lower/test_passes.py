@@ -190,7 +190,7 @@ def test_dense_head_kernel_numerics(rng, w_dtype):
     x = rng.standard_normal((3, 72)).astype(np.float32)
     y = relax.VirtualMachine(ex, dev)["forward"](*(tvm.runtime.tensor(a, dev) for a in [x, *args])).numpy()
     np.testing.assert_allclose(y, x.astype(np.float64) @ ref_w.T, rtol=1e-5, atol=1e-4)
-    assert [v.name for v in weight_params(low)] == names  # the weights follow the num_input activations
+    assert [v.name for v in weight_params(low)[1]] == names  # the weights follow the num_input activations
 
 
 def test_hand_scheduled_kernels_are_sealed_by_attribute_not_name(tiny_llama):
@@ -212,3 +212,40 @@ def test_hand_scheduled_kernels_are_sealed_by_attribute_not_name(tiny_llama):
     sealed = out["renamed_attention"].attrs
     assert bool(sealed[HAND_ATTR]) and int(sealed["op_pattern"]) == 8 and bool(sealed["tirx.is_scheduled"])
     assert "tirx.is_scheduled" not in (out["rope_lookalike"].attrs or {})
+
+
+def test_every_entry_function_takes_every_weight_even_unread():
+    """An entry function whose dead code lost a weight (pruned per function) still takes it, in the shared order, so
+    one argument list serves every function; it runs with the extra argument."""
+    from matq_compile import targets
+    from matq_compile._tvm import tvm
+    from matq_compile.lower.passes._rewrite import prune_weights
+    from matq_compile.lower.pipeline import weight_params
+    from tvm import relax
+    from tvm.relax.frontend import nn
+
+    class Two(nn.Module):
+        def __init__(self):
+            self.a = nn.Linear(8, 8, bias=False)
+            self.b = nn.Linear(8, 8, bias=False)
+
+        def both(self, x):
+            return self.b(self.a(x))
+
+        def first(self, x):
+            return self.a(x)
+
+    x_spec = {"x": nn.spec.Tensor([1, 8], "float32")}
+    mod, _ = Two().export_tvm(spec={"both": x_spec, "first": x_spec})
+    mod = prune_weights(relax.transform.DeadCodeElimination()(mod))
+    assert [p.name for p in mod["first"].params[1:]] == ["a.weight"]
+    low, params = weight_params(mod)
+    assert [p.name for p in params] == ["a.weight", "b.weight"]
+    assert all([p.name for p in low[f].params[1:]] == ["a.weight", "b.weight"] for f in ("both", "first"))
+    dev = tvm.cpu()
+    vm = relax.VirtualMachine(tvm.compile(low, target=targets.load("host").to_tvm()), dev)
+    rng = np.random.default_rng(0)
+    x, a, b = (rng.standard_normal(s).astype(np.float32) for s in ((1, 8), (8, 8), (8, 8)))
+    args = [tvm.runtime.tensor(t, dev) for t in (x, a, b)]
+    np.testing.assert_allclose(vm["first"](*args).numpy(), x @ a.T, rtol=1e-5)
+    np.testing.assert_allclose(vm["both"](*args).numpy(), x @ a.T @ b.T, rtol=1e-5)

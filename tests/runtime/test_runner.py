@@ -135,3 +135,40 @@ def test_cpp_runner_refuses_unlisted_files(build, runner_exe, tmp_path):
     (bad / "extra.so").write_bytes(b"\0")
     res = subprocess.run([str(runner_exe), str(bad), "--ids", "1"], capture_output=True, text=True, check=False)
     assert res.returncode == 1 and "does not list: extra.so" in res.stderr, res.stderr
+
+
+def _old_format_copy(build: Path, dest: Path) -> Path:
+    """A copy of the build whose manifest says format 2 (no kv_cache shapes), SHA256SUMS redone."""
+    from matq_compile.runtime.verify import write_digests
+
+    old = Path(shutil.copytree(build, dest))
+    m = json.loads((old / "manifest.json").read_text())
+    m["format_version"] = 2
+    del m["kv_cache"]
+    (old / "manifest.json").write_text(json.dumps(m))
+    write_digests(old)
+    return old
+
+
+def test_python_runtime_refuses_an_older_build_format(build, tmp_path):
+    from matq_compile import runtime
+
+    with pytest.raises(ValueError, match="build of format 2; this runtime reads format 3 .*recompile"):
+        runtime.load(_old_format_copy(build, tmp_path / "old"))
+
+
+def test_cpp_runner_refuses_an_older_build_format(build, runner_exe, tmp_path):
+    from matq_compile.runtime import FORMAT_VERSION
+
+    assert f"kFormatVersion = {FORMAT_VERSION};" in (ROOT / "matq_compile/runtime/runner.cc").read_text()
+    old = _old_format_copy(build, tmp_path / "old")
+    res = subprocess.run([str(runner_exe), str(old), "--ids", "1"], capture_output=True, text=True, check=False)
+    assert res.returncode == 1 and "another format than 3 (recompile it" in res.stderr, res.stderr
+
+
+def test_manifest_records_the_compilers_cache_shapes(build):
+    from matq_compile.lower.frontend import LlamaConfig
+
+    m = json.loads((build / "manifest.json").read_text())
+    cfg = LlamaConfig(**m["model"])
+    assert m["kv_cache"] == {"kt": list(cfg.cache_shapes[0]), "v": list(cfg.cache_shapes[1]), "dtype": "float32"}

@@ -1,0 +1,122 @@
+"""The hand-written CPU kernels of a Llama block against numpy: the vectorisable exp, SiLU * up, the KV cache write in
+its tiled layout, and causal GQA attention (positions past the cached length hold garbage and must not count)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+L, H, KVH, D, S = 3, 6, 2, 32, 64  # G = 3 query heads per key/value head, 4 position tiles
+
+
+def _build(func):
+    from matq_compile import targets
+    from matq_compile._tvm import tvm
+
+    lib = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}),
+                      target=targets.load("host").to_tvm())
+    return lib.mod["main"]
+
+
+def _t(a):
+    from matq_compile._tvm import tvm
+    return tvm.runtime.tensor(np.ascontiguousarray(a), tvm.cpu())
+
+
+def test_exp_nonpositive_matches_numpy_over_its_range():
+    from matq_compile.lower.fastmath import exp_nonpositive
+    from tvm.script import tirx as T
+
+    @T.prim_func(s_tir=True)
+    def f(x: T.Buffer((4096,), "float32"), y: T.Buffer((4096,), "float32")):
+        for i0 in range(512):
+            for i1 in T.vectorized(8):
+                y[i0 * 8 + i1] = exp_nonpositive(x[i0 * 8 + i1])
+
+    x = np.concatenate([-np.linspace(0, 87, 4000), [0.0, -1e-30, -0.5, -86.9, -87.0, -88.0, -1e4, -3e38]])
+    x = np.concatenate([x, -np.random.default_rng(0).uniform(0, 20, 4096 - len(x))]).astype(np.float32)
+    y = _t(np.zeros(4096, np.float32))
+    _build(f)(_t(x), y)
+    got, ref = y.numpy().astype(np.float64), np.exp(x.astype(np.float64))
+    inside = x >= -87
+    assert np.all(np.abs(got[inside] / ref[inside] - 1) < 1e-5)
+    assert np.all((got[~inside] >= 0) & (got[~inside] < 1e-37))  # below the clamp: ~1e-38, never a NaN or inf
+    assert got[np.flatnonzero(x == 0)[0]] == 1.0
+
+
+@pytest.mark.parametrize("n", [1, 5])
+def test_silu_mul_matches_numpy(n):
+    from matq_compile.lower import llama_kernels as lk
+
+    rng = np.random.default_rng(n)
+    g = (rng.standard_normal((n, 96)) * 20).astype(np.float32)
+    g[0, :8] = [0, -0.0, 100, -100, 88, -89, 1e-3, -1e-3]  # exp(-|g|) underflows / the clamp / tiny
+    u = rng.standard_normal((n, 96)).astype(np.float32)
+    y = _t(np.zeros_like(g))
+    _build(lk.silu_mul_func(96))(_t(g), _t(u), y)
+    g64 = g.astype(np.float64)
+    np.testing.assert_allclose(y.numpy(), g64 / (1 + np.exp(-g64)) * u, rtol=1e-5, atol=1e-30)
+
+
+def test_odd_width_silu_mul_is_scalar_and_exact():
+    from matq_compile.lower import llama_kernels as lk
+
+    g = np.linspace(-30, 30, 2 * 13, dtype=np.float32).reshape(2, 13)
+    y = _t(np.zeros_like(g))
+    _build(lk.silu_mul_func(13))(_t(g), _t(np.ones_like(g)), y)
+    np.testing.assert_allclose(y.numpy(), g / (1 + np.exp(-g.astype(np.float64))), rtol=1e-5, atol=1e-30)
+
+
+def _kt_tiled(k_plane: np.ndarray) -> np.ndarray:
+    """[L, KVH, D, S] keys -> the K^T cache layout [L, KVH, S / TILE, D, TILE]."""
+    from matq_compile.lower.llama_kernels import TILE
+    return k_plane.reshape(L, KVH, D, S // TILE, TILE).transpose(0, 1, 3, 2, 4)
+
+
+def test_cache_shapes_name_the_tiled_layout():
+    from matq_compile.lower import llama_kernels as lk
+
+    assert lk.cache_shapes(L, KVH, D, S) == ((L, KVH, S // lk.TILE, D, lk.TILE), (L, KVH, S, D))
+    with pytest.raises(ValueError, match="multiple of 16"):
+        lk.cache_shapes(L, KVH, D, S + 8)
+
+
+def test_k_write_places_keys_in_the_tiled_layout():
+    from matq_compile.lower import llama_kernels as lk
+
+    rng = np.random.default_rng(1)
+    kt = rng.standard_normal(lk.cache_shapes(L, KVH, D, S)[0]).astype(np.float32)
+    k = rng.standard_normal((3, KVH, D)).astype(np.float32)
+    want = kt.copy()
+    for i in range(3):  # positions 14..16 straddle a tile boundary
+        want[2, :, (14 + i) // lk.TILE, :, (14 + i) % lk.TILE] = k[i]
+    got = _t(kt)
+    _build(lk.k_write_func(L, KVH, D, S))(got, _t(k), 2, 14)
+    np.testing.assert_array_equal(got.numpy(), want)
+
+
+def _attention_ref(q, k_plane, v, layer, pos):
+    n, G = q.shape[0], H // KVH
+    o = np.zeros((n, H * D))
+    for i in range(n):
+        ln = pos + i + 1
+        for h in range(H):
+            s = q[i, h].astype(np.float64) @ k_plane[layer, h // G, :, :ln] / np.sqrt(D)
+            p = np.exp(s - s.max())
+            o[i, h * D:(h + 1) * D] = p @ v[layer, h // G, :ln] / p.sum()
+    return o
+
+
+@pytest.mark.parametrize("n,pos", [(1, 0), (1, 15), (1, 16), (1, 40), (3, 0), (5, 27), (16, 48)])
+def test_attention_matches_numpy_and_ignores_stale_positions(n, pos):
+    from matq_compile.lower import llama_kernels as lk
+
+    rng = np.random.default_rng(n * 100 + pos)
+    k_plane = rng.standard_normal((L, KVH, D, S)).astype(np.float32)
+    v = rng.standard_normal((L, KVH, S, D)).astype(np.float32)
+    ln = pos + n
+    k_plane[:, :, :, ln:] = np.nan  # stale cache entries: never read (scores) or weighted (values)
+    v[:, :, ln:] = np.nan
+    q = (rng.standard_normal((n, H, D)) * 3).astype(np.float32)
+    o = _t(np.zeros((n, H * D), np.float32))
+    _build(lk.attention_func(L, H, KVH, D, S))(_t(q), _t(_kt_tiled(k_plane)), _t(v), 1, pos, o)
+    np.testing.assert_allclose(o.numpy(), _attention_ref(q, k_plane, v, 1, pos), rtol=2e-5, atol=2e-6)
