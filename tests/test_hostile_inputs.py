@@ -161,6 +161,13 @@ def cuda_labelled_build(e: Env) -> Path:
     return b
 
 
+def _double_cache(m: dict) -> None:
+    """max_seq_len and the recorded cache shapes doubled together: consistent, but not what model.so was built for."""
+    m["model"]["max_seq_len"] *= 2
+    m["kv_cache"]["kt"][2] *= 2
+    m["kv_cache"]["v"][2] *= 2
+
+
 def _run_edited(change: Callable[[Path], None]) -> Callable[[Env], list[str]]:
     def prepare(e: Env) -> list[str]:
         b = e.build_copy()
@@ -296,7 +303,9 @@ CASES: list[tuple[str, Callable[[Env], list[str]], str]] = [
     ("run-max-seq-len-edited", _run_edited(lambda b: edit_manifest(
         b, lambda m: m["model"].update(max_seq_len=4096))), "manifest.json is corrupt or was replaced"),
     ("run-max-seq-len-edited-rehashed", _run_edited(lambda b: edit_manifest(
-        b, lambda m: m["model"].update(max_seq_len=4096), rehash=True)), "model.so refuses the kt_cache"),
+        b, lambda m: m["model"].update(max_seq_len=4096), rehash=True)), "kv_cache shapes"),
+    ("run-kv-cache-edited-rehashed", _run_edited(lambda b: edit_manifest(b, _double_cache, rehash=True)),
+     "model.so refuses the kt_cache"),
     ("run-tokenizer-truncated", _run_edited(lambda b: truncate(b / "tokenizer.json")),
      "tokenizer.json is corrupt or was replaced"),
     ("run-tokenizer-truncated-rehashed", _run_edited(lambda b: (truncate(b / "tokenizer.json"), rehash(b))),

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from matq_compile._tvm import i64, tvm
-from matq_compile.lower import llama_kernels as lk
+from matq_compile.lower import kv_cache, llama_kernels as lk
 from tvm.relax.frontend import nn
 from tvm.relax.frontend.nn import op
 
@@ -48,8 +48,8 @@ class LlamaConfig:
             raise ValueError(f"num_heads {self.num_heads} is not a multiple of num_kv_heads {self.num_kv_heads}")
         if self.head_dim % 2:
             raise ValueError(f"head_dim must be even for RoPE, got {self.head_dim}")
-        if self.max_seq_len <= 0 or self.max_seq_len % lk.TILE:
-            raise ValueError(f"max_seq_len must be a positive multiple of {lk.TILE}, got {self.max_seq_len}")
+        if self.max_seq_len <= 0 or self.max_seq_len % kv_cache.TILE:
+            raise ValueError(f"max_seq_len must be a positive multiple of {kv_cache.TILE}, got {self.max_seq_len}")
 
     @classmethod
     def from_hf(cls, cfg: dict[str, Any], max_seq_len: int = 1024) -> LlamaConfig:
@@ -79,7 +79,7 @@ class LlamaConfig:
     @property
     def cache_shapes(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """(K^T cache, V cache) shapes, see llama_kernels."""
-        return lk.cache_shapes(self.num_layers, self.num_kv_heads, self.head_dim, self.max_seq_len)
+        return kv_cache.cache_shapes(self.num_layers, self.num_kv_heads, self.head_dim, self.max_seq_len)
 
 
 def _kernels(c: LlamaConfig, gpu: bool) -> dict[str, Any]:

@@ -4,7 +4,7 @@ The linears go through the bit-slice kernels (lower/kernels.py); everything here
 so the loops are parallel over (token, head) and vectorised over a fixed tile: the llvm default pipeline
 schedules nothing, and a naive attention loop would cost more than the quantized linears.
 
-KV cache layout (one tensor per kind for the whole model, written in place by call_tir_inplace; cache_shapes):
+KV cache layout (one tensor per kind for the whole model, written in place by call_tir_inplace; kv_cache.py):
     K^T cache  [layers, kv_heads, max_seq / TILE, head_dim, TILE]   keys transposed per tile of TILE positions:
                the score loop is an axpy over positions, and one tile's keys are one contiguous 4 KB read
                (a [head_dim, max_seq] plane would put each tile's rows max_seq floats apart, a page per row)
@@ -19,15 +19,7 @@ from matq_compile._tvm import tirx
 from tvm.script import tirx as T
 
 from matq_compile.lower.fastmath import exp_nonpositive
-
-TILE = 16  # vector width (floats) of the position loops; max_seq must be a multiple of it
-
-
-def cache_shapes(layers: int, kv_heads: int, head_dim: int, max_seq: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """(K^T cache, V cache) shapes of the layout above."""
-    if max_seq % TILE:
-        raise ValueError(f"max_seq_len must be a multiple of {TILE}, got {max_seq}")
-    return (layers, kv_heads, max_seq // TILE, head_dim, TILE), (layers, kv_heads, max_seq, head_dim)
+from matq_compile.lower.kv_cache import TILE, cache_shapes
 
 
 def _loops(gpu: bool):

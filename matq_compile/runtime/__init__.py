@@ -22,6 +22,7 @@ import numpy as np
 
 from matq_compile._threads import configure_tvm_threads
 from matq_compile.io_utils import FormatError, read_json
+from matq_compile.lower.kv_cache import cache_shapes
 from matq_compile.runtime.verify import as_mismatch, check_binding, check_device, verify_build
 
 log = logging.getLogger(__name__)
@@ -125,7 +126,12 @@ class Model:
         self.vocab = int(self.manifest["model"]["vocab_size"])
         self._shape = tvm.runtime.ShapeTuple
         self._tensor = tvm.runtime.tensor
-        cache = self.manifest["kv_cache"]  # shapes of the compiler's cache layout (lower/llama_kernels.py)
+        cache = self.manifest["kv_cache"]  # the library checks these shapes; they must also fit max_seq_len
+        m = self.manifest["model"]
+        fit = cache_shapes(m["num_layers"], m["num_kv_heads"], m["head_dim"], self.max_seq_len)
+        if [list(fit[0]), list(fit[1])] != [list(cache["kt"]), list(cache["v"])]:
+            raise FormatError(f"{self.dir}: manifest.json's kv_cache shapes {cache['kt']} and {cache['v']} do not "
+                              f"fit its model (max_seq_len {self.max_seq_len}); recompile")
         self.kt = tvm.runtime.empty(tuple(cache["kt"]), cache["dtype"], self.dev)
         self.vc = tvm.runtime.empty(tuple(cache["v"]), cache["dtype"], self.dev)
         self.pos = 0

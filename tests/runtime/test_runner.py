@@ -172,3 +172,16 @@ def test_manifest_records_the_compilers_cache_shapes(build):
     m = json.loads((build / "manifest.json").read_text())
     cfg = LlamaConfig(**m["model"])
     assert m["kv_cache"] == {"kt": list(cfg.cache_shapes[0]), "v": list(cfg.cache_shapes[1]), "dtype": "float32"}
+
+
+def test_cpp_runner_refuses_a_max_seq_len_its_cache_does_not_fit(build, runner_exe, tmp_path):
+    """An edited max_seq_len (SHA256SUMS redone) would let generation run past the cache: refused before loading."""
+    from matq_compile.runtime.verify import write_digests
+
+    bad = Path(shutil.copytree(build, tmp_path / "bad"))
+    m = json.loads((bad / "manifest.json").read_text())
+    m["model"]["max_seq_len"] *= 2
+    (bad / "manifest.json").write_text(json.dumps(m))
+    write_digests(bad)
+    res = subprocess.run([str(runner_exe), str(bad), "--ids", "1"], capture_output=True, text=True, check=False)
+    assert res.returncode == 1 and "does not fit its kv_cache shapes" in res.stderr, res.stderr
