@@ -78,7 +78,7 @@ class LlamaConfig:
 
     @property
     def cache_shapes(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
-        """(K^T cache, V cache) shapes, see llama_kernels."""
+        """(K^T cache, V cache) shapes (lower/kv_cache.py)."""
         return kv_cache.cache_shapes(self.num_layers, self.num_kv_heads, self.head_dim, self.max_seq_len)
 
 

@@ -99,6 +99,16 @@ def _weights(build_dir: Path, params: Sequence[dict[str, Any]], load_file: Calla
     return out
 
 
+def _check_cache(manifest: dict[str, Any], build_dir: Path) -> None:
+    """The recorded KV-cache shapes fit the model's max_seq_len: the library checks the shapes it is given, and the
+    runtime bounds generation by max_seq_len, so an edited length alone would let it write past the cache."""
+    m, cache = manifest["model"], manifest["kv_cache"]
+    fit = cache_shapes(m["num_layers"], m["num_kv_heads"], m["head_dim"], m["max_seq_len"])
+    if [list(fit[0]), list(fit[1])] != [list(cache["kt"]), list(cache["v"])]:
+        raise FormatError(f"{build_dir}: manifest.json's kv_cache shapes {cache['kt']} and {cache['v']} do not fit "
+                          f"its model (max_seq_len {m['max_seq_len']}); recompile")
+
+
 class Model:
     """One loaded build on one device; holds the KV cache and the number of cached tokens."""
 
@@ -113,6 +123,7 @@ class Model:
         if self.manifest.get("kind", "llm") != "llm":
             raise ValueError(f"{self.dir} is a {self.manifest['kind']} build; run it with runtime.run_graph")
         check_device(self.manifest, device, self.dir)
+        _check_cache(self.manifest, self.dir)
         self.dev = tvm.device(device, 0)
         try:
             lib = tvm.runtime.load_module(str(self.dir / LIB_NAME))
@@ -126,12 +137,7 @@ class Model:
         self.vocab = int(self.manifest["model"]["vocab_size"])
         self._shape = tvm.runtime.ShapeTuple
         self._tensor = tvm.runtime.tensor
-        cache = self.manifest["kv_cache"]  # the library checks these shapes; they must also fit max_seq_len
-        m = self.manifest["model"]
-        fit = cache_shapes(m["num_layers"], m["num_kv_heads"], m["head_dim"], self.max_seq_len)
-        if [list(fit[0]), list(fit[1])] != [list(cache["kt"]), list(cache["v"])]:
-            raise FormatError(f"{self.dir}: manifest.json's kv_cache shapes {cache['kt']} and {cache['v']} do not "
-                              f"fit its model (max_seq_len {self.max_seq_len}); recompile")
+        cache = self.manifest["kv_cache"]
         self.kt = tvm.runtime.empty(tuple(cache["kt"]), cache["dtype"], self.dev)
         self.vc = tvm.runtime.empty(tuple(cache["v"]), cache["dtype"], self.dev)
         self.pos = 0

@@ -214,6 +214,11 @@ class Runner {
     auto model = manifest["model"].cast<ffi::Map<ffi::Any, ffi::Any>>();
     chunk_ = manifest["chunk"].cast<int64_t>();
     max_seq_ = model["max_seq_len"].cast<int64_t>();
+    // the cache must hold max_seq_len positions: V is [layers, kv_heads, max_seq, head_dim] (lower/kv_cache.py)
+    std::vector<int64_t> v_shape = IntList(manifest["kv_cache"].cast<ffi::Map<ffi::Any, ffi::Any>>()["v"]);
+    if (v_shape.size() != 4 || v_shape[2] != max_seq_)
+      throw std::runtime_error("manifest.json: model max_seq_len " + std::to_string(max_seq_) +
+                               " does not fit its kv_cache shapes; recompile");
     auto weights = LoadSafetensors(o.build + "/weights.safetensors", dev_);
     std::vector<std::string> names;
     for (const ffi::Any& p : manifest["params"].cast<ffi::Array<ffi::Any>>()) {
@@ -226,12 +231,8 @@ class Runner {
     SetBits(manifest, o.bits);
     DLDataType f32{kDLFloat, 32, 1};
     auto cache = manifest["kv_cache"].cast<ffi::Map<ffi::Any, ffi::Any>>();  // the compiler's cache layout
-    std::vector<int64_t> v_shape = IntList(cache["v"]);  // [layers, kv_heads, max_seq, head_dim] (kv_cache.py)
-    if (v_shape.size() != 4 || v_shape[2] != max_seq_)
-      throw std::runtime_error("manifest.json: model max_seq_len " + std::to_string(max_seq_) +
-                               " does not fit its kv_cache shapes; recompile");
     kt_ = Empty(IntList(cache["kt"]), f32, dev_);
-    vc_ = Empty(v_shape, f32, dev_);
+    vc_ = Empty(IntList(cache["v"]), f32, dev_);
     ffi::Module lib = ffi::Module::LoadFromFile(o.build + "/model.so");
     ffi::Module vm = lib->GetFunction("vm_load_executable", false).value()().cast<ffi::Module>();
     if (dev_.device_type == kDLCPU) {
