@@ -114,12 +114,19 @@ def v_write_func(layers: int, kv_heads: int, head_dim: int, max_seq: int, gpu: b
 
 def attention_func(layers: int, heads: int, kv_heads: int, head_dim: int, max_seq: int,
                    gpu: bool = False) -> tirx.PrimFunc:
-    """o[i, h*D:(h+1)*D] = softmax(q[i,h] . K[:L]^T / sqrt(D)) V[:L] with L = pos + i + 1 (causal, GQA)."""
-    if max_seq % TILE:
-        raise ValueError(f"max_seq_len must be a multiple of {TILE}, got {max_seq}")
+    """o[i, h*D:(h+1)*D] = softmax(q[i,h] . K[:L]^T / sqrt(D)) V[:L] with L = pos + i + 1 (causal, GQA).
+    max_seq must be a multiple of TILE (cache_shapes checks it)."""
     if gpu:
         return _attention_gpu(layers, heads, kv_heads, head_dim, max_seq)
     return _attention_cpu(layers, heads, kv_heads, head_dim, max_seq)
+
+
+def _chains_sum(acc: tirx.Buffer, lane: tirx.PrimExpr) -> tirx.PrimExpr:
+    """acc[0, lane] + ... + acc[chains - 1, lane]: the independent FMA chains of one score lane, summed."""
+    total = acc[0, lane]
+    for u in range(1, int(acc.shape[0])):
+        total = total + acc[u, lane]
+    return total
 
 
 def _attention_cpu(layers: int, heads: int, kv_heads: int, head_dim: int, max_seq: int) -> tirx.PrimFunc:
@@ -158,7 +165,7 @@ def _attention_cpu(layers: int, heads: int, kv_heads: int, head_dim: int, max_se
                     for j1 in T.vectorized(TILE):
                         s[j0 * TILE + j1] = T.Select(
                             j0 * TILE + j1 <= pos + t // H,
-                            (acc[0, j1] + acc[1, j1] + acc[2, j1] + acc[3, j1]) * T.float32(scale),
+                            _chains_sum(acc, j1) * T.float32(scale),
                             T.float32(-3.0e38))
                 for j1 in T.vectorized(TILE):
                     red[0, j1] = T.float32(-3.0e38)
