@@ -59,3 +59,12 @@ def int8_linear(x: np.ndarray, arrays: dict[str, np.ndarray], bits: int, group: 
     S, Z = arrays["S"].astype(np.float64), arrays["Z"].astype(np.float64)
     term = acc - Z[None] * xsum.astype(np.float64)[:, None, :]
     return np.einsum("mq,nq,mnq->mn", sx.astype(np.float64), S, term)
+
+
+def int8_dense(x: np.ndarray, codes: np.ndarray, scale: np.ndarray, group_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The int8-activation head (lower/int8_dense.py): signed per-row int8 codes [N, K] with row scales [N].
+    Returns (acc int32 [M, N, G], y float64 [M, N] = scale[n] * sum_q sx[m, q] * acc[m, n, q])."""
+    xq, sx, _ = quantize_activations(x, group_size)
+    acc = integer_acc(codes, xq, group_size)
+    y = np.einsum("mq,mnq->mn", sx.astype(np.float64), acc.astype(np.float64)) * scale.astype(np.float64)[None]
+    return acc, y

@@ -5,7 +5,8 @@
                         weights as params; for imported ONNX graphs: constant-weight MatMuls quantized
                         in-process, packed constants)
     2 lower-head        the embedding lookup reads a compact copy of its table (float16 / int8 rows, optional);
-                        CPU: remaining float linears (the LM head) -> parallel vectorised GEMV kernel
+                        CPU: remaining float linears (the LM head) -> parallel vectorised GEMV kernel (an int8
+                        head of an int8-activation build: int8 activations too, lower/int8_dense.py)
     3 schedule-kernels  tuned database replayed onto every matq kernel (error on a miss unless allow_untuned);
                         hand-scheduled kernels sealed against fusion and dlight
     4 tvm-default       TVM's default Relax pipeline for the target (legalize, fuse, CUDA dlight, VM lowering)
@@ -75,7 +76,7 @@ def phases(lowering: Lowering, spec, db_dir: str | Path | None, opts: PipelineOp
     return [
         ("lower-linears", first),
         ("lower-head", [lower_embedding(opts.embed_dtype, params)]
-         + ([] if spec.is_gpu else [lower_dense_linear(opts.head_dtype, params)])),
+         + ([] if spec.is_gpu else [lower_dense_linear(opts.head_dtype, params, int8_isa(spec, opts.act))])),
         ("schedule-kernels", [schedule_kernels(spec, db_dir, opts.allow_untuned)]),
         ("tvm-default", [relax.pipeline.get_default_pipeline(spec.to_tvm())]),
     ]

@@ -106,7 +106,7 @@ def _attention_ref(q, k_plane, v, layer, pos):
     return o
 
 
-@pytest.mark.parametrize("n,pos", [(1, 0), (1, 15), (1, 16), (1, 40), (3, 0), (5, 27), (16, 48)])
+@pytest.mark.parametrize("n,pos", [(1, 0), (1, 15), (1, 16), (1, 40), (3, 0), (5, 27), (16, 48), (2, 62)])
 def test_attention_matches_numpy_and_ignores_stale_positions(n, pos):
     from matq_compile.lower import llama_kernels as lk
 

@@ -5,7 +5,9 @@ model (SmolLM2: 49152 x 576) that alone would cost more than every quantized lin
 `w_dtype="float16"` the head reads a float16 copy of its weight (a new parameter `<weight>.float16`), with
 "int8" per-row symmetric int8 codes `<weight>.int8` and scales `<weight>.scale` (recorded in the parameter map
 as lower/params.Float16Copy / Int8Rows of the float weight): 1/2 and 1/4 of the largest single read per token.
-float32 keeps the head identical to the reference.
+float32 keeps the head identical to the reference. In an int8-activation build (`act_isa` set) an int8 head also
+quantizes its input per group of 64 and multiplies bytes (lower/int8_dense.py): ~1/3 of the vector work, so the
+head streams at memory speed.
 CUDA builds skip this pass: the default CUDA pipeline schedules the matmul with dlight.
 """
 from __future__ import annotations
@@ -14,7 +16,7 @@ from matq_compile._tvm import tvm
 from matq_compile.lower.params import ParamMap
 from matq_compile.lower.passes._rewrite import (compact_params, linear_operands, prune_weights,
                                                 rewrite_relax_functions)
-from matq_compile.lower import llama_kernels as lk
+from matq_compile.lower import int8_dense, llama_kernels as lk
 from matq_compile.lower.kernels import hand_scheduled
 from tvm import relax
 
@@ -28,9 +30,9 @@ def head_param_name(weight: str, w_dtype: str) -> str:
 
 @relax.expr_functor.mutator
 class _Rewriter(relax.PyExprMutator):
-    def __init__(self, mod: tvm.IRModule, w_dtype: str, params: ParamMap) -> None:
+    def __init__(self, mod: tvm.IRModule, w_dtype: str, params: ParamMap, act_isa: str | None) -> None:
         super().__init__(mod)
-        self.w_dtype, self.param_map = w_dtype, params
+        self.w_dtype, self.param_map, self.act_isa = w_dtype, params, act_isa
         self.kernels: dict[str, tvm.ir.GlobalVar] = {}
         self.params: dict[str, list[relax.Var]] = {}  # float weight name -> the parameters the kernel reads
 
@@ -44,8 +46,12 @@ class _Rewriter(relax.PyExprMutator):
             return call
         N, K = (int(s) for s in src.ty.shape)
         name = f"dense_n{N}_k{K}_{self.w_dtype}"
+        if self.w_dtype == "int8" and self.act_isa is not None and int8_dense.supports(K):
+            name, make = f"{name}_a8", int8_dense.int8_dense_func
+        else:
+            make = lambda N, K: lk.dense_func(N, K, self.w_dtype)  # noqa: E731
         if name not in self.kernels:
-            self.kernels[name] = self.builder_.add_func(hand_scheduled(lk.dense_func(N, K, self.w_dtype)), name)
+            self.kernels[name] = self.builder_.add_func(hand_scheduled(make(N, K)), name)
         return relax.call_tir(self.kernels[name], [x, *self.params[src.name]],
                               out_ty=relax.TensorType((x.ty.shape[0], N), "float32"))
 
@@ -66,16 +72,18 @@ class _Rewriter(relax.PyExprMutator):
         return relax.Function(list(func.params) + extra, body.body, body.ret_ty, func.is_pure, func.attrs)
 
 
-def lower_dense_linear(w_dtype: str = "float32", params: ParamMap | None = None) -> tvm.transform.Pass:
+def lower_dense_linear(w_dtype: str = "float32", params: ParamMap | None = None,
+                       act_isa: str | None = None) -> tvm.transform.Pass:
     """Module pass: every matmul(x, permute_dims(<float param>.weight)) -> call_tir(dense kernel); derived
-    weight parameters are recorded in `params`."""
+    weight parameters are recorded in `params`. act_isa: an int8-activation build's ISA (pipeline.int8_isa): an
+    int8 head then takes int8 activations too."""
     if w_dtype not in W_DTYPES:
         raise ValueError(f"head weight dtype must be one of {W_DTYPES}, got {w_dtype!r}")
     params = ParamMap() if params is None else params
 
     @tvm.transform.module_pass(opt_level=0, name="LowerDenseLinear")
     def _pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        rw = _Rewriter(mod, w_dtype, params)
+        rw = _Rewriter(mod, w_dtype, params, act_isa)
         new = rewrite_relax_functions(mod, rw.builder_, rw.rewrite)
         return prune_weights(relax.transform.DeadCodeElimination()(new))
 
