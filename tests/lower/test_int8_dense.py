@@ -78,9 +78,12 @@ def test_rejects_k_outside_whole_groups():
 @pytest.mark.parametrize("K,act_isa,kernel", [(128, "avx2", "dense_n40_k128_int8_a8"),
                                               (128, None, "dense_n40_k128_int8"),
                                               (72, "avx2", "dense_n40_k72_int8")])
-def test_pass_picks_the_int8_activation_head(cpu, rng, K, act_isa, kernel):
+def test_pass_picks_the_int8_activation_head(cpu, rng, caplog, K, act_isa, kernel):
     """lower_dense_linear with an int8 head: the int8-activation kernel in an int8-activation build where K is
-    whole groups, else the float one; the compiled head matches its truth either way."""
+    whole groups, else the float one (logged where int8 activations were asked for); the compiled head matches
+    its truth either way."""
+    import logging
+
     from matq_compile._tvm import tvm
     from matq_compile.lower.params import ArraySource, ParamMap
     from matq_compile.lower.passes import lower_dense_linear
@@ -97,7 +100,9 @@ def test_pass_picks_the_int8_activation_head(cpu, rng, K, act_isa, kernel):
     mod, _ = Head().export_tvm(spec={"forward": {"x": nn.spec.Tensor(["m", K], "float32")}})
     mod = relax.transform.BindParams("forward", {})(mod)
     pmap = ParamMap()
-    low = lower_dense_linear("int8", pmap, act_isa)(mod)
+    with caplog.at_level(logging.INFO, logger="matq_compile.lower.passes.lower_dense_linear"):
+        low = lower_dense_linear("int8", pmap, act_isa)(mod)
+    assert ("keeps float activations" in caplog.text) == (act_isa is not None and K % int8_dense.GROUP != 0)
     assert [gv.name_hint for gv in low.functions if gv.name_hint.startswith("dense_")] == [kernel]
     w = rng.standard_normal((40, K)).astype(np.float32)
     codes, s = (pmap.make(p.name, ArraySource({"lm_head.weight": w})) for p in low["forward"].params[1:])

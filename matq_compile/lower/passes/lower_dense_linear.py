@@ -6,11 +6,12 @@ model (SmolLM2: 49152 x 576) that alone would cost more than every quantized lin
 "int8" per-row symmetric int8 codes `<weight>.int8` and scales `<weight>.scale` (recorded in the parameter map
 as lower/params.Float16Copy / Int8Rows of the float weight): 1/2 and 1/4 of the largest single read per token.
 float32 keeps the head identical to the reference. In an int8-activation build (`act_isa` set) an int8 head also
-quantizes its input per group of 64 and multiplies bytes (lower/int8_dense.py): ~1/3 of the vector work, so the
-head streams at memory speed.
+quantizes its input per group of 64 and multiplies bytes (lower/int8_dense.py): ~1/3 of the vector work.
 CUDA builds skip this pass: the default CUDA pipeline schedules the matmul with dlight.
 """
 from __future__ import annotations
+
+import logging
 
 from matq_compile._tvm import tvm
 from matq_compile.lower.params import ParamMap
@@ -21,7 +22,7 @@ from matq_compile.lower.kernels import hand_scheduled
 from tvm import relax
 
 W_DTYPES = ("float32", "float16", "int8")
-
+logger = logging.getLogger(__name__)
 
 
 def head_param_name(weight: str, w_dtype: str) -> str:
@@ -45,13 +46,15 @@ class _Rewriter(relax.PyExprMutator):
         if len(x.ty.shape) != 2 or x.ty.dtype != "float32":
             return call
         N, K = (int(s) for s in src.ty.shape)
-        name = f"dense_n{N}_k{K}_{self.w_dtype}"
-        if self.w_dtype == "int8" and self.act_isa is not None and int8_dense.supports(K):
-            name, make = f"{name}_a8", int8_dense.int8_dense_func
-        else:
-            make = lambda N, K: lk.dense_func(N, K, self.w_dtype)  # noqa: E731
+        want_a8 = self.w_dtype == "int8" and self.act_isa is not None
+        a8 = want_a8 and int8_dense.supports(K)
+        name = f"dense_n{N}_k{K}_{self.w_dtype}" + ("_a8" if a8 else "")
         if name not in self.kernels:
-            self.kernels[name] = self.builder_.add_func(hand_scheduled(make(N, K)), name)
+            if want_a8 and not a8:
+                logger.info("%s: K=%d is not whole groups of %d; the head keeps float activations", src.name, K,
+                            int8_dense.GROUP)
+            func = int8_dense.int8_dense_func(N, K) if a8 else lk.dense_func(N, K, self.w_dtype)
+            self.kernels[name] = self.builder_.add_func(hand_scheduled(func), name)
         return relax.call_tir(self.kernels[name], [x, *self.params[src.name]],
                               out_ty=relax.TensorType((x.ty.shape[0], N), "float32"))
 
