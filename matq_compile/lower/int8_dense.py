@@ -7,10 +7,11 @@ xq, sx: the activations quantized per GROUP columns as act_quant.quantize_activa
 act_quant.int8_dense is the numpy truth.
 
 Both operands are signed; vpmaddubsw multiplies unsigned by signed bytes, so each product is taken as
-|xq| * (w with xq's sign) (vpsignb): pair sums <= 2 * 127 * 127 < 2^15, exact. Per group: two vpmaddubsw +
-vpmaddwd(1) give 8 int32 lanes of 8 products each, converted to float and folded with one FMA by sx (8 float
-lanes per output, summed once at the end). The float head spends ~12 vector ops per 32 weights (widen, convert,
-FMA); this one ~4, which leaves the 28 MB head of SmolLM2 closer to bound by memory than by its arithmetic.
+|xq| * (w with xq's sign) (vpsignb): pair sums <= 2 * 127 * 127 < 2^15, exact. Per group: for each of its two
+32-byte halves vpsignb, vpmaddubsw and vpmaddwd(1), the halves added: 8 int32 lanes of 8 products each, converted
+to float and folded with one FMA by sx (8 float lanes per output, summed once at the end). The float head spends
+~12 vector ops per 32 weights (widen, convert, FMA); this one ~4, which leaves the 28 MB head of SmolLM2 closer to
+bound by memory than by its arithmetic.
 """
 from __future__ import annotations
 
