@@ -50,3 +50,20 @@ def matq(*args: str, check_no_torch: bool = False, timeout: int = 300) -> subpro
             + ("assert 'torch' not in sys.modules, 'torch was imported'; " if check_no_torch else "")
             + "sys.exit(rc)")
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def head_module(N: int, K: int):
+    """A lone LM head (HF name `lm_head`, no bias) as a Relax module with a dynamic row count, parameters unbound:
+    what LowerDenseLinear rewrites."""
+    from tvm import relax
+    from tvm.relax.frontend import nn
+
+    class Head(nn.Module):
+        def __init__(self):
+            self.lm_head = nn.Linear(K, N, bias=False)
+
+        def forward(self, x):
+            return self.lm_head(x)
+
+    mod, _ = Head().export_tvm(spec={"forward": {"x": nn.spec.Tensor(["m", K], "float32")}})
+    return relax.transform.BindParams("forward", {})(mod)

@@ -66,17 +66,17 @@ def phases(lowering: Lowering, spec, db_dir: str | Path | None, opts: PipelineOp
     """lowering: the checkpoint's {layer: LinearSlice} (its kernel units are lowered), or the phase-1 passes
     themselves. params: where the passes record the parameters they create."""
     params = ParamMap() if params is None else params
+    isa = int8_isa(spec, opts.act)  # one answer for the linears and the head
     if isinstance(lowering, list):
         first = list(lowering)
     else:
         sw = opts.switch
         units = kernel_units(lowering, opts.fuse_siblings) if sw is None else sw.units(lowering, opts.fuse_siblings)
-        first = [fuse_sibling_linears(units, params), lower_matq_linear(units, spec.is_gpu, params, sw,
-                                                                 int8_isa(spec, opts.act))]
+        first = [fuse_sibling_linears(units, params), lower_matq_linear(units, spec.is_gpu, params, sw, isa)]
     return [
         ("lower-linears", first),
         ("lower-head", [lower_embedding(opts.embed_dtype, params)]
-         + ([] if spec.is_gpu else [lower_dense_linear(opts.head_dtype, params, int8_isa(spec, opts.act))])),
+         + ([] if spec.is_gpu else [lower_dense_linear(opts.head_dtype, params, isa)])),
         ("schedule-kernels", [schedule_kernels(spec, db_dir, opts.allow_untuned)]),
         ("tvm-default", [relax.pipeline.get_default_pipeline(spec.to_tvm())]),
     ]

@@ -88,17 +88,10 @@ def test_pass_picks_the_int8_activation_head(cpu, rng, caplog, K, act_isa, kerne
     from matq_compile.lower.params import ArraySource, ParamMap
     from matq_compile.lower.passes import lower_dense_linear
     from tvm import relax
-    from tvm.relax.frontend import nn
 
-    class Head(nn.Module):
-        def __init__(self):
-            self.lm_head = nn.Linear(K, 40, bias=False)
+    from helpers import head_module
 
-        def forward(self, x):
-            return self.lm_head(x)
-
-    mod, _ = Head().export_tvm(spec={"forward": {"x": nn.spec.Tensor(["m", K], "float32")}})
-    mod = relax.transform.BindParams("forward", {})(mod)
+    mod = head_module(40, K)
     pmap = ParamMap()
     with caplog.at_level(logging.INFO, logger="matq_compile.lower.passes.lower_dense_linear"):
         low = lower_dense_linear("int8", pmap, act_isa)(mod)

@@ -165,17 +165,10 @@ def test_dense_head_kernel_numerics(rng, w_dtype):
     from matq_compile.lower.passes import lower_dense_linear
     from matq_compile.lower.pipeline import weight_params
     from tvm import relax
-    from tvm.relax.frontend import nn
 
-    class Head(nn.Module):
-        def __init__(self):
-            self.lm_head = nn.Linear(72, 333, bias=False)  # K not a multiple of the 16-lane tile, odd N
+    from helpers import head_module
 
-        def forward(self, x):
-            return self.lm_head(x)
-
-    mod, _ = Head().export_tvm(spec={"forward": {"x": nn.spec.Tensor(["m", 72], "float32")}})
-    mod = relax.transform.BindParams("forward", {})(mod)
+    mod = head_module(333, 72)  # K not a multiple of the 16-lane tile, odd N
     pmap = ParamMap()
     low = lower_dense_linear(w_dtype, pmap)(mod)
     names = [p.name for p in low["forward"].params[1:]]
