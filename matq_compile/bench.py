@@ -4,8 +4,8 @@ what it lacks.
 
 Kernels are built here and timed where remote.open_session says (this machine's CPU or GPU, or an RPC server on
 any target), cache-cold (remote.py: flushed CPU caches, rotated GPU weights). The table records the target, the
-TVM version, the database hash and the device that timed it; a table made for another target or from another
-database is refused.
+TVM version, the kernels' identity (kernels_hash: the database, and the int8 kernels' source) and the device that
+timed it; a table made for another target or other kernels is refused.
 """
 from __future__ import annotations
 
@@ -21,11 +21,28 @@ from matq_compile.search.latency import LatencyTable, load_latency_table
 
 log = logging.getLogger(__name__)
 
-def load_table(path: str | Path, spec, db_dir: str | Path | None = None) -> LatencyTable:
-    """The latency table at `path`; refuse another target or (given db_dir) another database."""
+INT8_SOURCES = ("int8_kernels.py", "int8_decode.py", "int8_intrin.py")  # lower/: what the int8 kernels are made of
+
+
+def kernels_hash(db_dir: str | Path, act: str = "float") -> str:
+    """The identity of the kernels a latency table times (its db_hash): the tuning database's hash for the tuned
+    float kernels; for act "int8" also the source of the hand-scheduled int8 kernels, which take no records, so
+    a change to them would otherwise leave a table of the old kernels pricing the new ones."""
+    import hashlib
+
+    from matq_compile.lower import int8_kernels
     from matq_compile.tune import database_hash
 
-    return load_latency_table(path, spec.name, None if db_dir is None else database_hash(db_dir))
+    h = database_hash(db_dir)
+    if act == "float":
+        return h
+    lower = Path(int8_kernels.__file__).parent
+    return hashlib.sha256(h.encode() + b"".join((lower / name).read_bytes() for name in INT8_SOURCES)).hexdigest()
+
+
+def load_table(path: str | Path, spec, db_dir: str | Path | None = None, act: str = "float") -> LatencyTable:
+    """The latency table at `path`; refuse another target or (given db_dir) other kernels (kernels_hash)."""
+    return load_latency_table(path, spec.name, None if db_dir is None else kernels_hash(db_dir, act))
 
 
 def table_path(db_dir: str | Path, m_bucket: int, act: str = "float") -> Path:
@@ -40,7 +57,7 @@ def cached_latency(keys: list[layout.KernelKey], spec, db_dir: str | Path, path:
     measured (where `runner` says: any target, a GPU one on a local GPU or over RPC) and saved into it;
     measure_missing=False makes a missing kernel an error instead."""
     path = Path(path)
-    table = load_table(path, spec, db_dir) if path.is_file() else None
+    table = load_table(path, spec, db_dir, act) if path.is_file() else None
     missing = keys if table is None else table.missing(keys)
     if missing:
         if not measure_missing:
@@ -85,7 +102,6 @@ def measure(keys: list[layout.KernelKey], spec, db_dir: str | Path, repeat: int 
     timed in several rounds is compiled once."""
     from matq_compile import remote
     from matq_compile._tvm import TVM_VERSION
-    from matq_compile.tune import database_hash
 
     if repeat <= 0:
         raise ValueError(f"repeat must be positive, got {repeat}")
@@ -107,7 +123,7 @@ def measure(keys: list[layout.KernelKey], spec, db_dir: str | Path, repeat: int 
         entries[key] = float(np.median(t))
         stats[key] = {"min_s": float(t.min()), "gbps": traffic_bytes(key, key.m_bucket) / entries[key] / 1e9}
         log.info("%s: %.1f us", key.name, entries[key] * 1e6)
-    return LatencyTable(spec.name, TVM_VERSION, database_hash(db_dir), entries, stats, session.device_name)
+    return LatencyTable(spec.name, TVM_VERSION, kernels_hash(db_dir, act), entries, stats, session.device_name)
 
 
 def kernel_func(key: layout.KernelKey, spec, act: str = "float", name: str | None = None):

@@ -3,7 +3,7 @@
 One type and one file format for everything that times kernels (matq_compile.bench, `matq bench-kernels`) and
 everything that prices them (the search). On disk (format_version 2):
 
-    {"format_version": 2, "target": "llvm-znver3-2c", "tvm_version": "...", "db_hash": "<sha256 of the database>",
+    {"format_version": 2, "target": "llvm-znver3-2c", "tvm_version": "...", "db_hash": "<sha256 of the kernels>",
      "device": "AMD EPYC ..." | null,
      "rows": [{"key": "matq_linear_n576_k576_b4_g64_m1_float32", "median_s": 2.3e-05, "min_s": ..., "gbps": ...}]}
 
@@ -29,7 +29,8 @@ KIND = "latency table"
 @dataclass(frozen=True)
 class LatencyTable:
     """Median seconds per kernel (entries) and optional per-kernel statistics (min_s, gbps), with provenance:
-    the target, the TVM version, the tuning database's hash and the device that timed them."""
+    the target, the TVM version, the kernels' identity (db_hash: matq_compile.bench.kernels_hash) and the device
+    that timed them."""
 
     target: str
     tvm_version: str
@@ -54,12 +55,14 @@ class LatencyTable:
                                    stats={**self.stats, **more.stats}, device=more.device or self.device)
 
     def check_source(self, target: str | None = None, db_hash: str | None = None) -> None:
-        """Refuse a table measured on another target or from another tuning database."""
+        """Refuse a table measured on another target or of other kernels (another tuning database, or for the
+        int8 kernels another version of their source: matq_compile.bench.kernels_hash)."""
         if target is not None and target != self.target:
             raise ValueError(f"latency table was measured on target {self.target!r}, not {target!r}")
         if db_hash is not None and db_hash != self.db_hash:
-            raise ValueError(f"latency table comes from another tuning database ({self.db_hash[:12]}…) than the "
-                             f"one in use ({db_hash[:12]}…); re-measure it")
+            raise ValueError(f"latency table times other kernels ({self.db_hash[:12]}…: another tuning database, or "
+                             f"for --act int8 an older int8 kernel source) than the ones in use ({db_hash[:12]}…); "
+                             f"re-measure it")
 
     def to_json(self) -> dict[str, Any]:
         rows = [{"key": k.name, "median_s": v, **self.stats.get(k, {})}

@@ -1,9 +1,12 @@
 """bench.py: latency table round trip and refusals; positive cold-cache times on llvm."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from matq_compile import layout, targets
+from matq_compile.search.latency import LatencyTable
 
 pytest.importorskip("tvm")
 from matq_compile import bench, tune  # noqa: E402
@@ -72,3 +75,28 @@ def test_int8_tables_time_the_int8_kernels_in_a_file_of_their_own(tmp_path, host
     f16 = layout.KernelKey(64, 128, 4, 64, 1, "float16")  # no int8 form: the build keeps the float kernel
     kept = bench.build_kernel(f16, host, tmp_path / "no-db", fallback=True, act="int8")
     assert "vpmaddubsw" not in kept.mod.inspect_source("asm")
+
+
+def test_int8_tables_are_tied_to_the_int8_kernel_source(tmp_path, host, monkeypatch):
+    """The int8 kernels take no tuning records, so their table's identity includes their source: a table of the
+    old kernels is refused once the source changes, while the float table's identity stays the database's."""
+    import shutil
+
+    from matq_compile.lower import int8_kernels
+
+    db = tmp_path / host.name
+    tune.check_database(db, host, create=True)
+    assert bench.kernels_hash(db) == tune.database_hash(db) != bench.kernels_hash(db, "int8")
+    src = tmp_path / "lower"
+    src.mkdir()
+    for name in bench.INT8_SOURCES:
+        shutil.copy(Path(int8_kernels.__file__).parent / name, src / name)
+    monkeypatch.setattr(int8_kernels, "__file__", str(src / "int8_kernels.py"))
+    key = layout.KernelKey(64, 128, 4, 64, 1)
+    path = tmp_path / "latency_m1_int8.json"
+    LatencyTable(host.name, "tvm", bench.kernels_hash(db, "int8"), {key: 1e-5}).save(path)
+    assert bench.load_table(path, host, db, "int8").entries == {key: 1e-5}
+    with open(src / "int8_decode.py", "a") as f:
+        f.write("# changed\n")
+    with pytest.raises(ValueError, match="older int8 kernel source"):
+        bench.load_table(path, host, db, "int8")

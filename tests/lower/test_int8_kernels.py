@@ -217,6 +217,21 @@ def test_avx2_target_uses_pmaddubsw_and_splits_r8():
         assert "vpdpbusd" not in asm and asm.count("vpmaddubsw") >= count
 
 
+def test_decode_prefetches_ahead_and_unpacks_nibbles_from_one_broadcast():
+    """Each block's decode prefetches its weights' words ahead into L2 (prefetcht1), dense and nested planes alike;
+    r = 4's nibbles come from one 16-byte broadcast load and a 64-bit shift (no 128-bit insert)."""
+    from matq_compile import planes
+
+    target = _llvm("znver3").to_tvm()
+    nested = planes.tag((2, 3, 4, 6, 8), "round")
+    for key in (layout.KernelKey(16, 256, 4, 64, 1), layout.KernelKey(16, 256, 3, 64, 1, nested=nested)):
+        asm = _build(int8_kernels.int8_linear_func(key, "avx2", "main"), target).mod.inspect_source("asm")
+        assert "prefetcht1" in asm
+    asm = _build(int8_kernels.int8_linear_func(layout.KernelKey(16, 256, 4, 64, 1), "avx2", "main"),
+                 target).mod.inspect_source("asm")
+    assert "vbroadcasti128" in asm and "vpsrlvq" in asm and "vinserti128" not in asm
+
+
 @pytest.mark.parametrize("spec", [_llvm("x86-64"), TargetSpec("llvm-aarch64", "llvm", {
     "mtriple": "aarch64-linux-gnu", "mcpu": "neoverse-n1", "num-cores": 4}), TargetSpec(
     "cuda-sm90", "cuda", {"arch": "sm_90"}, {"kind": "llvm"})], ids=["x86-64", "aarch64", "cuda"])
