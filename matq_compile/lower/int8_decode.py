@@ -138,9 +138,9 @@ def _plane(x: tirx.PrimExpr, w: int, order: str) -> tirx.PrimExpr:
     return code
 
 
-def _prefetch(address: tirx.PrimExpr) -> tirx.PrimExpr:
-    """prefetcht1 (into L2) of `address`, PREFETCH_WORDS ahead of the block being decoded."""
-    return T.evaluate(T.call_llvm_intrin("void", "llvm.prefetch.p0", address, T.int32(0), T.int32(2), T.int32(1)))
+def _prefetch(address: tirx.PrimExpr) -> None:
+    """Emit, in the intrinsic being written, a prefetcht1 (into L2) of `address` (PREFETCH_WORDS past the block)."""
+    T.evaluate(T.call_llvm_intrin("void", "llvm.prefetch.p0", address, T.int32(0), T.int32(2), T.int32(1)))
 
 
 def _code_vector(P, bits: int) -> tirx.PrimExpr:

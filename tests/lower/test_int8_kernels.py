@@ -223,13 +223,12 @@ def test_decode_prefetches_ahead_and_unpacks_nibbles_from_one_broadcast():
     from matq_compile import planes
 
     target = _llvm("znver3").to_tvm()
-    nested = planes.tag((2, 3, 4, 6, 8), "round")
-    for key in (layout.KernelKey(16, 256, 4, 64, 1), layout.KernelKey(16, 256, 3, 64, 1, nested=nested)):
-        asm = _build(int8_kernels.int8_linear_func(key, "avx2", "main"), target).mod.inspect_source("asm")
-        assert "prefetcht1" in asm
-    asm = _build(int8_kernels.int8_linear_func(layout.KernelKey(16, 256, 4, 64, 1), "avx2", "main"),
-                 target).mod.inspect_source("asm")
-    assert "vbroadcasti128" in asm and "vpsrlvq" in asm and "vinserti128" not in asm
+    dense, nested = (layout.KernelKey(16, 256, 4, 64, 1),
+                     layout.KernelKey(16, 256, 3, 64, 1, nested=planes.tag((2, 3, 4, 6, 8), "round")))
+    asm = {key: _build(int8_kernels.int8_linear_func(key, "avx2", "main"), target).mod.inspect_source("asm")
+           for key in (dense, nested)}
+    assert all("prefetcht1" in a for a in asm.values())
+    assert "vbroadcasti128" in asm[dense] and "vpsrlvq" in asm[dense] and "vinserti128" not in asm[dense]
 
 
 @pytest.mark.parametrize("spec", [_llvm("x86-64"), TargetSpec("llvm-aarch64", "llvm", {

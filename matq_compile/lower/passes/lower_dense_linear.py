@@ -22,7 +22,7 @@ from matq_compile.lower.kernels import hand_scheduled
 from tvm import relax
 
 W_DTYPES = ("float32", "float16", "int8")
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 
 def head_param_name(weight: str, w_dtype: str) -> str:
@@ -51,7 +51,7 @@ class _Rewriter(relax.PyExprMutator):
         name = f"dense_n{N}_k{K}_{self.w_dtype}" + ("_a8" if a8 else "")
         if name not in self.kernels:
             if want_a8 and not a8:
-                logger.info("%s: K=%d is not whole groups of %d; the head keeps float activations", src.name, K,
+                log.info("%s: K=%d is not whole groups of %d; the head keeps float activations", src.name, K,
                             int8_dense.GROUP)
             func = int8_dense.int8_dense_func(N, K) if a8 else lk.dense_func(N, K, self.w_dtype)
             self.kernels[name] = self.builder_.add_func(hand_scheduled(func), name)
