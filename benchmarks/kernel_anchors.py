@@ -12,7 +12,9 @@ kernels, so no TVM thread pool shares the process (a spinning pool distorts othe
   The weights rotate beyond the last-level cache inside ONE session: the model holds `copies` MatMulNBits nodes
   with their own weights, as a model holds many layers, and a run's time is divided by the node count.
 - torch: F.linear fp32 over weight copies rotated beyond the LLC, torch's own thread count.
-- stream: streaming read bandwidth (torch sum over a buffer far larger than the LLC, all cores), in GB/s.
+- stream: streaming read bandwidth (torch sum over a buffer at least 4x the LLC, all cores), in GB/s.
+The rotation covers 3x the L3 that sysfs reports (`rotate_bytes`), up to MAX_COPIES copies: the smallest shapes
+(576 x 576) stay below it, so their anchors read partly from the LLC while our kernels are flushed.
 """
 from __future__ import annotations
 
@@ -24,11 +26,18 @@ import time
 
 import numpy as np
 
-LLC_ROTATE_BYTES = 96 << 20  # 3x a 32 MiB L3
+MAX_COPIES = 256  # nodes per ORT session / torch weight copies; small shapes stay below the rotation bytes
 
 
-def _copies(weight_bytes: int, cap: int = 64) -> int:
-    return max(1, min(cap, -(-LLC_ROTATE_BYTES // weight_bytes)))
+def rotate_bytes() -> int:
+    """Weight bytes an anchor rotates through: 3x this machine's L3 (32 MiB assumed where sysfs does not say)."""
+    from matq_compile.bench import l3_bytes  # no TVM or torch import behind it
+
+    return 3 * (l3_bytes() or 32 << 20)
+
+
+def _copies(weight_bytes: int, rotate_bytes: int) -> int:
+    return max(1, min(MAX_COPIES, -(-rotate_bytes // weight_bytes)))
 
 
 def _median(fn, repeat: int) -> float:
@@ -41,13 +50,14 @@ def _median(fn, repeat: int) -> float:
     return float(np.median(times))
 
 
-def ort_matmulnbits(n: int, k: int, m: int, bits: int, accuracy_level: int, repeat: int, block: int = 64) -> dict:
+def ort_matmulnbits(n: int, k: int, m: int, bits: int, accuracy_level: int, repeat: int, rotate_bytes: int,
+                    block: int = 64) -> dict:
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
     nblk = k // block
-    copies = _copies(n * k * bits // 8)
+    copies = _copies(n * k * bits // 8, rotate_bytes)
     nodes, inits, outs = [], [], []
     for i in range(copies):
         b = rng.integers(0, 256, (n, nblk, block * bits // 8), dtype=np.uint8)
@@ -73,15 +83,16 @@ def ort_matmulnbits(n: int, k: int, m: int, bits: int, accuracy_level: int, repe
             "config": {"library": "onnxruntime", "version": ort.__version__, "op": "com.microsoft.MatMulNBits",
                        "bits": bits, "block_size": block, "zero_points": True, "accuracy_level": accuracy_level,
                        "intra_op_num_threads": opts.intra_op_num_threads, "nodes_per_session": copies,
+                       "rotated_bytes": copies * n * k * bits // 8,
                        "process": "own"}}
 
 
-def torch_linear(n: int, k: int, m: int, repeat: int) -> dict:
+def torch_linear(n: int, k: int, m: int, repeat: int, rotate_bytes: int) -> dict:
     import torch
     import torch.nn.functional as F
 
     x = torch.randn(m, k)
-    ws = [torch.randn(n, k) for _ in range(_copies(n * k * 4))]
+    ws = [torch.randn(n, k) for _ in range(_copies(n * k * 4, rotate_bytes))]
     state = {"i": 0}
 
     def call():
@@ -92,16 +103,20 @@ def torch_linear(n: int, k: int, m: int, repeat: int) -> dict:
         t = _median(call, repeat)
     return {"median_s": t, "config": {"library": "torch", "version": torch.__version__, "op": "F.linear fp32",
                                       "threads": torch.get_num_threads(), "weight_copies": len(ws),
+                                      "rotated_bytes": len(ws) * n * k * 4,
                                       "process": "own"}}
 
 
-def stream_read(nbytes: int = 512 << 20, repeat: int = 7) -> dict:
+def stream_read(rotate_bytes: int, repeat: int = 7) -> dict:
+    """Read bandwidth over a buffer of max(512 MiB, 4/3 x the rotation bytes): at least 4x the L3."""
     import torch
 
+    nbytes = max(512 << 20, rotate_bytes * 4 // 3)
     buf = torch.ones(nbytes // 4, dtype=torch.float32)
     t = _median(lambda: buf.sum(), repeat)
     return {"median_s": t, "gbps": nbytes / t / 1e9,
-            "config": {"op": "torch.sum over 512 MiB fp32", "threads": torch.get_num_threads(), "process": "own"}}
+            "config": {"op": f"torch.sum over {nbytes >> 20} MiB fp32", "threads": torch.get_num_threads(),
+                       "process": "own"}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -113,10 +128,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bits", type=int, default=4)
     p.add_argument("--accuracy-level", type=int, default=4, choices=(0, 1, 2, 3, 4))
     p.add_argument("--repeat", type=int, default=50)
+    p.add_argument("--rotate-bytes", type=int, default=None, help="default: 3x this machine's L3")
     a = p.parse_args(argv)
+    a.rotate_bytes = a.rotate_bytes or rotate_bytes()
     try:
-        out = {"ort": lambda: ort_matmulnbits(a.n, a.k, a.m, a.bits, a.accuracy_level, a.repeat),
-               "torch": lambda: torch_linear(a.n, a.k, a.m, a.repeat), "stream": stream_read}[a.anchor]()
+        out = {"ort": lambda: ort_matmulnbits(a.n, a.k, a.m, a.bits, a.accuracy_level, a.repeat, a.rotate_bytes),
+               "torch": lambda: torch_linear(a.n, a.k, a.m, a.repeat, a.rotate_bytes),
+               "stream": lambda: stream_read(a.rotate_bytes)}[a.anchor]()
     except Exception as e:  # noqa: BLE001 - report an unsupported configuration as data, not a crash
         out = {"median_s": None, "error": str(e).splitlines()[0][:200]}
     json.dump(out, sys.stdout)

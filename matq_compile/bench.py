@@ -186,8 +186,26 @@ def machine_info() -> dict:
     simd = sorted(f for f in flags if f.startswith(("avx", "fma", "amx")) or f in ("f16c", "vnni"))
     l3 = next((p.read_text().strip() for p in Path("/sys/devices/system/cpu/cpu0/cache").glob("index3/size")), None)
     return {"platform": platform.platform(), "processor": cpu_model(), "simd_flags": simd, "l3": l3,
+            "l3_bytes": l3_bytes(),
             "cores": usable_cores(), "logical_cpus": os.cpu_count(), "python": platform.python_version(),
             "tvm_threads": configure_tvm_threads()}
+
+
+def l3_bytes() -> int | None:
+    """cpu0's L3 size in bytes from sysfs, None where the kernel does not say."""
+    return cache_size_bytes(next(
+        (p.read_text() for p in Path("/sys/devices/system/cpu/cpu0/cache").glob("index3/size")), ""))
+
+
+def cache_size_bytes(text: str) -> int | None:
+    """A sysfs cache size ("32768K", "480M", "1G", or plain bytes) in bytes; None if it is not one."""
+    text = text.strip()
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    if text.isdigit():
+        return int(text)
+    if len(text) > 1 and text[:-1].isdigit() and text[-1] in units:
+        return int(text[:-1]) * units[text[-1]]
+    return None
 
 
 def _cpuinfo(field: str) -> str:

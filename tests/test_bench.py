@@ -100,3 +100,10 @@ def test_int8_tables_are_tied_to_the_int8_kernel_source(tmp_path, host, monkeypa
         f.write("# changed\n")
     with pytest.raises(ValueError, match="older int8 kernel source"):
         bench.load_table(path, host, db, "int8")
+
+
+@pytest.mark.parametrize("text,want", [("32768K", 32 << 20), ("480M\n", 480 << 20), ("1G", 1 << 30),
+                                       ("4096", 4096), ("", None), ("K", None), ("12Q", None), ("1.5M", None)])
+def test_cache_sizes_read_as_sysfs_writes_them(text, want):
+    """The L3 size the benchmarks rotate their anchors' weights beyond (3x it), as sysfs spells it."""
+    assert bench.cache_size_bytes(text) == want

@@ -19,6 +19,12 @@ lane and packed the lanes back into bytes (about 7 ops per 8 codes). The descrip
 expression `block_code`, also used by the kernel's compute, so tensorize matches them exactly; tests pin both to
 layout.unpack.
 
+On AVX512-VBMI (`multishift`, ISA "vnni-vbmi") every plane is instead one vpmultishiftqb: the plane's bytes
+broadcast from memory so that each lane's quadword holds its field, each lane rotating its own field to the bit
+the plane takes in the code, then a mask; the planes of r = 3, 5, 6, 7 merge by ternary logic. Same lane orders
+and bytes, so activations and outputs do not change; r = 3 takes 5 ops per block instead of 9, r = 2 2 instead
+of 3.
+
 Nested planes (a switchable build, planes.py) lie in separate arrays of one buffer, so a block's words are not one
 region: each plane the slice reads is decoded on its own (`plane_code`, intrinsic `plane_intrin_name`) into bytes
 in the dense slice's lane order, and the kernel combines them with byte ops. The same lane order makes the
@@ -143,16 +149,41 @@ def _prefetch(address: tirx.PrimExpr) -> None:
     T.evaluate(T.call_llvm_intrin("void", "llvm.prefetch.p0", address, T.int32(0), T.int32(2), T.int32(1)))
 
 
-def _code_vector(P, bits: int) -> tirx.PrimExpr:
+def multishift_controls(w: int, shift: int, order: str) -> list[int]:
+    """vpmultishiftqb control bytes that put lane p's w-bit field (code lane_code(p, order) of a plane whose 4w
+    bytes are broadcast over the 32-byte vector) at bit `shift` of the lane: each qword holds plane bytes
+    (8 q) mod 4w .. +7 (w = 1: the 32-bit word twice), and the rotate-select wraps within the qword."""
+    ctrl = []
+    for p in range(BLOCK):
+        first_bit = 64 * (p // 8) % (32 * w) if w > 2 else 0  # the plane bit at bit 0 of lane p's qword
+        bit = lane_code(p, order) * w - first_bit
+        if not 0 <= bit < 64:
+            raise ValueError(f"a {w}-bit plane in {order} order has fields outside their lane's quadword")
+        ctrl.append((bit - shift) % 64)
+    return ctrl
+
+
+def _multishift_plane(P, off: int, w: int, shift: int, order: str) -> tirx.PrimExpr:
+    """uint8x32: the w-bit plane at word `off` of the block, each lane's field at bit `shift`, other bits 0."""
+    x = tirx.Shuffle([_bytes(P, [0, off], w)] * (BLOCK // (4 * w)), list(range(BLOCK)))  # a broadcast load
+    ctrl = tirx.Shuffle([tirx.const(c, "int8") for c in multishift_controls(w, shift, order)], list(range(BLOCK)))
+    sel = T.call_llvm_pure_intrin("int8x32", "llvm.x86.avx512.pmultishift.qb.256", ctrl, T.reinterpret("int8x32", x))
+    return T.reinterpret("uint8x32", sel) & _u8(((1 << w) - 1) << shift, BLOCK)
+
+
+def _code_vector(P, bits: int, multishift: bool) -> tirx.PrimExpr:
     code = None
     for w, off, shift in layout.planes(bits):
-        v = _plane(_bytes(P, [0, off], w), w, ORDERS[bits])
-        v = v << _u8(shift, BLOCK) if shift else v
+        if multishift and w < 8:
+            v = _multishift_plane(P, off, w, shift, ORDERS[bits])
+        else:
+            v = _plane(_bytes(P, [0, off], w), w, ORDERS[bits])
+            v = v << _u8(shift, BLOCK) if shift else v
         code = v if code is None else code | v
     return code
 
 
-def _funcs(bits: int):
+def _funcs(bits: int, multishift: bool):
     @T.prim_func(s_tir=True)
     def desc(P: T.Buffer((1, bits), "uint32", offset_factor=1),
              W: T.Buffer((1, 1, 8, 4), "uint8", offset_factor=1)) -> None:
@@ -172,7 +203,7 @@ def _funcs(bits: int):
         with T.sblock("root"):
             T.reads(P[0, 0:bits])
             T.writes(W[0, 0, 0:8, 0:4])
-            W.vstore([0, 0, 0, 0], _code_vector(P, bits))
+            W.vstore([0, 0, 0, 0], _code_vector(P, bits, multishift))
             _prefetch(T.address_of(P[0, PREFETCH_WORDS]))
 
     return desc, impl
@@ -204,9 +235,11 @@ def _plane_funcs(w: int, order: str):
     return desc, impl
 
 
-def intrin_name(bits: int) -> str:
-    """The registered decode intrinsic of r-bit blocks (the dense layout)."""
-    return _register(f"matq_decode_block_b{bits}", lambda: _funcs(bits))
+def intrin_name(bits: int, multishift: bool = False) -> str:
+    """The registered decode intrinsic of r-bit blocks (the dense layout); multishift: with vpmultishiftqb
+    (AVX512-VBMI)."""
+    return _register(f"matq_decode_block_b{bits}" + ("_vbmi" if multishift else ""),
+                     lambda: _funcs(bits, multishift))
 
 
 def plane_intrin_name(w: int, order: str) -> str:

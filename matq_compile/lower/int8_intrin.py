@@ -6,7 +6,9 @@ signed int8 activations (the operand signs of vpdpbusd / vpmaddubsw, weights in 
     C[i] += sum_j A[i, j] * B[i, j]      A uint8 [8, 4] (codes), B int8 [8, 4] (activations), C int32 [8]
 
 Implementations (one 256-bit register per operand):
-    vnni       vpdpbusd (AVX-VNNI, or AVX512-VNNI with AVX512-VL): exact for any codes
+    vnni       vpdpbusd (AVX-VNNI, or AVX512-VNNI with AVX512-VL): exact for any codes; ISA "vnni-vbmi" is the
+               same dot product on a CPU with AVX512-VBMI too, whose kernels decode with vpmultishiftqb
+               (int8_decode)
     avx2       vpmaddubsw + vpmaddwd(1): the int16 pair sums saturate above 32767; |B| <= 127, so exact for codes
                <= 127 (r <= 7)
     avx2_r8    r = 8 on AVX2: codes split into their low 7 bits and the top bit (each pair sum <= 2*128*127),
@@ -22,7 +24,7 @@ from tvm.script import tirx as T
 
 INTRINS = {"vnni": "matq_dot_8x4_u8s8_vnni", "avx2": "matq_dot_8x4_u8s8_avx2",
            "avx2_r8": "matq_dot_8x4_u8s8_avx2_r8"}
-ISAS = ("vnni", "avx2")
+ISAS = ("vnni-vbmi", "vnni", "avx2")
 
 
 @T.prim_func(s_tir=True)
@@ -150,24 +152,30 @@ def group_intrin_for(isa: str, bits: int, nb: int) -> str | None:
 
 
 def intrin_for(isa: str, bits: int) -> str:
-    """The intrinsic name a kernel of `bits` uses on `isa` ("vnni" or "avx2")."""
+    """The intrinsic name a kernel of `bits` uses on `isa` (one of ISAS)."""
     if isa not in ISAS:
         raise ValueError(f"unknown int8 ISA {isa!r}; expected one of {ISAS}")
     register()
-    return INTRINS["avx2_r8" if isa == "avx2" and bits == 8 else isa]
+    return INTRINS["avx2_r8" if isa == "avx2" and bits == 8 else "vnni" if isa.startswith("vnni") else isa]
+
+
+def decodes_with_multishift(isa: str) -> bool:
+    """Whether kernels on `isa` decode their bit planes with vpmultishiftqb (AVX512-VBMI, int8_decode)."""
+    return isa == "vnni-vbmi"
 
 
 def target_isa(target) -> str | None:
-    """The int8 dot-product ISA of a TVM llvm target: "vnni", "avx2", or None (no byte dot product: refuse)."""
+    """The int8 dot-product ISA of a TVM llvm target: "vnni-vbmi", "vnni", "avx2", or None (no byte dot product:
+    refuse)."""
     from tvm.target import codegen
 
     if target.kind.name != "llvm":
         return None
     with target:
         has = {f: bool(codegen.target_has_features(f, target))
-               for f in ("avx2", "avxvnni", "avx512vnni", "avx512vl")}
+               for f in ("avx2", "avxvnni", "avx512vnni", "avx512vl", "avx512vbmi")}
     if has["avxvnni"] or (has["avx512vnni"] and has["avx512vl"]):
-        return "vnni"
+        return "vnni-vbmi" if has["avx512vbmi"] and has["avx512vl"] else "vnni"
     return "avx2" if has["avx2"] else None
 
 
@@ -181,4 +189,5 @@ def check_target(spec) -> str:
     return isa
 
 
-__all__ = ["INTRINS", "ISAS", "check_target", "group_intrin_for", "intrin_for", "register", "target_isa"]
+__all__ = ["INTRINS", "ISAS", "check_target", "decodes_with_multishift", "group_intrin_for", "intrin_for",
+           "register", "target_isa"]

@@ -208,7 +208,8 @@ def _schedule(func: tirx.PrimFunc, key: layout.KernelKey, isa: str, with_epilogu
     else:
         _read_whole_block(sch, wcode, key.bits)
         sch.compute_at(wcode, group_loop)
-        sch.tensorize(sch.get_loops(wcode)[-2], int8_decode.intrin_name(key.bits))
+        sch.tensorize(sch.get_loops(wcode)[-2],
+                      int8_decode.intrin_name(key.bits, int8_intrin.decodes_with_multishift(isa)))
     lane_loop = sch.get_loops(gemm)[-2]
     sch.decompose_reduction(gemm, b_loop if b_loop is not None else lane_loop)
     group = int8_intrin.group_intrin_for(isa, key.bits, key.group_size // layout.BLOCK) if has_b else None
@@ -352,7 +353,7 @@ def _divisor(n: int, at_most: int) -> int:
 
 
 def int8_linear_func(key: layout.KernelKey, isa: str, name: str | None = None) -> tirx.PrimFunc:
-    """The scheduled int8-activation kernel of `key` for `isa` ("vnni" | "avx2"; int8_intrin.check_target)."""
+    """The scheduled int8-activation kernel of `key` for `isa` (int8_intrin.ISAS; int8_intrin.check_target)."""
     func = te.create_prim_func(_compute(key, True))
     name = name or kernel_name(key)
     func = _schedule(func, key, isa, True).with_attr("global_symbol", name).with_attr(INT8_ATTR, name)

@@ -16,15 +16,23 @@ def _llvm(mcpu: str, **extra) -> TargetSpec:
     return TargetSpec(f"llvm-{mcpu}", "llvm", {"mcpu": mcpu, "num-cores": 2, **extra})
 
 
-@pytest.fixture(scope="module")
-def cpu():
+def _host_isas() -> list[str | None]:
+    """Every int8 ISA this CPU runs: a VNNI CPU runs the AVX2 kernels too (and a VBMI one the plain VNNI
+    decode), so all of them are checked there."""
+    from matq_compile import targets
+
+    isa = int8_intrin.target_isa(targets.load("host").to_tvm())
+    return {"vnni-vbmi": ["vnni-vbmi", "vnni", "avx2"], "vnni": ["vnni", "avx2"], "avx2": ["avx2"]}.get(isa, [None])
+
+
+@pytest.fixture(scope="module", params=_host_isas())
+def cpu(request):
     from matq_compile import targets
 
     spec = targets.load("host")
-    isa = int8_intrin.target_isa(spec.to_tvm())
-    if isa is None:
+    if request.param is None:
         pytest.skip(f"this CPU ({spec.name}) has no byte dot product")
-    return spec.to_tvm(), tvm_mod.tvm.cpu(), isa
+    return spec.to_tvm(), tvm_mod.tvm.cpu(), request.param
 
 
 def _build(func, target):
@@ -192,7 +200,8 @@ def test_decode_intrinsic_matches_layout(bits, cpu, rng):
     np.testing.assert_array_equal(out.numpy().reshape(5, 3, 32), codes.reshape(5, 3, 32)[:, :, order])
 
 
-@pytest.mark.parametrize("mcpu,isa", [("cascadelake", "vnni"), ("alderlake", "vnni"), ("znver3", "avx2"),
+@pytest.mark.parametrize("mcpu,isa", [("cascadelake", "vnni"), ("alderlake", "vnni"), ("icelake-server", "vnni-vbmi"),
+                                      ("sapphirerapids", "vnni-vbmi"), ("znver4", "vnni-vbmi"), ("znver3", "avx2"),
                                       ("haswell", "avx2"), ("x86-64", None)])
 def test_target_isa(mcpu, isa):
     assert int8_intrin.target_isa(_llvm(mcpu).to_tvm()) == isa
@@ -229,6 +238,45 @@ def test_decode_prefetches_ahead_and_unpacks_nibbles_from_one_broadcast():
            for key in (dense, nested)}
     assert all("prefetcht1" in a for a in asm.values())
     assert "vbroadcasti128" in asm[dense] and "vpsrlvq" in asm[dense] and "vinserti128" not in asm[dense]
+
+
+def _multishift(ctrl: np.ndarray, data: np.ndarray) -> np.ndarray:
+    """vpmultishiftqb as Intel's pseudo-code defines it: byte j of qword i takes the 8 bits of data's qword i
+    from bit ctrl[j] & 63 on, wrapping around the qword."""
+    out = np.zeros(32, np.uint8)
+    for p in range(32):
+        q = int(data[p // 8 * 8:(p // 8 + 1) * 8].view("<u8")[0])
+        start = int(ctrl[p]) & 63
+        out[p] = sum(((q >> ((start + b) & 63)) & 1) << b for b in range(8))
+    return out
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 5, 6, 7])
+def test_multishift_controls_decode_every_plane(bits, rng):
+    """Emulated vpmultishiftqb with int8_decode's control bytes, over each plane's bytes broadcast as the kernel
+    loads them, masked and or-ed, gives the codes of layout.unpack in the lane order of the plain decode."""
+    codes = rng.integers(0, 1 << bits, (1, 32)).astype(np.uint8)
+    codes[0, 5] = (1 << bits) - 1
+    words = layout.pack(codes, bits)[0].view(np.uint8)
+    got = np.zeros(32, np.uint8)
+    for w, off, shift in layout.planes(bits):
+        plane = words[4 * off:4 * (off + w)]
+        data = np.tile(plane, 32 // plane.size)
+        ctrl = np.array(int8_decode.multishift_controls(w, shift, int8_decode.ORDERS[bits]), np.uint8)
+        got |= _multishift(ctrl, data) & np.uint8(((1 << w) - 1) << shift)
+    order = [int8_decode.lane_code(p, int8_decode.ORDERS[bits]) for p in range(32)]
+    np.testing.assert_array_equal(got, codes[0, order])
+
+
+def test_vbmi_targets_decode_with_multishift():
+    """On AVX512-VBMI targets r = 2 and 3 decode with vpmultishiftqb (embedded broadcast: no shift, no byte
+    shuffle); a VNNI target without VBMI keeps the shift decode."""
+    asm = {(mcpu, bits): _build(int8_kernels.int8_linear_func(layout.KernelKey(16, 256, bits, 64, 1), isa, "main"),
+                                _llvm(mcpu).to_tvm()).mod.inspect_source("asm")
+           for mcpu, isa in (("icelake-server", "vnni-vbmi"), ("cascadelake", "vnni")) for bits in (2, 3)}
+    for bits in (2, 3):
+        assert "vpmultishiftqb" in asm[("icelake-server", bits)] and "vpsrlvq" not in asm[("icelake-server", bits)]
+        assert "vpmultishiftqb" not in asm[("cascadelake", bits)] and "vpsrlvq" in asm[("cascadelake", bits)]
 
 
 @pytest.mark.parametrize("spec", [_llvm("x86-64"), TargetSpec("llvm-aarch64", "llvm", {
