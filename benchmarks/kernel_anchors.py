@@ -13,8 +13,9 @@ kernels, so no TVM thread pool shares the process (a spinning pool distorts othe
   with their own weights, as a model holds many layers, and a run's time is divided by the node count.
 - torch: F.linear fp32 over weight copies rotated beyond the LLC, torch's own thread count.
 - stream: streaming read bandwidth (torch sum over a buffer at least 4x the LLC, all cores), in GB/s.
-The rotation covers 3x the L3 that sysfs reports (`rotate_bytes`), up to MAX_COPIES copies: the smallest shapes
-(576 x 576) stay below it, so their anchors read partly from the LLC while our kernels are flushed.
+The rotation covers 3x the L3 that sysfs reports (`rotate_bytes`), up to MAX_COPIES copies: small shapes stay
+below it (576 x 576 on a 32 MiB L3; up to 1536 x 576 on a 480 MiB one), so their anchors read partly from the LLC
+while our kernels are flushed.
 """
 from __future__ import annotations
 

@@ -184,17 +184,20 @@ def machine_info() -> dict:
 
     flags = set(_cpuinfo("flags").split())
     simd = sorted(f for f in flags if f.startswith(("avx", "fma", "amx")) or f in ("f16c", "vnni"))
-    l3 = next((p.read_text().strip() for p in Path("/sys/devices/system/cpu/cpu0/cache").glob("index3/size")), None)
-    return {"platform": platform.platform(), "processor": cpu_model(), "simd_flags": simd, "l3": l3,
+    return {"platform": platform.platform(), "processor": cpu_model(), "simd_flags": simd, "l3": _l3_text() or None,
             "l3_bytes": l3_bytes(),
             "cores": usable_cores(), "logical_cpus": os.cpu_count(), "python": platform.python_version(),
             "tvm_threads": configure_tvm_threads()}
 
 
+def _l3_text() -> str:
+    """cpu0's L3 size as sysfs writes it ("32768K"), "" where the kernel does not say."""
+    return next((p.read_text().strip() for p in Path("/sys/devices/system/cpu/cpu0/cache").glob("index3/size")), "")
+
+
 def l3_bytes() -> int | None:
-    """cpu0's L3 size in bytes from sysfs, None where the kernel does not say."""
-    return cache_size_bytes(next(
-        (p.read_text() for p in Path("/sys/devices/system/cpu/cpu0/cache").glob("index3/size")), ""))
+    """cpu0's L3 size in bytes, None where the kernel does not say."""
+    return cache_size_bytes(_l3_text())
 
 
 def cache_size_bytes(text: str) -> int | None:
