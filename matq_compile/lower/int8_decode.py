@@ -155,7 +155,7 @@ def multishift_controls(w: int, shift: int, order: str) -> list[int]:
     (8 q) mod 4w .. +7 (w = 1: the 32-bit word twice), and the rotate-select wraps within the qword."""
     ctrl = []
     for p in range(BLOCK):
-        first_bit = 64 * (p // 8) % (32 * w) if w > 2 else 0  # the plane bit at bit 0 of lane p's qword
+        first_bit = 64 * (p // 8) % (32 * w)  # the plane bit at bit 0 of lane p's qword (0 for w <= 2)
         bit = lane_code(p, order) * w - first_bit
         if not 0 <= bit < 64:
             raise ValueError(f"a {w}-bit plane in {order} order has fields outside their lane's quadword")

@@ -52,7 +52,7 @@ class _Rewriter(relax.PyExprMutator):
         if name not in self.kernels:
             if want_a8 and not a8:
                 log.info("%s: K=%d is not whole groups of %d; the head keeps float activations", src.name, K,
-                            int8_dense.GROUP)
+                         int8_dense.GROUP)
             func = int8_dense.int8_dense_func(N, K) if a8 else lk.dense_func(N, K, self.w_dtype)
             self.kernels[name] = self.builder_.add_func(hand_scheduled(func), name)
         return relax.call_tir(self.kernels[name], [x, *self.params[src.name]],
