@@ -135,11 +135,11 @@ def kernel_func(key: layout.KernelKey, spec, act: str = "float", name: str | Non
 
     if act == "int8":
         from matq_compile.lower import int8_kernels
-        from matq_compile.lower.int8_intrin import check_target
+        from matq_compile.lower.int8_intrin import check_target, kernel_isa
 
         isa = check_target(spec)
         if int8_kernels.supports(key):
-            return int8_kernels.int8_linear_func(key, isa, name)
+            return int8_kernels.int8_linear_func(key, kernel_isa(isa, key), name)
     return linear_func(key, name, gpu=spec.is_gpu)
 
 

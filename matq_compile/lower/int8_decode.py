@@ -57,12 +57,34 @@ def lane_code(p, order: str):
     return p
 
 
-def block_code(P, n, word0, i, j, bits: int) -> tirx.PrimExpr:
-    """uint8 code in lane i*4 + j of the block whose words start at P[n, word0] (layout.planes). The index
-    expressions are simplified under 0 <= i < 8, 0 <= j < 4 here, for the kernel and the description alike:
-    tensorize compares them structurally, and TVMScript simplifies the description's on its own."""
-    ana = _lane_analyzer(i, j)
-    kl = lane_code(i * 4 + j, ORDERS[bits])
+def wide_code(p, bits: int):
+    """The code index (0..63 over two consecutive blocks) held by lane p of a 512-bit decode (`wide`), in the order
+    whose widest plane takes one broadcast load, one vpmultishiftqb and one mask:
+
+        r = 2, 3  qword Q, byte t -> 32 (Q mod 2) + 4 t + Q div 2   the blocks' 2-bit planes (16 bytes) in each
+                                                                    128-bit lane, qword Q taking field Q div 2
+        r = 4..7  half h, byte t  -> 32 (t div 16) + 2 (t mod 16) + h   the 4-bit planes (32 bytes) in both halves
+        r = 8     p                                                 the two blocks' 64 bytes as they lie
+    """
+    div, mod = (lambda a, b: a // b, lambda a, b: a % b) if isinstance(p, int) else (tirx.floordiv, tirx.floormod)
+    if ORDERS[bits] == "crumb":
+        return 32 * mod(div(p, 8), 2) + 4 * mod(p, 8) + div(p, 16)
+    if ORDERS[bits] == "nibble":
+        return 32 * div(mod(p, 32), 16) + 2 * mod(p, 16) + div(p, 32)
+    return p
+
+
+def block_code(P, n, word0, i, j, bits: int, wide: bool = False) -> tirx.PrimExpr:
+    """uint8 code in lane i*4 + j of the block whose words start at P[n, word0] (layout.planes); wide: of the two
+    consecutive blocks there, lanes in wide_code order. The index expressions are simplified under 0 <= i < 8
+    (16 wide), 0 <= j < 4 here, for the kernel and the description alike: tensorize compares them structurally,
+    and TVMScript simplifies the description's on its own."""
+    ana = _lane_analyzer(i, j, 16 if wide else 8)
+    if wide:
+        c = ana.simplify(wide_code(i * 4 + j, bits))
+        word0, kl = word0 + ana.simplify(tirx.floordiv(c, BLOCK) * bits), ana.simplify(tirx.floormod(c, BLOCK))
+    else:
+        kl = lane_code(i * 4 + j, ORDERS[bits])
     code = None
     for w, off, shift in layout.planes(bits):
         per_word = 32 // w
@@ -85,12 +107,12 @@ def plane_code(P, base, i, j, w: int, order: str) -> tirx.PrimExpr:
     return v.astype("uint8")
 
 
-def _lane_analyzer(i, j):
+def _lane_analyzer(i, j, lanes: int = 8):
     from tvm.ir import Range
     from tvm.sym import Analyzer
 
     ana = Analyzer()
-    for v, extent in ((i, 8), (j, 4)):
+    for v, extent in ((i, lanes), (j, 4)):
         if isinstance(v, tirx.Var):
             ana.bind(v, Range(tirx.const(0, "int64"), tirx.const(extent, "int64")))  # kernel indices are int64
     return ana
@@ -183,6 +205,68 @@ def _code_vector(P, bits: int, multishift: bool) -> tirx.PrimExpr:
     return code
 
 
+def wide_plane_controls(bits: int, w: int, off: int, shift: int) -> tuple[list[int], list[int]]:
+    """(dword index, control bytes) of one plane in a 512-bit decode: a dword permute of the two blocks' 2 r words
+    that gives each qword the (at most two neighbouring) words its 8 lanes' fields lie in, and the vpmultishiftqb
+    controls that then put lane p's field (code wide_code(p)) at bit `shift`."""
+    index, ctrl = [], []
+    for q in range(8):
+        bits_at = []
+        for p in range(8 * q, 8 * q + 8):
+            blk, kl = divmod(wide_code(p, bits), BLOCK)
+            bits_at.append(32 * (blk * bits + off) + kl * w)  # the field's first bit in the loaded words
+        first = min(min(bits_at) // 32, 2 * bits - 2)  # the pair stays inside the loaded words
+        if max(bits_at) // 32 > first + 1:
+            raise ValueError(f"a {w}-bit plane of r = {bits} has a qword's fields in more than two words")
+        index += [first, first + 1]
+        ctrl += [(b - 32 * first - shift) % 64 for b in bits_at]
+    return index, ctrl
+
+
+def _wide_code_vector(P, bits: int) -> tirx.PrimExpr:
+    """uint8x64 codes of the two blocks at P[0, 0:2 r] in wide_code order: per plane a dword permute of the loaded
+    words (a broadcast load where it repeats them), one vpmultishiftqb and a mask; r = 8 is the words as loaded."""
+    x = P.vload([0, 0], f"uint32x{2 * bits}")
+    code = None
+    for w, off, shift in layout.planes(bits):
+        if w == 8:
+            v = T.reinterpret("uint8x64", x)
+        else:
+            index, ctrl = wide_plane_controls(bits, w, off, shift)
+            words = T.reinterpret("int8x64", tirx.Shuffle([x] * -(-16 // (2 * bits)), index))  # draws <= its lanes
+            sel = T.call_llvm_pure_intrin("int8x64", "llvm.x86.avx512.pmultishift.qb.512",
+                                          tirx.Shuffle([tirx.const(c, "int8") for c in ctrl], list(range(64))), words)
+            v = T.reinterpret("uint8x64", sel) & _u8(((1 << w) - 1) << shift, 64)
+        code = v if code is None else code | v
+    return code
+
+
+def _wide_funcs(bits: int):
+    @T.prim_func(s_tir=True)
+    def desc(P: T.Buffer((1, 2 * bits), "uint32", offset_factor=1),
+             W: T.Buffer((1, 1, 16, 4), "uint8", offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(P[0, 0:2 * bits])
+            T.writes(W[0, 0, 0:16, 0:4])
+            for i, j in T.grid(T.int64(16), T.int64(4)):
+                with T.sblock("wcode"):
+                    vi, vj = T.axis.remap("SS", [i, j])
+                    T.reads(P[0, 0:2 * bits])
+                    T.writes(W[0, 0, vi, vj])
+                    W[0, 0, vi, vj] = block_code(P, 0, 0, vi, vj, bits, True)
+
+    @T.prim_func(s_tir=True)
+    def impl(P: T.Buffer((1, 2 * bits), "uint32", offset_factor=1),
+             W: T.Buffer((1, 1, 16, 4), "uint8", offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(P[0, 0:2 * bits])
+            T.writes(W[0, 0, 0:16, 0:4])
+            W.vstore([0, 0, 0, 0], _wide_code_vector(P, bits))
+            _prefetch(T.address_of(P[0, PREFETCH_WORDS]))
+
+    return desc, impl
+
+
 def _funcs(bits: int, multishift: bool):
     @T.prim_func(s_tir=True)
     def desc(P: T.Buffer((1, bits), "uint32", offset_factor=1),
@@ -240,6 +324,11 @@ def intrin_name(bits: int, multishift: bool = False) -> str:
     (AVX512-VBMI)."""
     return _register(f"matq_decode_block_b{bits}" + ("_vbmi" if multishift else ""),
                      lambda: _funcs(bits, multishift))
+
+
+def wide_intrin_name(bits: int) -> str:
+    """The registered 512-bit decode intrinsic of two consecutive r-bit blocks (AVX512-VBMI, ISA "vnni512")."""
+    return _register(f"matq_decode_wide_b{bits}", lambda: _wide_funcs(bits))
 
 
 def plane_intrin_name(w: int, order: str) -> str:

@@ -23,8 +23,14 @@ from matq_compile._tvm import s_tir  # first: it sizes TVM's thread pool before 
 from tvm.script import tirx as T
 
 INTRINS = {"vnni": "matq_dot_8x4_u8s8_vnni", "avx2": "matq_dot_8x4_u8s8_avx2",
-           "avx2_r8": "matq_dot_8x4_u8s8_avx2_r8"}
-ISAS = ("vnni-vbmi", "vnni", "avx2")
+           "avx2_r8": "matq_dot_8x4_u8s8_avx2_r8", "vnni512": "matq_dot_16x4_u8s8_vnni512"}
+ISAS = ("vnni512", "vnni-vbmi", "vnni", "avx2")
+WIDE_CODES = 64  # codes per 512-bit intrinsic call (16 lanes x 4 bytes): two layout blocks
+# Groups per row from which a kernel takes the 512-bit form (one activation row: True; several: False). Its per-row
+# work does not shrink with the width, so short rows lose: on a 2-core AVX-512 Xeon (warm, 1536 x K, r = 8, one
+# thread) K = 448 / 512 / 576 took 14.9 / 15.2 / 39.6 us against 12.0 / 13.6 / 19.1 us at 256 bits, K = 640 / 1024
+# 19.0 / 28.2 against 20.7 / 31.7; at M = 16, 576 x 1536 was 5 % slower and 4096 x 4096 14 % faster.
+WIDE_MIN_GROUPS = {True: 16, False: 32}
 
 
 @T.prim_func(s_tir=True)
@@ -48,6 +54,29 @@ def _vnni(A: T.Buffer((8, 4), "uint8", offset_factor=1), B: T.Buffer((8, 4), "in
         C[T.ramp(T.int32(0), 1, 8)] = T.call_llvm_pure_intrin(  # LLVM 22: byte-vector operands
             "int32x8", "llvm.x86.avx512.vpdpbusd.256", C.vload([0], "int32x8"),
             T.reinterpret("int8x32", A.vload([0, 0], "uint8x32")), B.vload([0, 0], "int8x32"))
+
+
+@T.prim_func(s_tir=True)
+def _desc16(A: T.Buffer((16, 4), "uint8", offset_factor=1), B: T.Buffer((16, 4), "int8", offset_factor=1),
+            C: T.Buffer((16,), "int32", offset_factor=1)) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:16], A[0:16, 0:4], B[0:16, 0:4])
+        T.writes(C[0:16])
+        for i, j in T.grid(16, 4):
+            with T.sblock("update"):
+                vi, vj = T.axis.remap("SR", [i, j])
+                C[vi] = C[vi] + T.Cast("int32", A[vi, vj]) * T.Cast("int32", B[vi, vj])
+
+
+@T.prim_func(s_tir=True)
+def _vnni512(A: T.Buffer((16, 4), "uint8", offset_factor=1), B: T.Buffer((16, 4), "int8", offset_factor=1),
+             C: T.Buffer((16,), "int32", offset_factor=1)) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:16], A[0:16, 0:4], B[0:16, 0:4])
+        T.writes(C[0:16])
+        C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
+            "int32x16", "llvm.x86.avx512.vpdpbusd.512", C.vload([0], "int32x16"),
+            T.reinterpret("int8x64", A.vload([0, 0], "uint8x64")), B.vload([0, 0], "int8x64"))
 
 
 def _madd(a, b):
@@ -121,7 +150,7 @@ def _group_pair(nb: int):
     return desc, impl
 
 
-_IMPLS = {"vnni": _vnni, "avx2": _avx2, "avx2_r8": _avx2_r8}
+_IMPLS = {"vnni": _vnni, "avx2": _avx2, "avx2_r8": _avx2_r8, "vnni512": _vnni512}
 GROUP_BLOCKS = (2, 4)  # blocks per group the int16 group intrinsic is registered for (g = 64, 128)
 _registered = False
 
@@ -135,7 +164,7 @@ def register() -> None:
     global _registered
     if not _registered:
         for kind, name in INTRINS.items():
-            s_tir.TensorIntrin.register(name, _desc, _IMPLS[kind], override=True)
+            s_tir.TensorIntrin.register(name, _desc16 if kind == "vnni512" else _desc, _IMPLS[kind], override=True)
         for nb in GROUP_BLOCKS:
             s_tir.TensorIntrin.register(_group_name(nb), *_group_pair(nb), override=True)
         _registered = True
@@ -156,16 +185,32 @@ def intrin_for(isa: str, bits: int) -> str:
     if isa not in ISAS:
         raise ValueError(f"unknown int8 ISA {isa!r}; expected one of {ISAS}")
     register()
+    if isa == "vnni512":
+        return INTRINS[isa]
     return INTRINS["avx2_r8" if isa == "avx2" and bits == 8 else "vnni" if isa.startswith("vnni") else isa]
 
 
 def decodes_with_multishift(isa: str) -> bool:
     """Whether kernels on `isa` decode their bit planes with vpmultishiftqb (AVX512-VBMI, int8_decode)."""
-    return isa == "vnni-vbmi"
+    return isa in ("vnni512", "vnni-vbmi")
+
+
+def wide_fits(key) -> bool:
+    """Whether the kernel of `key` (layout.KernelKey) has a 512-bit form: groups of whole 64-code pairs of blocks
+    and the dense layout (a switchable build's planes decode block by block)."""
+    return key.group_size % WIDE_CODES == 0 and not key.nested
+
+
+def kernel_isa(isa: str, key) -> str:
+    """The ISA a build for a target of `isa` gives the kernel of `key`: the 512-bit form where it fits and pays
+    off (long rows, WIDE_MIN_GROUPS), else the same CPU's 256-bit form."""
+    if isa != "vnni512":
+        return isa
+    return isa if wide_fits(key) and key.n_groups >= WIDE_MIN_GROUPS[key.m_bucket == 1] else "vnni-vbmi"
 
 
 def target_isa(target) -> str | None:
-    """The int8 dot-product ISA of a TVM llvm target: "vnni-vbmi", "vnni", "avx2", or None (no byte dot product:
+    """The int8 dot-product ISA of a TVM llvm target: "vnni512", "vnni", "avx2", or None (no byte dot product:
     refuse)."""
     from tvm.target import codegen
 
@@ -173,9 +218,11 @@ def target_isa(target) -> str | None:
         return None
     with target:
         has = {f: bool(codegen.target_has_features(f, target))
-               for f in ("avx2", "avxvnni", "avx512vnni", "avx512vl", "avx512vbmi")}
+               for f in ("avx2", "avxvnni", "avx512vnni", "avx512vl", "avx512vbmi", "avx512bw")}
+    if has["avx512vnni"] and has["avx512vbmi"] and has["avx512bw"] and has["avx512vl"]:
+        return "vnni512"  # its kernels of short rows take the 256-bit form "vnni-vbmi" (kernel_isa)
     if has["avxvnni"] or (has["avx512vnni"] and has["avx512vl"]):
-        return "vnni-vbmi" if has["avx512vbmi"] and has["avx512vl"] else "vnni"
+        return "vnni"
     return "avx2" if has["avx2"] else None
 
 
@@ -189,5 +236,5 @@ def check_target(spec) -> str:
     return isa
 
 
-__all__ = ["INTRINS", "ISAS", "check_target", "decodes_with_multishift", "group_intrin_for", "intrin_for",
-           "register", "target_isa"]
+__all__ = ["INTRINS", "ISAS", "WIDE_CODES", "WIDE_MIN_GROUPS", "check_target", "decodes_with_multishift",
+           "group_intrin_for", "intrin_for", "kernel_isa", "register", "target_isa", "wide_fits"]

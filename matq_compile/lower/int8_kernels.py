@@ -61,13 +61,15 @@ def kernel_name(key: layout.KernelKey) -> str:
     return f"{key.name}_a8"
 
 
-def _compute(key: layout.KernelKey, with_epilogue: bool):
+def _compute(key: layout.KernelKey, with_epilogue: bool, wide: bool):
+    """wide: 512-bit intrinsics, 16 lanes over blocks of 64 codes (two layout blocks; int8_decode.wide_code)."""
     if not supports(key):
         raise ValueError(f"{key.name}: int8 activations need float32 inputs and a group size that is a multiple "
                          f"of {layout.BLOCK}")
     M = i64(key.m_bucket) if key.m_bucket is not None else tirx.Var("m", "int64")
     N, K, G, g = i64(key.N), i64(key.K), i64(key.n_groups), i64(key.group_size)
-    KB, NB = i64(key.K // layout.BLOCK), i64(key.group_size // layout.BLOCK)
+    codes, lanes = (int8_intrin.WIDE_CODES, 2 * VEC) if wide else (layout.BLOCK, VEC)
+    KB, NB = i64(key.K // codes), i64(key.group_size // codes)
     f32 = "float32"
     X = te.placeholder((M, K), f32, name="X")
     P, S, Z = _weights(key)
@@ -79,23 +81,26 @@ def _compute(key: layout.KernelKey, with_epilogue: bool):
                                                       tirx.const(0, f32)), name="ainv")
 
     def quant(kb, m, i, j):  # lane i*4+j holds the code order of the decode (int8_decode.lane_code)
-        k = kb * i64(layout.BLOCK) + int8_decode.lane_code(i * i64(J) + j, int8_decode.ORDERS[key.bits])
+        p = i * i64(J) + j
+        k = kb * i64(codes) + (int8_decode.wide_code(p, key.bits) if wide else
+                               int8_decode.lane_code(p, int8_decode.ORDERS[key.bits]))
         v = tirx.nearbyint(X[m, k] * inv[m, kb // NB])
         return tirx.max(tirx.min(v, qmax), -qmax).astype("int8")
 
     # block-major: the rows of one 32-code block lie together (a row stride of K bytes put M = 16 rows on one L1 set)
-    xq = te.compute((KB, M, i64(VEC), i64(J)), quant, name="xq")
-    xb, xi, xj = (te.reduce_axis((i64(0), e), name=n) for e, n in ((NB, "xb"), (i64(VEC), "xi"), (i64(J), "xj")))
+    xq = te.compute((KB, M, i64(lanes), i64(J)), quant, name="xq")
+    xb, xi, xj = (te.reduce_axis((i64(0), e), name=n) for e, n in ((NB, "xb"), (i64(lanes), "xi"), (i64(J), "xj")))
     xsum = te.compute((M, G), lambda m, q: te.sum(xq[q * NB + xb, m, xi, xj].astype("int32"), axis=[xb, xi, xj]),
                       name="xsum")
+    words = key.bits * codes // layout.BLOCK  # per decode block
     W = _nested_codes(P, key) if key.nested else te.compute(
-        (N, KB, i64(VEC), i64(J)), lambda n, kb, i, j: int8_decode.block_code(P, n, kb * i64(key.bits), i, j, key.bits),
-        name="wcode")
+        (N, KB, i64(lanes), i64(J)),
+        lambda n, kb, i, j: int8_decode.block_code(P, n, kb * i64(words), i, j, key.bits, wide), name="wcode")
     b, j = te.reduce_axis((i64(0), NB), name="b"), te.reduce_axis((i64(0), i64(J)), name="j")
-    part = te.compute((M, N, G, i64(VEC)), lambda m, n, q, i: te.sum(
+    part = te.compute((M, N, G, i64(lanes)), lambda m, n, q, i: te.sum(
         W[n, q * NB + b, i, j].astype("int32") * xq[q * NB + b, m, i, j].astype("int32"), axis=[b, j]),
         name="igemm")
-    li = te.reduce_axis((i64(0), i64(VEC)), name="li")
+    li = te.reduce_axis((i64(0), i64(lanes)), name="li")
     if not with_epilogue:
         return [X, P, te.compute((M, N, G), lambda m, n, q: te.sum(part[m, n, q, li], axis=li), name="lanesum")]
     # a row's scales and scale x zero as float32, converted 8 groups at a time (module docstring)
@@ -154,7 +159,7 @@ def _schedule(func: tirx.PrimFunc, key: layout.KernelKey, isa: str, with_epilogu
     sch = Schedule(tvm.IRModule({"main": func}))
     _schedule_activations(sch)
     rows = key.m_bucket != 1  # several activation rows (static M > 1 or dynamic M)
-    placed = _schedule_epilogue(sch, key) if with_epilogue else []
+    placed, fold, half = _schedule_epilogue(sch, key) if with_epilogue else ([], None, None)
     out = sch.get_sblock("epilogue" if with_epilogue else "lanesum")
     m, n, *rest = sch.get_loops(out)
     no, ni = sch.split(n, [None, _divisor(key.N, ROWS_PER_TASK)])
@@ -163,12 +168,18 @@ def _schedule(func: tirx.PrimFunc, key: layout.KernelKey, isa: str, with_epilogu
     tiled = with_epilogue and _tiled(key)
     for block in placed:
         # a tiled fold (and its scales) spans the task's rows: each activation tile is reused across them
-        sch.compute_at(block, no if tiled and sch.get(block).name_hint in ("fdot_rf", "cscale", "sfloat") else ni)
+        sch.compute_at(block, no if tiled and (block is fold or sch.get(block).name_hint in ("cscale", "sfloat"))
+                       else ni)
     fold_inner = None
     for block in placed:
         name = sch.get(block).name_hint
-        if name == "fdot_rf" and tiled:
+        if block is fold and tiled:
             fold_inner = _tile_fold(sch, block)
+        elif block is half:
+            lane, halves, *m_loop = sch.get_loops(block)[2:]  # the lane-halving rf: lanes, halves, [m]
+            sch.reorder(*m_loop, halves, lane)
+            sch.vectorize(lane)
+            sch.decompose_reduction(block, halves)
         elif name.endswith("_rf"):
             _vectorize_rf(sch, block)
         elif name in ("sfloat", "szfloat") and key.n_groups > 1:
@@ -189,11 +200,12 @@ def _schedule(func: tirx.PrimFunc, key: layout.KernelKey, isa: str, with_epilogu
             for loop in fold_inner:
                 sch.unroll(loop)
         else:  # loops no, ni, [m,] q; then b, i, j
-            sch.compute_at(gemm, sch.get_loops(sch.get_sblock("fdot_rf_update"))[3 if rows else 2])
+            sch.compute_at(gemm, sch.get_loops(fold)[3 if rows else 2])
         rows = False  # the fold's loops hold the activation rows: the integer block has no row loop of its own
     else:
         sch.compute_at(gemm, ni)  # loops [q, b, m,] i, j; unit loops are dropped
-    has_q, has_b = key.n_groups > 1, key.group_size > layout.BLOCK
+    wide = isa == "vnni512"
+    has_q, has_b = key.n_groups > 1, key.group_size > (int8_intrin.WIDE_CODES if wide else layout.BLOCK)
     loops = sch.get_loops(gemm)
     inner = loops[len(loops) - (has_q + has_b + rows + 2):]
     # the group's blocks are decoded before any activation row: per group, or the whole row when the fold's
@@ -206,9 +218,9 @@ def _schedule(func: tirx.PrimFunc, key: layout.KernelKey, isa: str, with_epilogu
     if key.nested:
         _schedule_nested_decode(sch, key, wcode, group_loop)
     else:
-        _read_whole_block(sch, wcode, key.bits)
+        _read_whole_block(sch, wcode, key.bits * (2 if wide else 1))
         sch.compute_at(wcode, group_loop)
-        sch.tensorize(sch.get_loops(wcode)[-2],
+        sch.tensorize(sch.get_loops(wcode)[-2], int8_decode.wide_intrin_name(key.bits) if wide else
                       int8_decode.intrin_name(key.bits, int8_intrin.decodes_with_multishift(isa)))
     lane_loop = sch.get_loops(gemm)[-2]
     sch.decompose_reduction(gemm, b_loop if b_loop is not None else lane_loop)
@@ -251,15 +263,21 @@ def _rfactor_lanes(sch, name: str, split: bool):
 def _schedule_epilogue(sch, key: layout.KernelKey) -> list:
     """The float work: fdot over 8 float lanes (the igemm lanes; a row's lanes stored together), zterm 8 groups
     wide for one activation row where the group count allows, else across the rows. Returns the blocks to place
-    under the row loop, consumers first."""
+    under the row loop (consumers first), the fold's block and the lane-halving block (16 lanes) or None."""
     rf, fdot = _rfactor_lanes(sch, "fdot", False)
     sch.transform_layout(rf, ("write", 0), lambda li, m, n: (n, m, li))
-    placed = [fdot, rf]
+    placed, half = [fdot, rf], None
+    if sch.get(sch.get_loops(fdot)[-1]).extent.value == 2 * VEC:
+        # 16 lanes: 8..15 added to 0..7 by one vector add first (a second rfactor, its block also named
+        # "fdot_rf"), so the row's serial float sum runs over 8 lanes
+        _, l8 = sch.split(sch.get_loops(fdot)[-1], [2, VEC])
+        half = sch.rfactor(l8, 0)
+        placed.insert(1, half)
     if key.m_bucket == 1 and key.n_groups % VEC == 0:
         placed += list(_rfactor_lanes(sch, "zterm", True))[::-1]
     else:
         placed.append(sch.get_sblock("zterm"))
-    return placed + [sch.get_sblock(name) for name in ("cscale", "sfloat", "szfloat")]
+    return placed + [sch.get_sblock(name) for name in ("cscale", "sfloat", "szfloat")], rf, half
 
 
 def _schedule_cscale(sch, key: layout.KernelKey, tiled: bool) -> None:
@@ -317,8 +335,8 @@ def _tiled(key: layout.KernelKey) -> bool:
     return key.m_bucket not in (None, 1) and key.m_bucket % ROW_TILE == 0 and key.n_groups > 1
 
 
-def _read_whole_block(sch, block, bits: int) -> None:
-    """Declare that `block` reads its whole 32-code block of P (the decode intrinsic's operand; inferred, the
+def _read_whole_block(sch, block, words: int) -> None:
+    """Declare that `block` reads its block's `words` words of P (the decode intrinsic's operand; inferred, the
     region of a multi-plane code is a min/max expression no description matches). Schedule.annotate_buffer_access
     in TVM 0.27 insists on one range per block iter var, so the index map is built here."""
     from tvm.s_tir.schedule import _ffi_api
@@ -326,7 +344,7 @@ def _read_whole_block(sch, block, bits: int) -> None:
 
     n, kb, _, _ = (iv.var for iv in sch.get(block).iter_vars)
     index_map = IndexMap(initial_indices=[iv.var for iv in sch.get(block).iter_vars],
-                         final_indices=[n, n + 1, kb * bits, kb * bits + bits], inverse_index_map=None)
+                         final_indices=[n, n + 1, kb * words, kb * words + words], inverse_index_map=None)
     _ffi_api.ScheduleAnnotateBufferAccess(sch, block, 0, 0, index_map)
 
 
@@ -353,8 +371,10 @@ def _divisor(n: int, at_most: int) -> int:
 
 
 def int8_linear_func(key: layout.KernelKey, isa: str, name: str | None = None) -> tirx.PrimFunc:
-    """The scheduled int8-activation kernel of `key` for `isa` (int8_intrin.ISAS; int8_intrin.check_target)."""
-    func = te.create_prim_func(_compute(key, True))
+    """The scheduled int8-activation kernel of `key` for `isa` (int8_intrin.ISAS; a build passes
+    int8_intrin.kernel_isa of its target's ISA). "vnni512" where the key has no 512-bit form: "vnni-vbmi"."""
+    isa = isa if isa != "vnni512" or int8_intrin.wide_fits(key) else "vnni-vbmi"
+    func = te.create_prim_func(_compute(key, True, isa == "vnni512"))
     name = name or kernel_name(key)
     func = _schedule(func, key, isa, True).with_attr("global_symbol", name).with_attr(INT8_ATTR, name)
     return hand_scheduled(func)
@@ -362,5 +382,6 @@ def int8_linear_func(key: layout.KernelKey, isa: str, name: str | None = None) -
 
 def int8_acc_func(key: layout.KernelKey, isa: str, name: str = "matq_int8_acc") -> tirx.PrimFunc:
     """The integer part alone: acc int32 [M, N, G] from X and P (pins the kernel's integer path to act_quant)."""
-    func = te.create_prim_func(_compute(key, False))
+    isa = isa if isa != "vnni512" or int8_intrin.wide_fits(key) else "vnni-vbmi"
+    func = te.create_prim_func(_compute(key, False, isa == "vnni512"))
     return _schedule(func, key, isa, False).with_attr("global_symbol", name)

@@ -2,6 +2,8 @@
 output against an exact epilogue; VNNI code generation; targets without a byte dot product refused."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -17,12 +19,12 @@ def _llvm(mcpu: str, **extra) -> TargetSpec:
 
 
 def _host_isas() -> list[str | None]:
-    """Every int8 ISA this CPU runs: a VNNI CPU runs the AVX2 kernels too (and a VBMI one the plain VNNI
-    decode), so all of them are checked there."""
+    """Every int8 ISA this CPU runs: a VNNI CPU runs the AVX2 kernels too (and an AVX512-VBMI one the 256-bit
+    forms), so all of them are checked there."""
     from matq_compile import targets
 
     isa = int8_intrin.target_isa(targets.load("host").to_tvm())
-    return {"vnni-vbmi": ["vnni-vbmi", "vnni", "avx2"], "vnni": ["vnni", "avx2"], "avx2": ["avx2"]}.get(isa, [None])
+    return int8_intrin.ISAS[int8_intrin.ISAS.index(isa):] if isa else [None]
 
 
 @pytest.fixture(scope="module", params=_host_isas())
@@ -200,8 +202,8 @@ def test_decode_intrinsic_matches_layout(bits, cpu, rng):
     np.testing.assert_array_equal(out.numpy().reshape(5, 3, 32), codes.reshape(5, 3, 32)[:, :, order])
 
 
-@pytest.mark.parametrize("mcpu,isa", [("cascadelake", "vnni"), ("alderlake", "vnni"), ("icelake-server", "vnni-vbmi"),
-                                      ("sapphirerapids", "vnni-vbmi"), ("znver4", "vnni-vbmi"), ("znver3", "avx2"),
+@pytest.mark.parametrize("mcpu,isa", [("cascadelake", "vnni"), ("alderlake", "vnni"), ("icelake-server", "vnni512"),
+                                      ("sapphirerapids", "vnni512"), ("znver4", "vnni512"), ("znver3", "avx2"),
                                       ("haswell", "avx2"), ("x86-64", None)])
 def test_target_isa(mcpu, isa):
     assert int8_intrin.target_isa(_llvm(mcpu).to_tvm()) == isa
@@ -243,8 +245,8 @@ def test_decode_prefetches_ahead_and_unpacks_nibbles_from_one_broadcast():
 def _multishift(ctrl: np.ndarray, data: np.ndarray) -> np.ndarray:
     """vpmultishiftqb as Intel's pseudo-code defines it: byte j of qword i takes the 8 bits of data's qword i
     from bit ctrl[j] & 63 on, wrapping around the qword."""
-    out = np.zeros(32, np.uint8)
-    for p in range(32):
+    out = np.zeros(ctrl.size, np.uint8)
+    for p in range(ctrl.size):
         q = int(data[p // 8 * 8:(p // 8 + 1) * 8].view("<u8")[0])
         start = int(ctrl[p]) & 63
         out[p] = sum(((q >> ((start + b) & 63)) & 1) << b for b in range(8))
@@ -266,6 +268,49 @@ def test_multishift_controls_decode_every_plane(bits, rng):
         got |= _multishift(ctrl, data) & np.uint8(((1 << w) - 1) << shift)
     order = [int8_decode.lane_code(p, int8_decode.ORDERS[bits]) for p in range(32)]
     np.testing.assert_array_equal(got, codes[0, order])
+
+
+@pytest.mark.parametrize("bits", range(2, 9))
+def test_wide_decode_controls_give_every_code(bits, rng):
+    """Emulated 512-bit decode (int8_decode.wide_plane_controls): per plane the dword permute of two consecutive
+    blocks' 2 r words, vpmultishiftqb, mask, or-ed, gives the codes of layout.unpack in wide_code order, and the
+    order is a permutation of the 64 codes."""
+    codes = rng.integers(0, 1 << bits, (1, 64)).astype(np.uint8)
+    codes[0, 9] = (1 << bits) - 1
+    words = layout.pack(codes, bits)[0]
+    got = np.zeros(64, np.uint8)
+    for w, off, shift in layout.planes(bits):
+        if w == 8:
+            got |= words.view(np.uint8)
+            continue
+        index, ctrl = int8_decode.wide_plane_controls(bits, w, off, shift)
+        data = words[index].view(np.uint8)
+        got |= _multishift(np.array(ctrl, np.uint8), data) & np.uint8(((1 << w) - 1) << shift)
+    order = [int8_decode.wide_code(p, bits) for p in range(64)]
+    assert sorted(order) == list(range(64))
+    np.testing.assert_array_equal(got, codes[0, order])
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+def test_wide_kernels_run_512_bit_dot_products(bits):
+    """AVX512-VBMI targets: a long row's kernel runs vpdpbusd on zmm registers and decodes with vpmultishiftqb
+    on zmm (r < 8); a short row's kernel keeps the 256-bit form (kernel_isa)."""
+    target = _llvm("icelake-server").to_tvm()
+    long_key, short_key = layout.KernelKey(16, 2048, bits, 64, 1), layout.KernelKey(16, 256, bits, 64, 1)
+    assert int8_intrin.kernel_isa("vnni512", long_key) == "vnni512"
+    assert int8_intrin.kernel_isa("vnni512", short_key) == "vnni-vbmi"
+    asm = _build(int8_kernels.int8_linear_func(long_key, "vnni512", "main"), target).mod.inspect_source("asm")
+    assert re.search(r"vpdpbusd\s.*zmm", asm) and not re.search(r"vpdpbusd\s.*ymm", asm)
+    assert (re.search(r"vpmultishiftqb\s.*zmm", asm) is not None) == (bits < 8)
+
+
+def test_kernel_isa_takes_the_wide_form_where_it_fits_and_pays():
+    assert int8_intrin.kernel_isa("vnni512", layout.KernelKey(8, 4096, 4, 64, 16)) == "vnni512"  # 64 groups
+    assert int8_intrin.kernel_isa("vnni512", layout.KernelKey(8, 1536, 4, 64, 1)) == "vnni512"  # 24 groups, M = 1
+    assert int8_intrin.kernel_isa("vnni512", layout.KernelKey(8, 1536, 4, 64, 16)) == "vnni-vbmi"  # 24, M = 16
+    assert int8_intrin.kernel_isa("vnni512", layout.KernelKey(8, 4096, 4, 32, 1)) == "vnni-vbmi"  # group 32
+    assert int8_intrin.kernel_isa("vnni512", layout.KernelKey(8, 4096, 4, 64, 1, nested="r4121")) == "vnni-vbmi"
+    assert int8_intrin.kernel_isa("vnni", layout.KernelKey(8, 4096, 4, 64, 1)) == "vnni"
 
 
 def test_vbmi_targets_decode_with_multishift():

@@ -57,12 +57,12 @@ class _Rewriter(relax.PyExprMutator):
 
     def _kernel(self, key: layout.KernelKey) -> tvm.ir.GlobalVar:
         if self.int8_isa is not None:
-            from matq_compile.lower import int8_kernels
+            from matq_compile.lower import int8_intrin, int8_kernels
 
             if int8_kernels.supports(key):
                 name = int8_kernels.kernel_name(key)
                 if name not in self.kernels:
-                    func = int8_kernels.int8_linear_func(key, self.int8_isa, name)
+                    func = int8_kernels.int8_linear_func(key, int8_intrin.kernel_isa(self.int8_isa, key), name)
                     self.kernels[name] = self.builder_.add_func(func, name)
                 return self.kernels[name]
             log.warning("%s: no int8-activation kernel (group %d, %s); float activations", key.name,
