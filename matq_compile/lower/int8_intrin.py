@@ -7,8 +7,7 @@ signed int8 activations (the operand signs of vpdpbusd / vpmaddubsw, weights in 
 
 Implementations (one 256-bit register per operand):
     vnni       vpdpbusd (AVX-VNNI, or AVX512-VNNI with AVX512-VL): exact for any codes; ISA "vnni-vbmi" is the
-               same dot product on a CPU with AVX512-VBMI too, whose kernels decode with vpmultishiftqb
-               (int8_decode)
+               same dot product with a vpmultishiftqb decode (int8_decode), the 256-bit form of "vnni512"
     avx2       vpmaddubsw + vpmaddwd(1): the int16 pair sums saturate above 32767; |B| <= 127, so exact for codes
                <= 127 (r <= 7)
     avx2_r8    r = 8 on AVX2: codes split into their low 7 bits and the top bit (each pair sum <= 2*128*127),
@@ -16,6 +15,10 @@ Implementations (one 256-bit register per operand):
 
 and on AVX2 a group form over a weight group's nb blocks (nb = 2, 4): the nb vpmaddubsw pair sums added in int16
 (vpaddw), then one vpmaddwd, where nb * 2 * (2^r - 1) * 127 <= 32767 (g = 64: r <= 6; g = 128: r <= 5).
+
+ISA "vnni512" (AVX512-VNNI with VBMI and BW) has a 512-bit form: the same description over 16 lanes, one
+vpdpbusd on zmm registers per 64 codes (two layout blocks, decoded together: int8_decode.wide_code). A build
+gives it the kernels whose rows are long enough to repay it (kernel_isa); the others take "vnni-vbmi".
 """
 from __future__ import annotations
 
@@ -26,11 +29,11 @@ INTRINS = {"vnni": "matq_dot_8x4_u8s8_vnni", "avx2": "matq_dot_8x4_u8s8_avx2",
            "avx2_r8": "matq_dot_8x4_u8s8_avx2_r8", "vnni512": "matq_dot_16x4_u8s8_vnni512"}
 ISAS = ("vnni512", "vnni-vbmi", "vnni", "avx2")
 WIDE_CODES = 64  # codes per 512-bit intrinsic call (16 lanes x 4 bytes): two layout blocks
-# Groups per row from which a kernel takes the 512-bit form (one activation row: True; several: False). Its per-row
-# work does not shrink with the width, so short rows lose: on a 2-core AVX-512 Xeon (warm, 1536 x K, r = 8, one
-# thread) K = 448 / 512 / 576 took 14.9 / 15.2 / 39.6 us against 12.0 / 13.6 / 19.1 us at 256 bits, K = 640 / 1024
-# 19.0 / 28.2 against 20.7 / 31.7; at M = 16, 576 x 1536 was 5 % slower and 4096 x 4096 14 % faster.
-WIDE_MIN_GROUPS = {True: 16, False: 32}
+# Groups per row from which a kernel takes the 512-bit form (one activation row: True; several: False): its per-row
+# and per-tile work does not shrink with the width. Measured on a 2-core AVX-512 Xeon (warm, int4, built modules,
+# medians over 6 buffer placements, us, 512 / 256 bits): M = 1, 1536 x K: K = 512 11.8 / 9.5, 576 12.5 / 20.0,
+# 640 13.2 / 16.5, 1024 17.4 / 22.7; M = 16: 1536 x 576 121 / 96, 576 x 1536 96 / 93, 4096 x 4096 14 % faster.
+WIDE_MIN_GROUPS = {True: 9, False: 32}
 
 
 @T.prim_func(s_tir=True)

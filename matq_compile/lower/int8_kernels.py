@@ -18,6 +18,9 @@ Blocks (K seen as blocks of 32 = 8 lanes x 4 bytes, the tensor intrinsic's opera
     "zterm"    sum_q zx[q, m] * S * Z                                          vectorised over groups (M = 1) or rows
     "epilogue" Y = fdot - zterm
 
+On ISA "vnni512" (int8_intrin) the blocks are 64 codes and 16 lanes (two layout blocks decoded together by
+int8_decode's wide intrinsic, activations quantized into the same wide_code order); the rest is the same.
+
 The float work reads the eight integer lanes of each group (converted exactly while |part| < 2^24, i.e.
 group <= 4096) instead of summing them to one integer first: that lane sum, and the scale and zero applied
 group by group with scalar loads, cost as much as the whole decode-and-dot loop. int8_acc_func swaps the
@@ -32,9 +35,12 @@ fold's FMA chain overlaps the next group's integer work:
                  activation rows (unrolled: independent accumulators in registers, each decoded block and each
                  activation block loaded once per tile), the activation tile reused across the task's rows
     dynamic M    per output row: decode the whole row, then fold activation row by activation row
-The scales are converted from half precision once per row, 8 groups at a time ("sfloat", "szfloat"): one scalar
-conversion per use chains every use to the last through the conversion's merge operand. With several activation
-rows the activation scales and cs are stored group-major and cs and the zero term are vectorised over the rows.
+With 16 lanes the row's lane sum is a tree (vector adds of halves), and at M = 1 the fold's groups alternate
+between FOLD_CHAINS accumulators where the group count allows (one FMA chain per group is longer than a group's
+other work at r = 2). The scales are converted from half precision once per row, 8 groups at a time ("sfloat",
+"szfloat"): one scalar conversion per use chains every use to the last through the conversion's merge operand.
+With several activation rows the activation scales and cs are stored group-major and cs and the zero term are
+vectorised over the rows.
 """
 from __future__ import annotations
 
@@ -49,6 +55,9 @@ ROWS_PER_TASK = 8  # output rows per parallel task
 # static M > 1: a tile of N_TILE output rows x ROW_TILE activation rows folds together, its accumulators in registers
 # (independent FMA chains; each decoded block and each activation block loaded once per tile)
 N_TILE, ROW_TILE = 2, 4
+# M = 1 on 512-bit kernels: the fold's groups alternate between this many accumulators (independent FMA chains:
+# one chain waits an FMA latency per group, longer than a group's other work at r = 2)
+FOLD_CHAINS = 2
 
 
 def supports(key: layout.KernelKey) -> bool:
@@ -159,7 +168,10 @@ def _schedule(func: tirx.PrimFunc, key: layout.KernelKey, isa: str, with_epilogu
     sch = Schedule(tvm.IRModule({"main": func}))
     _schedule_activations(sch)
     rows = key.m_bucket != 1  # several activation rows (static M > 1 or dynamic M)
-    placed, fold, half = _schedule_epilogue(sch, key) if with_epilogue else ([], None, None)
+    wide = isa == "vnni512"
+    chains = FOLD_CHAINS if (wide and key.m_bucket == 1 and key.n_groups % FOLD_CHAINS == 0
+                             and key.n_groups > FOLD_CHAINS) else 1
+    placed, fold, halves = _schedule_epilogue(sch, key, chains) if with_epilogue else ([], None, [])
     out = sch.get_sblock("epilogue" if with_epilogue else "lanesum")
     m, n, *rest = sch.get_loops(out)
     no, ni = sch.split(n, [None, _divisor(key.N, ROWS_PER_TASK)])
@@ -175,11 +187,17 @@ def _schedule(func: tirx.PrimFunc, key: layout.KernelKey, isa: str, with_epilogu
         name = sch.get(block).name_hint
         if block is fold and tiled:
             fold_inner = _tile_fold(sch, block)
-        elif block is half:
-            lane, halves, *m_loop = sch.get_loops(block)[2:]  # the lane-halving rf: lanes, halves, [m]
-            sch.reorder(*m_loop, halves, lane)
+        elif block is fold and chains > 1:  # loops lanes (chains x 16), group pairs -> pairs, chains, 16 lanes
+            lanes, pairs = sch.get_loops(block)[2:]
+            chain, lane = sch.split(lanes, [chains, None])
+            sch.reorder(pairs, chain, lane)
             sch.vectorize(lane)
-            sch.decompose_reduction(block, halves)
+            sch.decompose_reduction(block, pairs)
+        elif any(block is h for h in halves):
+            lane, pair, *m_loop = sch.get_loops(block)[2:]  # a lane-halving rf: lanes, the two halves, [m]
+            sch.reorder(*m_loop, pair, lane)
+            sch.vectorize(lane)
+            sch.decompose_reduction(block, pair)
         elif name.endswith("_rf"):
             _vectorize_rf(sch, block)
         elif name in ("sfloat", "szfloat") and key.n_groups > 1:
@@ -200,11 +218,10 @@ def _schedule(func: tirx.PrimFunc, key: layout.KernelKey, isa: str, with_epilogu
             for loop in fold_inner:
                 sch.unroll(loop)
         else:  # loops no, ni, [m,] q; then b, i, j
-            sch.compute_at(gemm, sch.get_loops(fold)[3 if rows else 2])
+            sch.compute_at(gemm, sch.get_loops(fold)[3 if rows or chains > 1 else 2])
         rows = False  # the fold's loops hold the activation rows: the integer block has no row loop of its own
     else:
         sch.compute_at(gemm, ni)  # loops [q, b, m,] i, j; unit loops are dropped
-    wide = isa == "vnni512"
     has_q, has_b = key.n_groups > 1, key.group_size > (int8_intrin.WIDE_CODES if wide else layout.BLOCK)
     loops = sch.get_loops(gemm)
     inner = loops[len(loops) - (has_q + has_b + rows + 2):]
@@ -260,24 +277,29 @@ def _rfactor_lanes(sch, name: str, split: bool):
     return rf, sch.get_sblock(name)
 
 
-def _schedule_epilogue(sch, key: layout.KernelKey) -> list:
+def _schedule_epilogue(sch, key: layout.KernelKey, chains: int) -> list:
     """The float work: fdot over 8 float lanes (the igemm lanes; a row's lanes stored together), zterm 8 groups
     wide for one activation row where the group count allows, else across the rows. Returns the blocks to place
-    under the row loop (consumers first), the fold's block and the lane-halving block (16 lanes) or None."""
-    rf, fdot = _rfactor_lanes(sch, "fdot", False)
+    under the row loop (consumers first), the fold's block and the lane-halving blocks."""
+    fdot = sch.get_sblock("fdot")
+    lane = sch.get_loops(fdot)[-1]
+    if chains > 1:  # groups q = chains * qo + qi: qi and the lanes fused into the rfactor's lanes
+        _, qi = sch.split(sch.get_loops(fdot)[-2], [None, chains])
+        lane = sch.fuse(qi, lane)
+    rf = sch.rfactor(lane, 0)
     sch.transform_layout(rf, ("write", 0), lambda li, m, n: (n, m, li))
-    placed, half = [fdot, rf], None
-    if sch.get(sch.get_loops(fdot)[-1]).extent.value == 2 * VEC:
-        # 16 lanes: 8..15 added to 0..7 by one vector add first (a second rfactor, its block also named
-        # "fdot_rf"), so the row's serial float sum runs over 8 lanes
-        _, l8 = sch.split(sch.get_loops(fdot)[-1], [2, VEC])
-        half = sch.rfactor(l8, 0)
-        placed.insert(1, half)
+    placed, halves = [fdot, rf], []
+    while (lanes := sch.get(sch.get_loops(fdot)[-1]).extent.value) > VEC or VEC >= lanes > 2 and halves:
+        # the row's lane sum as a tree: the upper half added to the lower by one vector add, until 2 lanes are
+        # left (each step another rfactor, its block also named "fdot_rf"): log2 dependent adds, not one per lane
+        _, low = sch.split(sch.get_loops(fdot)[-1], [None, lanes // 2])
+        halves.append(sch.rfactor(low, 0))
+        placed.insert(1, halves[-1])
     if key.m_bucket == 1 and key.n_groups % VEC == 0:
         placed += list(_rfactor_lanes(sch, "zterm", True))[::-1]
     else:
         placed.append(sch.get_sblock("zterm"))
-    return placed + [sch.get_sblock(name) for name in ("cscale", "sfloat", "szfloat")], rf, half
+    return placed + [sch.get_sblock(name) for name in ("cscale", "sfloat", "szfloat")], rf, halves
 
 
 def _schedule_cscale(sch, key: layout.KernelKey, tiled: bool) -> None:

@@ -296,7 +296,7 @@ def test_wide_kernels_run_512_bit_dot_products(bits):
     """AVX512-VBMI targets: a long row's kernel runs vpdpbusd on zmm registers and decodes with vpmultishiftqb
     on zmm (r < 8); a short row's kernel keeps the 256-bit form (kernel_isa)."""
     target = _llvm("icelake-server").to_tvm()
-    long_key, short_key = layout.KernelKey(16, 2048, bits, 64, 1), layout.KernelKey(16, 256, bits, 64, 1)
+    long_key, short_key = layout.KernelKey(16, 2048, bits, 64, 1), layout.KernelKey(16, 512, bits, 64, 1)
     assert int8_intrin.kernel_isa("vnni512", long_key) == "vnni512"
     assert int8_intrin.kernel_isa("vnni512", short_key) == "vnni-vbmi"
     asm = _build(int8_kernels.int8_linear_func(long_key, "vnni512", "main"), target).mod.inspect_source("asm")
@@ -306,7 +306,8 @@ def test_wide_kernels_run_512_bit_dot_products(bits):
 
 def test_kernel_isa_takes_the_wide_form_where_it_fits_and_pays():
     assert int8_intrin.kernel_isa("vnni512", layout.KernelKey(8, 4096, 4, 64, 16)) == "vnni512"  # 64 groups
-    assert int8_intrin.kernel_isa("vnni512", layout.KernelKey(8, 1536, 4, 64, 1)) == "vnni512"  # 24 groups, M = 1
+    assert int8_intrin.kernel_isa("vnni512", layout.KernelKey(8, 576, 4, 64, 1)) == "vnni512"  # 9 groups, M = 1
+    assert int8_intrin.kernel_isa("vnni512", layout.KernelKey(8, 512, 4, 64, 1)) == "vnni-vbmi"  # 8 groups
     assert int8_intrin.kernel_isa("vnni512", layout.KernelKey(8, 1536, 4, 64, 16)) == "vnni-vbmi"  # 24, M = 16
     assert int8_intrin.kernel_isa("vnni512", layout.KernelKey(8, 4096, 4, 32, 1)) == "vnni-vbmi"  # group 32
     assert int8_intrin.kernel_isa("vnni512", layout.KernelKey(8, 4096, 4, 64, 1, nested="r4121")) == "vnni-vbmi"
