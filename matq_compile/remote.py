@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from matq_compile import amx
 from matq_compile.tune import RPCSettings
 
 log = logging.getLogger(__name__)
@@ -106,6 +107,8 @@ def open_session(spec, runner: str = "local", rpc: RPCSettings | None = None) ->
         if spec.is_gpu and not dev.exist:
             raise ValueError(f"target {spec.name} needs a CUDA GPU and this machine has none; time it on the GPU "
                              f"host through an RPC tracker (--runner rpc --tracker-host ... --tracker-key ...)")
+        if amx.target_uses_amx(spec.target_dict()):
+            amx.request()  # the kernels run in this process
         return Session(dev, device_label(dev, spec.is_gpu), spec.is_gpu)
     if runner != "rpc":
         raise ValueError(f"runner must be 'local' or 'rpc', got {runner!r}")

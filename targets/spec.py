@@ -5,6 +5,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from matq_compile import amx
+
 Kind = Literal["llvm", "cuda"]
 
 
@@ -54,8 +56,23 @@ def host_spec(description: str = "host CPU (detected)", trials: int = 64) -> Tar
 
     mcpu = str(llvm_get_system_cpu())
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return TargetSpec(f"llvm-{mcpu}-{cores}c", "llvm", {"mcpu": mcpu, "num-cores": cores},
-                      description=description, trials=trials)
+    target: dict[str, Any] = {"mcpu": mcpu, "num-cores": cores}
+    if _amx_missing(mcpu):
+        target["mattr"] = list(amx.MATTR)
+    return TargetSpec(f"llvm-{mcpu}-{cores}c", "llvm", target, description=description, trials=trials)
+
+
+def _amx_missing(mcpu: str) -> bool:
+    """Whether this CPU has AMX-INT8 that LLVM's name for it lacks (a hypervisor's CPUID model can name an older
+    core, e.g. rocketlake for a Xeon with AMX)."""
+    if not amx.host_has_amx():
+        return False
+    from matq_compile._tvm import Target
+    from tvm.target import codegen
+
+    target = Target({"kind": "llvm", "mcpu": mcpu})
+    with target:
+        return not bool(codegen.target_has_features("amx-int8", target))
 
 
 def from_toml(name: str, data: dict[str, Any]) -> TargetSpec:

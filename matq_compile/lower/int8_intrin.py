@@ -28,6 +28,7 @@ from tvm.script import tirx as T
 INTRINS = {"vnni": "matq_dot_8x4_u8s8_vnni", "avx2": "matq_dot_8x4_u8s8_avx2",
            "avx2_r8": "matq_dot_8x4_u8s8_avx2_r8", "vnni512": "matq_dot_16x4_u8s8_vnni512"}
 ISAS = ("vnni512", "vnni-vbmi", "vnni", "avx2")
+AMX = "amx"  # a target ISA beyond ISAS: "vnni512" plus AMX-INT8 tiles for the kernels of int8_amx.fits
 WIDE_CODES = 64  # codes per 512-bit intrinsic call (16 lanes x 4 bytes): two layout blocks
 # Groups per row from which a kernel takes the 512-bit form (one activation row: True; several: False): its per-row
 # and per-tile work does not shrink with the width. Measured on a 2-core AVX-512 Xeon (warm, int4, built modules,
@@ -205,16 +206,23 @@ def wide_fits(key) -> bool:
 
 
 def kernel_isa(isa: str, key) -> str:
-    """The ISA a build for a target of `isa` gives the kernel of `key`: the 512-bit form where it fits and pays
-    off (long rows, WIDE_MIN_GROUPS), else the same CPU's 256-bit form."""
+    """The ISA a build for a target of `isa` gives the kernel of `key`: on "amx" targets AMX tiles where the
+    kernel has that form (int8_amx.fits: prefill chunks), else the 512-bit form where it fits and pays off (long
+    rows, WIDE_MIN_GROUPS), else the same CPU's 256-bit form."""
+    if isa == AMX:
+        from matq_compile.lower import int8_amx
+
+        if int8_amx.fits(key):
+            return AMX
+        isa = "vnni512"
     if isa != "vnni512":
         return isa
     return isa if wide_fits(key) and key.n_groups >= WIDE_MIN_GROUPS[key.m_bucket == 1] else "vnni-vbmi"
 
 
 def target_isa(target) -> str | None:
-    """The int8 dot-product ISA of a TVM llvm target: "vnni512", "vnni", "avx2", or None (no byte dot product:
-    refuse)."""
+    """The int8 dot-product ISA of a TVM llvm target: "amx" (vnni512 with AMX-INT8 tiles), "vnni512", "vnni",
+    "avx2", or None (no byte dot product: refuse)."""
     from tvm.target import codegen
 
     if target.kind.name != "llvm":
@@ -223,6 +231,10 @@ def target_isa(target) -> str | None:
         has = {f: bool(codegen.target_has_features(f, target))
                for f in ("avx2", "avxvnni", "avx512vnni", "avx512vl", "avx512vbmi", "avx512bw")}
     if has["avx512vnni"] and has["avx512vbmi"] and has["avx512bw"] and has["avx512vl"]:
+        from matq_compile.lower import int8_amx
+
+        if int8_amx.target_has_amx(target):
+            return AMX  # its prefill-chunk kernels run on tiles, the others as on "vnni512" (kernel_isa)
         return "vnni512"  # its kernels of short rows take the 256-bit form "vnni-vbmi" (kernel_isa)
     if has["avxvnni"] or (has["avx512vnni"] and has["avx512vl"]):
         return "vnni"
@@ -239,5 +251,5 @@ def check_target(spec) -> str:
     return isa
 
 
-__all__ = ["INTRINS", "ISAS", "WIDE_CODES", "WIDE_MIN_GROUPS", "check_target", "decodes_with_multishift",
+__all__ = ["AMX", "INTRINS", "ISAS", "WIDE_CODES", "WIDE_MIN_GROUPS", "check_target", "decodes_with_multishift",
            "group_intrin_for", "intrin_for", "kernel_isa", "register", "target_isa", "wide_fits"]

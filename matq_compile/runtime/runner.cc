@@ -31,6 +31,11 @@
 #include <thread>
 #include <vector>
 
+#if defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+
 namespace ffi = tvm::ffi;
 using ffi::Tensor;
 namespace {
@@ -203,6 +208,24 @@ void CheckBinding(const ffi::Module& vm, const std::vector<std::string>& names) 
 
 constexpr int64_t kFormatVersion = 3;  // runtime.FORMAT_VERSION: the manifest keys read here
 
+// A build whose target asks for AMX-INT8 (matq_compile/amx.py) runs tile instructions, which Linux allows a
+// process only after it requests the tile state (else SIGILL).
+void RequestTilesIfNeeded(const ffi::Map<ffi::Any, ffi::Any>& manifest) {
+  using Object = ffi::Map<ffi::Any, ffi::Any>;
+  auto target = manifest["target"].cast<Object>()["target"].cast<Object>();
+  if (!target.count("mattr")) return;
+  bool amx = false;
+  for (const ffi::Any& f : target["mattr"].cast<ffi::Array<ffi::Any>>())
+    amx = amx || std::string(f.cast<ffi::String>()) == "+amx-int8";
+  if (!amx) return;
+#if defined(__linux__) && defined(__x86_64__)
+  constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+  if (syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0) return;
+#endif
+  throw std::runtime_error("this process may not use AMX tile registers, which the build's kernels need; "
+                           "rebuild for a target without AMX");
+}
+
 class Runner {
  public:
   Runner(const Options& o) : dev_{o.device == "cuda" ? kDLCUDA : kDLCPU, 0} {
@@ -211,6 +234,7 @@ class Runner {
     if (!manifest.count("format_version") || manifest["format_version"].cast<int64_t>() != kFormatVersion)
       throw std::runtime_error(o.build + " is a build of another format than " + std::to_string(kFormatVersion) +
                                " (recompile it with `matq compile`)");
+    RequestTilesIfNeeded(manifest);
     auto model = manifest["model"].cast<ffi::Map<ffi::Any, ffi::Any>>();
     chunk_ = manifest["chunk"].cast<int64_t>();
     max_seq_ = model["max_seq_len"].cast<int64_t>();

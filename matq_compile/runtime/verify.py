@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from matq_compile import amx
 from matq_compile.io_utils import FormatError, atomic_path, sha256_file
 
 DIGEST_NAME = "SHA256SUMS"
@@ -87,7 +88,8 @@ def check_binding(vm_module: Any, params: Sequence[Mapping[str, Any]], build_dir
 
 
 def check_device(manifest: Mapping[str, Any], device: str, build_dir: Path) -> None:
-    """The device kind matches the build's target kind and exists on this machine."""
+    """The device kind matches the build's target kind and exists on this machine; a build with AMX kernels gets
+    this process's permission for tile registers."""
     import tvm
 
     kind = str(manifest.get("target", {}).get("kind", "llvm"))
@@ -102,6 +104,11 @@ def check_device(manifest: Mapping[str, Any], device: str, build_dir: Path) -> N
                          f"run it with --device {wants}, not {device!r}")
     if not dev.exist:
         raise ValueError(f"no {device} device on this machine (the build {build_dir} needs one)")
+    if amx.target_uses_amx(manifest.get("target", {}).get("target", {})):
+        try:
+            amx.request()  # before any tile instruction runs (else SIGILL)
+        except RuntimeError as e:
+            raise ValueError(f"{build_dir}: {e}") from None
 
 
 _VM_CHECK = re.compile(r"Check failed: (?P<what>.*?) : ErrorContext\(fn=(?P<fn>\w+), loc=param\[\d+\], "

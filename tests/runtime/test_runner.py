@@ -77,6 +77,23 @@ def test_cpp_runner_prints_the_same_ids(build, runner_exe):
     assert out["prompt_tokens"] == len(PROMPT) and out["decode_tok_s"] > 0
 
 
+def test_cpp_runner_runs_an_int8_activation_build(build, runner_exe, tmp_path):
+    """An int8-activation build (on a CPU with AMX its prefill chunks run on tiles, which the runner must request
+    from Linux first) gives the Python runtime's ids."""
+    from matq_compile import targets
+    from matq_compile.export import CompileOptions, compile_model
+    from matq_compile.lower.int8_intrin import target_isa
+
+    if target_isa(targets.load("host").to_tvm()) is None:
+        pytest.skip("this CPU has no byte dot product")
+    opts = CompileOptions(allow_untuned=True, require_tokenizer=False, max_seq_len=64, act="int8")
+    a8 = compile_model(build.parent / "ckpt", tmp_path / "a8", bits=8, opts=opts)
+    ids = ",".join(str(i) for i in PROMPT)
+    res = subprocess.run([str(runner_exe), str(a8), "--ids", ids, "--max-new-tokens", "8"],
+                         check=True, capture_output=True, text=True, timeout=120)
+    assert json.loads(res.stdout)["tokens"] == python_ids(a8, 8)
+
+
 def test_cpp_runner_takes_the_width_of_a_switchable_build(build, runner_exe):
     """--bits picks the width as Model.set_bits does; a width the build lacks, or --bits for a one-width build,
     is refused."""
