@@ -21,7 +21,8 @@ from matq_compile.search.latency import LatencyTable, load_latency_table
 
 log = logging.getLogger(__name__)
 
-INT8_SOURCES = ("int8_kernels.py", "int8_decode.py", "int8_intrin.py")  # lower/: what the int8 kernels are made of
+# lower/: what the int8 kernels are made of
+INT8_SOURCES = ("int8_kernels.py", "int8_decode.py", "int8_intrin.py", "int8_amx.py")
 
 
 def kernels_hash(db_dir: str | Path, act: str = "float") -> str:
