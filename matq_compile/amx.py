@@ -11,7 +11,8 @@ import platform
 from pathlib import Path
 from typing import Any, Mapping
 
-MATTR = ("+amx-tile", "+amx-int8")
+FEATURES = ("amx-tile", "amx-int8")  # LLVM's names; /proc/cpuinfo spells them amx_tile, amx_int8
+MATTR = tuple(f"+{f}" for f in FEATURES)
 _SYS_ARCH_PRCTL = 158  # x86_64
 _ARCH_REQ_XCOMP_PERM = 0x1023
 _XFEATURE_XTILEDATA = 18
@@ -25,7 +26,7 @@ def host_has_amx(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
     except OSError:
         return False
     flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-    return {"amx_tile", "amx_int8"} <= set(flags)
+    return {f.replace("-", "_") for f in FEATURES} <= set(flags)
 
 
 def target_uses_amx(target: Mapping[str, Any]) -> bool:

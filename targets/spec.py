@@ -72,7 +72,7 @@ def _amx_missing(mcpu: str) -> bool:
 
     target = Target({"kind": "llvm", "mcpu": mcpu})
     with target:
-        return not bool(codegen.target_has_features("amx-int8", target))
+        return not all(bool(codegen.target_has_features(f, target)) for f in amx.FEATURES)
 
 
 def from_toml(name: str, data: dict[str, Any]) -> TargetSpec:

@@ -18,7 +18,7 @@ before a module with these kernels runs (the runtimes do it for builds whose tar
 """
 from __future__ import annotations
 
-from matq_compile import act_quant, layout
+from matq_compile import act_quant, amx, layout
 from matq_compile._tvm import Schedule, i64, s_tir, te, tirx, tvm
 from matq_compile.lower import int8_decode, int8_kernels
 from matq_compile.lower.kernels import _weights, hand_scheduled
@@ -26,7 +26,6 @@ from tvm.script import tirx as T
 
 TILE = 16  # rows of an AMX tile: output rows per task, and the activation rows of the M bucket
 CODES = 64  # bytes per tile row: one group of 64 codes
-FEATURES = ("amx-tile", "amx-int8")
 _registered: set[str] = set()
 
 
@@ -44,7 +43,7 @@ def target_has_amx(target) -> bool:
     if target.kind.name != "llvm":
         return False
     with target:
-        return all(bool(codegen.target_has_features(f, target)) for f in FEATURES)
+        return all(bool(codegen.target_has_features(f, target)) for f in amx.FEATURES)
 
 
 def _tile_funcs(groups: int):
@@ -112,15 +111,11 @@ def _compute(key: layout.KernelKey):
     f32, qmax = "float32", tirx.const(act_quant.QMAX, "float32")
     X = te.placeholder((M, K), f32, name="X")
     P, S, Z = _weights(key)
-    r = te.reduce_axis((i64(0), g), name="r")
-    amax = te.compute((M, G), lambda m, q: te.max(tirx.abs(X[m, q * g + r]), axis=r), name="amax")
+    amax, inv = int8_kernels.group_scales(X, G, g)
     sx = te.compute((G, M), lambda q, m: amax[m, q] / qmax, name="ascale")
-    inv = te.compute((M, G), lambda m, q: tirx.Select(amax[m, q] > tirx.const(0, f32), qmax / amax[m, q],
-                                                      tirx.const(0, f32)), name="ainv")
 
     def quant(q, i, m, j):
-        v = tirx.nearbyint(X[m, q * g + int8_decode.wide_code(i * i64(4) + j, key.bits)] * inv[m, q])
-        return tirx.max(tirx.min(v, qmax), -qmax).astype("int8")
+        return int8_kernels.quantize(X[m, q * g + int8_decode.wide_code(i * i64(4) + j, key.bits)], inv[m, q])
 
     xq = te.compute((G, i64(16), M, i64(4)), quant, name="xq")
     xi, xj = te.reduce_axis((i64(0), i64(16)), name="xi"), te.reduce_axis((i64(0), i64(4)), name="xj")
@@ -173,11 +168,7 @@ def _schedule(func: tirx.PrimFunc, key: layout.KernelKey) -> tirx.PrimFunc:
     sch.tensorize(sch.get_loops(gemm)[1], tile_intrin_name(key.n_groups))
     xq = sch.get_sblock("xq")
     sch.vectorize(sch.get_loops(xq)[-1])
-    amax = sch.get_sblock("amax")
-    rf = sch.rfactor(sch.split(sch.get_loops(amax)[-1], [None, int8_kernels.VEC])[1], 0)
-    _, q, _, lane = sch.get_loops(rf)
-    sch.vectorize(lane)
-    sch.decompose_reduction(rf, q)
+    int8_kernels.schedule_group_max(sch)
     return sch.mod["main"]
 
 

@@ -70,6 +70,23 @@ def kernel_name(key: layout.KernelKey) -> str:
     return f"{key.name}_a8"
 
 
+def group_scales(X: te.Tensor, G: tirx.PrimExpr, g: tirx.PrimExpr) -> tuple[te.Tensor, te.Tensor]:
+    """act_quant's per-group scale of X [M, K]: "amax" = max |X| over each group of g, "ainv" = 127 / amax (0 for
+    an all-zero group), both [M, G]."""
+    f32, qmax = "float32", tirx.const(act_quant.QMAX, "float32")
+    r = te.reduce_axis((i64(0), g), name="r")
+    amax = te.compute((X.shape[0], G), lambda m, q: te.max(tirx.abs(X[m, q * g + r]), axis=r), name="amax")
+    inv = te.compute((X.shape[0], G), lambda m, q: tirx.Select(amax[m, q] > tirx.const(0, f32), qmax / amax[m, q],
+                                                               tirx.const(0, f32)), name="ainv")
+    return amax, inv
+
+
+def quantize(x: tirx.PrimExpr, inv: tirx.PrimExpr) -> tirx.PrimExpr:
+    """act_quant's rounding of one activation: clip(rint(x * inv), -127, 127) as int8 (round half to even)."""
+    qmax = tirx.const(act_quant.QMAX, "float32")
+    return tirx.max(tirx.min(tirx.nearbyint(x * inv), qmax), -qmax).astype("int8")
+
+
 def _compute(key: layout.KernelKey, with_epilogue: bool, wide: bool):
     """wide: 512-bit intrinsics, 16 lanes over blocks of 64 codes (two layout blocks; int8_decode.wide_code)."""
     if not supports(key):
@@ -82,19 +99,14 @@ def _compute(key: layout.KernelKey, with_epilogue: bool, wide: bool):
     f32 = "float32"
     X = te.placeholder((M, K), f32, name="X")
     P, S, Z = _weights(key)
-    r = te.reduce_axis((i64(0), g), name="r")
-    amax = te.compute((M, G), lambda m, q: te.max(tirx.abs(X[m, q * g + r]), axis=r), name="amax")
+    amax, inv = group_scales(X, G, g)
     sx = te.compute((M, G), lambda m, q: amax[m, q] / tirx.const(act_quant.QMAX, f32), name="ascale")
-    qmax = tirx.const(act_quant.QMAX, f32)
-    inv = te.compute((M, G), lambda m, q: tirx.Select(amax[m, q] > tirx.const(0, f32), qmax / amax[m, q],
-                                                      tirx.const(0, f32)), name="ainv")
 
     def quant(kb, m, i, j):  # lane i*4+j holds the code order of the decode (int8_decode.lane_code)
         p = i * i64(J) + j
         k = kb * i64(codes) + (int8_decode.wide_code(p, key.bits) if wide else
                                int8_decode.lane_code(p, int8_decode.ORDERS[key.bits]))
-        v = tirx.nearbyint(X[m, k] * inv[m, kb // NB])
-        return tirx.max(tirx.min(v, qmax), -qmax).astype("int8")
+        return quantize(X[m, k], inv[m, kb // NB])
 
     # block-major: the rows of one 32-code block lie together (a row stride of K bytes put M = 16 rows on one L1 set)
     xq = te.compute((KB, M, i64(lanes), i64(J)), quant, name="xq")
@@ -259,6 +271,11 @@ def _schedule_activations(sch) -> None:
     """Quantization once per call (M x K elements): the block-wide conversion and the group max 8 lanes wide."""
     xq = sch.get_sblock("xq")
     sch.vectorize(sch.fuse(*sch.get_loops(xq)[-2:]))  # 32 lanes: X contiguous, one scale per block
+    schedule_group_max(sch)
+
+
+def schedule_group_max(sch) -> None:
+    """group_scales' "amax" 8 lanes wide (an rfactor over the group, at the root)."""
     amax = sch.get_sblock("amax")
     rf = sch.rfactor(sch.split(sch.get_loops(amax)[-1], [None, VEC])[1], 0)
     _, q, _, lane = sch.get_loops(rf)  # rfactor keeps the nest: m, q, r/8, lane
