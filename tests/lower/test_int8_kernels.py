@@ -161,9 +161,15 @@ def test_tiled_kernel_with_odd_task_rows(N, cpu, rng):
     _check_epilogue(4, 64, False, "round", N, ((16, 16),), cpu, rng)
 
 
-def _check_epilogue(bits, group, sym, rule, N, runs, cpu, rng):
+@pytest.mark.parametrize("bits", [3, 4])
+def test_long_row_kernel_matches_the_exact_epilogue(bits, cpu, rng):
+    """M = 1 over 16 groups of 64: on AVX512-VBMI CPUs the 512-bit form (two fold chains, r = 3's planes loaded
+    word by word), the zero term 8 groups a vector with its scale x zero converted in place."""
+    _check_epilogue(bits, 64, False, "round", 24, ((1, 1),), cpu, rng, K=1024)
+
+
+def _check_epilogue(bits, group, sym, rule, N, runs, cpu, rng, K: int = 256):
     target, dev, isa = cpu
-    K = 256
     q = rng.integers(0, 256, (N, K)).astype(np.uint8)
     g = K if group == -1 else group
     s = (rng.random((N, K // g)) * 0.02 + 1e-3).astype(np.float16)
