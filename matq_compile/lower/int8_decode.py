@@ -25,10 +25,13 @@ the plane takes in the code, then a mask; the planes of r = 3, 5, 6, 7 merge by 
 and bytes, so activations and outputs do not change; r = 3 takes 5 ops per block instead of 9, r = 2 2 instead
 of 3.
 
-The 512-bit decode (`wide`) of two blocks gives each plane's qwords the words their fields lie in by a dword
-permute of the blocks' words; for r = 3 each distinct qword source is loaded on its own instead (a 32-bit word
-where the fields lie in one) and one two-register permute combines them: 6 vector ops per 64 codes instead of 7
-(4096 x 4096, M = 1, warm: 304 -> 280 us).
+The 512-bit decode (`wide`) of two blocks gives each plane's qwords the words their fields lie in. One load
+serves a one-plane width (r = 2, 4: a broadcast; r = 8: the words). The planes of r = 3, 5, 6, 7 lie apart, and
+a dword permute of all the blocks' words (plus LLVM's inserts to load an odd word count) cost up to 8 shuffles on
+port 5 per 64 codes; instead each plane loads only its own words (`_plane_words`): a 4-bit plane as its two
+blocks' 16-byte runs, a narrower one as 64-bit loads shared by as many qwords as possible, one permute per
+further load. Vector ops per 64 codes, r = 3 / 5 / 6 / 7: 7 / 8 / 10 / 12 -> 6 / 7 / 7 / 10 (4096 x 4096, M = 1,
+warm, built modules: r = 3 304 -> 280 us, r = 6 332 -> 279, r = 7 707 -> 352).
 
 Nested planes (a switchable build, planes.py) lie in separate arrays of one buffer, so a block's words are not one
 region: each plane the slice reads is decoded on its own (`plane_code`, intrinsic `plane_intrin_name`) into bytes
@@ -66,12 +69,18 @@ def wide_code(p, bits: int):
     """The code index (0..63 over two consecutive blocks) held by lane p of a 512-bit decode (`wide`), in the order
     whose widest plane takes one broadcast load, one vpmultishiftqb and one mask:
 
-        r = 2, 3  qword Q, byte t -> 32 (Q mod 2) + 4 t + Q div 2   the blocks' 2-bit planes (16 bytes) in each
+        r = 2     qword Q, byte t -> 32 (Q mod 2) + 4 t + Q div 2   the blocks' 2-bit planes (16 bytes) in each
                                                                     128-bit lane, qword Q taking field Q div 2
+        r = 3     even Q as r = 2 (block 0); odd Q: block 1's code 16 (Q div 4) + 2 t + (Q div 2) mod 2, so that
+                  qwords 1, 3 take its first 2-bit word and 5, 7 its second (plane_loads)
         r = 4..7  half h, byte t  -> 32 (t div 16) + 2 (t mod 16) + h   the 4-bit planes (32 bytes) in both halves
         r = 8     p                                                 the two blocks' 64 bytes as they lie
     """
     div, mod = (lambda a, b: a // b, lambda a, b: a % b) if isinstance(p, int) else (tirx.floordiv, tirx.floormod)
+    if bits == 3:
+        q, t = div(p, 8), mod(p, 8)
+        odd = mod(q, 2)
+        return (1 - odd) * (4 * t + div(q, 2)) + odd * (32 + 16 * div(q, 4) + 2 * t + mod(div(q, 2), 2))
     if ORDERS[bits] == "crumb":
         return 32 * mod(div(p, 8), 2) + 4 * mod(p, 8) + div(p, 16)
     if ORDERS[bits] == "nibble":
@@ -220,7 +229,10 @@ def wide_plane_controls(bits: int, w: int, off: int, shift: int) -> tuple[list[i
         for p in range(8 * q, 8 * q + 8):
             blk, kl = divmod(wide_code(p, bits), BLOCK)
             bits_at.append(32 * (blk * bits + off) + kl * w)  # the field's first bit in the loaded words
-        first = min(min(bits_at) // 32, 2 * bits - 2)  # the pair stays inside the loaded words
+        if ORDERS[bits] == "crumb":  # qword Q of a 128-bit broadcast of words s..s+3 (s even) holds s + 2 (Q mod 2)
+            first = min(max(2 * (q % 2), min(bits_at) // 64 * 2), 2 * bits - 4 + 2 * (q % 2))
+        else:
+            first = min(min(bits_at) // 32, 2 * bits - 2)  # the pair stays inside the loaded words
         if max(bits_at) // 32 > first + 1:
             raise ValueError(f"a {w}-bit plane of r = {bits} has a qword's fields in more than two words")
         index += [first, first + 1]
@@ -228,39 +240,73 @@ def wide_plane_controls(bits: int, w: int, off: int, shift: int) -> tuple[list[i
     return index, ctrl
 
 
-def _gathered_words(P, index: list[int], ctrl: list[int], shift: int) -> tirx.PrimExpr:
-    """uint32x16 words P[0, index] as far as vpmultishiftqb reads them: each distinct qword source loaded on its
-    own (a dword where the qword's fields lie in one word), the sources combined by one two-register permute. For
-    r = 3 that is one shuffle per plane where a load of the blocks' 6 words took two (an insert and a permute)."""
-    sources = []  # per qword: (first word, words)
-    for q in range(8):
-        fields = {index[2 * q] + (c + shift) % 64 // 32 for c in ctrl[8 * q:8 * q + 8]}
-        sources.append((min(fields), 1) if len(fields) == 1 else (index[2 * q], 2))
-    out = None
-    for src in dict.fromkeys(sources):
-        word, n = src
-        v = P[0, word] if n == 1 else T.reinterpret("uint64", P.vload([0, word], "uint32x2"))
-        b = T.reinterpret("uint32x16", tirx.Broadcast(v, 16 // n))
-        out = b if out is None else tirx.Shuffle([out, b], [d + 16 * (sources[d // 2] == src) for d in range(16)])
+def plane_loads(bits: int, w: int, off: int, shift: int) -> tuple[list[int], list[int]]:
+    """(word of each dword, vpmultishiftqb controls) of the w-bit plane of a several-plane width as the 512-bit
+    decode loads it (module docstring): a 4-bit plane as the runs of 4 words its 128-bit chunks take; a narrower
+    one with each qword a 64-bit load of two words holding its fields, chosen greedily so that the qwords share as
+    few loads as possible (a 1-bit plane as one run was merged by LLVM with the other plane's loads into
+    shuffles). The controls move by 32 bits where a qword's load starts a word before wide_plane_controls'."""
+    index, ctrl = wide_plane_controls(bits, w, off, shift)
+    if w == 4 or bits == 3:  # runs; r = 3: two 128-bit broadcasts, blended by qword (_plane_words)
+        return index, ctrl
+    need = [{index[2 * q] + (c + shift) % 64 // 32 for c in ctrl[8 * q:8 * q + 8]} for q in range(8)]
+    starts: list[int | None] = [None] * 8
+    while None in starts:  # the two-word load serving the most qwords still without one
+        def fits(st: int) -> list[int]:
+            return [q for q in range(8) if starts[q] is None and need[q] <= {st, st + 1}]
+
+        best = max(range(2 * bits - 1), key=lambda st: len(fits(st)))
+        for q in fits(best):
+            starts[q] = best
+    ctrl = [(c + 32 * (index[2 * (p // 8)] - starts[p // 8])) % 64 for p, c in enumerate(ctrl)]
+    return [starts[d // 2] + d % 2 for d in range(16)], ctrl
+
+
+def _plane_words(P, bits: int, index: list[int]) -> tirx.PrimExpr:
+    """uint32x16 words P[0, index] (plane_loads): runs of 4 words per 128-bit chunk, else 64-bit loads per qword,
+    one permute per further load."""
+    bcast = [index[2 * q] - 2 * (q % 2) for q in range(8)]  # the 128-bit broadcast each qword could come from
+    if bits == 3:
+        # one or two broadcast loads, blended by ternary logic (LLVM turned a blend shuffle of the two broadcasts
+        # into a permute of 16-byte loads on port 5)
+        runs = list(dict.fromkeys(bcast))
+        loads = [tirx.Shuffle([P.vload([0, r], "uint32x4")] * 4, [d % 4 for d in range(16)]) for r in runs]
+        if len(loads) == 1:
+            return loads[0]
+        mask = tirx.Shuffle([tirx.const(-1 if bcast[d // 2] == runs[1] else 0, "int32") for d in range(16)],
+                            list(range(16)))
+        return T.call_llvm_pure_intrin("int32x16", "llvm.x86.avx512.pternlog.d.512",
+                                       T.reinterpret("int32x16", loads[0]), T.reinterpret("int32x16", loads[1]),
+                                       mask, T.int32(0xD8))  # mask ? second : first
+    chunks = [index[4 * c:4 * c + 4] for c in range(4)]
+    if all(ch == list(range(ch[0], ch[0] + 4)) for ch in chunks) and len({ch[0] for ch in chunks}) > 1:
+        runs = list(dict.fromkeys(ch[0] for ch in chunks))
+        return tirx.Shuffle([P.vload([0, r], "uint32x4") for r in runs] * -(-4 // len(runs)),
+                            [4 * runs.index(ch[0]) + d for ch in chunks for d in range(4)])
+    out, starts = None, index[0::2]
+    for st in dict.fromkeys(starts):
+        b = T.reinterpret("uint32x16", tirx.Broadcast(T.reinterpret("uint64", P.vload([0, st], "uint32x2")), 8))
+        out = b if out is None else tirx.Shuffle([out, b], [d + 16 * (starts[d // 2] == st) for d in range(16)])
     return out
 
 
 def _wide_code_vector(P, bits: int) -> tirx.PrimExpr:
-    """uint8x64 codes of the two blocks at P[0, 0:2 r] in wide_code order: per plane a dword permute of the loaded
-    words (a broadcast load where it repeats them), one vpmultishiftqb and a mask; r = 8 is the words as loaded."""
-    x = P.vload([0, 0], f"uint32x{2 * bits}")
+    """uint8x64 codes of the two blocks at P[0, 0:2 r] in wide_code order: per plane its words (a broadcast load
+    of a one-plane width; _plane_words), one vpmultishiftqb and a mask; r = 8 is the words as loaded."""
     code = None
     for w, off, shift in layout.planes(bits):
         if w == 8:
-            v = T.reinterpret("uint8x64", x)
+            v = T.reinterpret("uint8x64", P.vload([0, 0], "uint32x16"))
         else:
-            index, ctrl = wide_plane_controls(bits, w, off, shift)
-            if bits == 3:
-                words = T.reinterpret("int8x64", _gathered_words(P, index, ctrl, shift))
+            if len(layout.planes(bits)) == 1:  # a shuffle draws at most its input lanes
+                index, ctrl = wide_plane_controls(bits, w, off, shift)
+                words = tirx.Shuffle([P.vload([0, 0], f"uint32x{2 * bits}")] * -(-16 // (2 * bits)), index)
             else:
-                words = T.reinterpret("int8x64", tirx.Shuffle([x] * -(-16 // (2 * bits)), index))  # <= its lanes
+                index, ctrl = plane_loads(bits, w, off, shift)
+                words = _plane_words(P, bits, index)
             sel = T.call_llvm_pure_intrin("int8x64", "llvm.x86.avx512.pmultishift.qb.512",
-                                          tirx.Shuffle([tirx.const(c, "int8") for c in ctrl], list(range(64))), words)
+                                          tirx.Shuffle([tirx.const(c, "int8") for c in ctrl], list(range(64))),
+                                          T.reinterpret("int8x64", words))
             v = T.reinterpret("uint8x64", sel) & _u8(((1 << w) - 1) << shift, 64)
         code = v if code is None else code | v
     return code

@@ -279,9 +279,10 @@ def test_multishift_controls_decode_every_plane(bits, rng):
 
 @pytest.mark.parametrize("bits", range(2, 9))
 def test_wide_decode_controls_give_every_code(bits, rng):
-    """Emulated 512-bit decode (int8_decode.wide_plane_controls): per plane the dword permute of two consecutive
-    blocks' 2 r words, vpmultishiftqb, mask, or-ed, gives the codes of layout.unpack in wide_code order, and the
-    order is a permutation of the 64 codes."""
+    """Emulated 512-bit decode: per plane the words it loads (int8_decode.wide_plane_controls for a one-plane
+    width, plane_loads for the others: runs, or 64-bit loads shared greedily) out of two consecutive blocks' 2 r
+    words, vpmultishiftqb, mask, or-ed, gives the codes of layout.unpack in wide_code order, and the order is a
+    permutation of the 64 codes."""
     codes = rng.integers(0, 1 << bits, (1, 64)).astype(np.uint8)
     codes[0, 9] = (1 << bits) - 1
     words = layout.pack(codes, bits)[0]
@@ -290,7 +291,9 @@ def test_wide_decode_controls_give_every_code(bits, rng):
         if w == 8:
             got |= words.view(np.uint8)
             continue
-        index, ctrl = int8_decode.wide_plane_controls(bits, w, off, shift)
+        plan = int8_decode.wide_plane_controls if len(layout.planes(bits)) == 1 else int8_decode.plane_loads
+        index, ctrl = plan(bits, w, off, shift)
+        assert min(index) >= 0 and max(index) < 2 * bits  # loads stay inside the two blocks
         data = words[index].view(np.uint8)
         got |= _multishift(np.array(ctrl, np.uint8), data) & np.uint8(((1 << w) - 1) << shift)
     order = [int8_decode.wide_code(p, bits) for p in range(64)]
