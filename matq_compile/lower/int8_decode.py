@@ -28,10 +28,13 @@ of 3.
 The 512-bit decode (`wide`) of two blocks gives each plane's qwords the words their fields lie in. One load
 serves a one-plane width (r = 2, 4: a broadcast; r = 8: the words). The planes of r = 3, 5, 6, 7 lie apart, and
 a dword permute of all the blocks' words (plus LLVM's inserts to load an odd word count) cost up to 8 shuffles on
-port 5 per 64 codes; instead each plane loads only its own words (`_plane_words`): a 4-bit plane as its two
-blocks' 16-byte runs, a narrower one as 64-bit loads shared by as many qwords as possible, one permute per
-further load. Vector ops per 64 codes, r = 3 / 5 / 6 / 7: 7 / 8 / 10 / 12 -> 6 / 7 / 7 / 10 (4096 x 4096, M = 1,
-warm, built modules: r = 3 304 -> 280 us, r = 6 332 -> 279, r = 7 707 -> 352).
+port 5 per 64 codes; instead each plane loads only its own words (`plane_loads`, `_plane_words`): a 4-bit plane
+as its two blocks' 16-byte runs, a narrower one as 64-bit loads shared by as many qwords as possible, one permute
+per further load; r = 3 takes two 128-bit broadcasts (words 0-3 and 2-5), its 1-bit plane the second as it is
+and its 2-bit plane the first with qwords 5 and 7 from the second, blended by vpternlogd (its own odd-qword lane
+order, wide_code, makes that possible). Vector ops per 64 codes, r = 3 / 5 / 6 / 7: 7 / 8 / 10 / 12 -> 5 / 7 / 7 /
+10 (4096 x 4096, M = 1, warm, built modules, against the permute form in the same run: r = 3 238 -> 216 us,
+r = 6 332 -> 279, r = 7 707 -> 352).
 
 Nested planes (a switchable build, planes.py) lie in separate arrays of one buffer, so a block's words are not one
 region: each plane the slice reads is decoded on its own (`plane_code`, intrinsic `plane_intrin_name`) into bytes
