@@ -266,12 +266,11 @@ def plane_loads(bits: int, w: int, off: int, shift: int) -> tuple[list[int], lis
 
 
 def _plane_words(P, bits: int, index: list[int]) -> tirx.PrimExpr:
-    """uint32x16 words P[0, index] (plane_loads): runs of 4 words per 128-bit chunk, else 64-bit loads per qword,
-    one permute per further load."""
-    bcast = [index[2 * q] - 2 * (q % 2) for q in range(8)]  # the 128-bit broadcast each qword could come from
+    """uint32x16 words P[0, index] (plane_loads): r = 3 as one or two 128-bit broadcasts blended by ternary logic
+    (LLVM turned a blend shuffle of the two into a port-5 permute of 16-byte loads); runs of 4 words per 128-bit
+    chunk; else 64-bit loads per qword, one permute per further load."""
     if bits == 3:
-        # one or two broadcast loads, blended by ternary logic (LLVM turned a blend shuffle of the two broadcasts
-        # into a permute of 16-byte loads on port 5)
+        bcast = [index[2 * q] - 2 * (q % 2) for q in range(8)]  # the broadcast (its first word) each qword takes
         runs = list(dict.fromkeys(bcast))
         loads = [tirx.Shuffle([P.vload([0, r], "uint32x4")] * 4, [d % 4 for d in range(16)]) for r in runs]
         if len(loads) == 1:

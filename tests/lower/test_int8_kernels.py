@@ -280,9 +280,9 @@ def test_multishift_controls_decode_every_plane(bits, rng):
 @pytest.mark.parametrize("bits", range(2, 9))
 def test_wide_decode_controls_give_every_code(bits, rng):
     """Emulated 512-bit decode: per plane the words it loads (int8_decode.wide_plane_controls for a one-plane
-    width, plane_loads for the others: runs, or 64-bit loads shared greedily) out of two consecutive blocks' 2 r
-    words, vpmultishiftqb, mask, or-ed, gives the codes of layout.unpack in wide_code order, and the order is a
-    permutation of the 64 codes."""
+    width, plane_loads for the others: r = 3's 128-bit broadcasts, runs, or 64-bit loads shared greedily) out of
+    two consecutive blocks' 2 r words, vpmultishiftqb, mask, or-ed, gives the codes of layout.unpack in wide_code
+    order, and the order is a permutation of the 64 codes."""
     codes = rng.integers(0, 1 << bits, (1, 64)).astype(np.uint8)
     codes[0, 9] = (1 << bits) - 1
     words = layout.pack(codes, bits)[0]
