@@ -154,6 +154,50 @@ def _group_pair(nb: int):
     return desc, impl
 
 
+def _zero_lanes_pair(groups: int):
+    """(desc, impl) of the zero term in a row's 16 fold lanes: out[l] = zx[l] * S[l] * Z[l] for the row's `groups`
+    (< 16) half-precision scales and zeros, zx zero past them. The description clamps its index (every read in
+    bounds, the product 0 there as zx is); the implementation loads the row's S and Z with zero-masked (fault-free)
+    vmovdqu16, one load each instead of a scalar chain over the groups."""
+    lanes = T.ramp(T.int64(0), T.int64(1), 16)  # built here: a name bound inside a script is a mutable local
+    last, mask = T.int64(groups - 1), lanes < T.broadcast(T.int64(groups), 16)
+
+    @T.prim_func(s_tir=True)
+    def desc(S: T.Buffer((groups,), "float16", offset_factor=1), Z: T.Buffer((groups,), "float16", offset_factor=1),
+             zx: T.Buffer((16,), "float32", offset_factor=1), out: T.Buffer((16,), "float32", offset_factor=1)):
+        with T.sblock("root"):
+            T.reads(zx[0:16], S[0:groups], Z[0:groups])
+            T.writes(out[0:16])
+            for li in T.serial(T.int64(16)):
+                with T.sblock("update"):
+                    vl = T.axis.remap("S", [li])
+                    out[vl] = zx[vl] * T.Cast("float32", S[T.min(vl, last)]) * T.Cast("float32", Z[T.min(vl, last)])
+
+    @T.prim_func(s_tir=True)
+    def impl(S: T.Buffer((groups,), "float16", offset_factor=1), Z: T.Buffer((groups,), "float16", offset_factor=1),
+             zx: T.Buffer((16,), "float32", offset_factor=1), out: T.Buffer((16,), "float32", offset_factor=1)):
+        with T.sblock("root"):
+            T.reads(zx[0:16], S[0:groups], Z[0:groups])
+            T.writes(out[0:16])
+            # plain views of the rows: TVM lowers no predicated access to a tensorized operand itself
+            s = T.decl_buffer((groups,), "float16", data=S.data, elem_offset=S.elem_offset)
+            z = T.decl_buffer((groups,), "float16", data=Z.data, elem_offset=Z.elem_offset)
+            out[lanes] = zx.vload([0], "float32x16") * T.Cast(
+                "float32x16", T.masked_load("float16x16", s, lanes, mask)) * T.Cast(
+                "float32x16", T.masked_load("float16x16", z, lanes, mask))
+
+    return desc, impl
+
+
+def zero_lanes_intrin(groups: int) -> str:
+    """The intrinsic of _zero_lanes_pair for rows of `groups` groups (1 < groups < 16; AVX512-BW: vnni512 kernels)."""
+    if not 1 < groups < 16:
+        raise ValueError(f"the zero term fills 16 lanes with 2..15 groups, not {groups}")
+    name = f"matq_zero_lanes_{groups}x16"
+    s_tir.TensorIntrin.register(name, *_zero_lanes_pair(groups), override=True)
+    return name
+
+
 _IMPLS = {"vnni": _vnni, "avx2": _avx2, "avx2_r8": _avx2_r8, "vnni512": _vnni512}
 GROUP_BLOCKS = (2, 4)  # blocks per group the int16 group intrinsic is registered for (g = 64, 128)
 _registered = False
@@ -252,4 +296,5 @@ def check_target(spec) -> str:
 
 
 __all__ = ["AMX", "INTRINS", "ISAS", "WIDE_CODES", "WIDE_MIN_GROUPS", "check_target", "decodes_with_multishift",
-           "group_intrin_for", "intrin_for", "kernel_isa", "register", "target_isa", "wide_fits"]
+           "group_intrin_for", "intrin_for", "kernel_isa", "register", "target_isa", "wide_fits",
+           "zero_lanes_intrin"]

@@ -41,7 +41,11 @@ other work at r = 2). The scales are converted from half precision once per row,
 "szfloat"): one scalar conversion per use chains every use to the last through the conversion's merge operand. At
 M = 1 with whole vectors of groups the zero term is a vector loop that converts its S and Z in place (its row
 vector of S Z, reloaded 8 lanes at a time, became ~150 lane extracts per row in LLVM: 4096 x 4096 warm, r = 4,
-196 -> 173 us).
+196 -> 173 us). Short rows on the 512-bit form (fewer groups than the fold's 16 lanes, not whole vectors of 8;
+K = 576: 9 groups) subtract the zero term in the fold's lanes instead, (zx S Z)[l] with S and Z read by zero-masked
+loads (int8_intrin.zero_lanes_intrin; the scalar chain over the groups had cost a quarter of a row's instructions),
+and at M = 1 rows of up to TASK_SCALE_GROUPS groups get their scales made per task, so that the fold reads each
+group's scale as an FMA's broadcast memory operand (3072 x 576, r = 2, warm: 23.4 -> 19.1 us).
 With several activation rows the activation scales and cs are stored group-major and cs and the zero term are
 vectorised over the rows.
 """
@@ -61,6 +65,10 @@ N_TILE, ROW_TILE = 2, 4
 # M = 1 on 512-bit kernels: the fold's groups alternate between this many accumulators (independent FMA chains:
 # one chain waits an FMA latency per group, longer than a group's other work at r = 2)
 FOLD_CHAINS = 2
+# M = 1 on 512-bit kernels with at most this many groups per row: the row scales made per task (_schedule). 2-core
+# AVX-512 Xeon, warm, us, per row / per task: 3072 x 576 r = 2 19.9 / 19.1, r = 4 21.5 / 19.1; 576 x 1536 r = 2
+# 12.0 / 10.2; 4096 x 4096 r = 4 174 / 178 (long rows keep the register form)
+TASK_SCALE_GROUPS = 32
 
 
 def supports(key: layout.KernelKey) -> bool:
@@ -137,11 +145,28 @@ def _compute(key: layout.KernelKey, with_epilogue: bool, wide: bool):
     # the zero term, sum_q (sx xsum)[m, q] (S Z)[n, q]: its activation factor once per call, stored group-major so
     # that a row's term is vectorised over the activation rows (M > 1)
     zx = te.compute((G, M), lambda q, m: sx[m, q] * xsum[m, q].astype(f32), name="zx")
+    if zero_in_lanes(key, wide):
+        # (zx S Z)[n, l] in the fold's lanes (zero past the groups), subtracted with the first group's products
+        last = i64(key.n_groups - 1)
+        zpad = te.compute((i64(lanes),), lambda li: tirx.Select(li < G, zx[tirx.min(li, last), i64(0)],
+                                                               tirx.const(0, f32)), name="zxpad")
+        zl = te.compute((N, i64(lanes)), lambda n, li: zpad[li] * S[n, tirx.min(li, last)].astype(f32) * Z[
+            n, tirx.min(li, last)].astype(f32), name="zlane")
+        dot = te.compute((M, N), lambda m, n: te.sum(
+            cs[m, n, q] * part[m, n, q, li].astype(f32) - tirx.Select(q == i64(0), zl[n, li], tirx.const(0, f32)),
+            axis=[q, li]), name="fdot")
+        return [X, P, S, Z, te.compute((M, N), lambda m, n: dot[m, n], name="epilogue")]
     qz = te.reduce_axis((i64(0), G), name="qz")
     zt = te.compute((M, N), lambda m, n: te.sum(
         zx[qz, m] * szf[n, qz], axis=qz), name="zterm")
     Y = te.compute((M, N), lambda m, n: dot[m, n] - zt[m, n], name="epilogue")
     return [X, P, S, Z, Y]
+
+
+def zero_in_lanes(key: layout.KernelKey, wide: bool) -> bool:
+    """Whether the kernel subtracts its zero term in the fold's 16 lanes (int8_intrin.zero_lanes_intrin): one
+    activation row on the 512-bit form, with fewer groups than lanes and not whole vectors of 8 (K = 576: 9)."""
+    return wide and key.m_bucket == 1 and 1 < key.n_groups < 2 * VEC and key.n_groups % VEC != 0
 
 
 def _nested_codes(P: te.Tensor, key: layout.KernelKey) -> te.Tensor:
@@ -186,16 +211,20 @@ def _schedule(func: tirx.PrimFunc, key: layout.KernelKey, isa: str, with_epilogu
     wide = isa == "vnni512"
     chains = FOLD_CHAINS if (wide and key.m_bucket == 1 and key.n_groups % FOLD_CHAINS == 0
                              and key.n_groups > FOLD_CHAINS) else 1
-    placed, fold, halves = _schedule_epilogue(sch, key, chains) if with_epilogue else ([], None, [])
+    placed, fold, halves = _schedule_epilogue(sch, key, chains, wide) if with_epilogue else ([], None, [])
     out = sch.get_sblock("epilogue" if with_epilogue else "lanesum")
     m, n, *rest = sch.get_loops(out)
     no, ni = sch.split(n, [None, _divisor(key.N, ROWS_PER_TASK)])
     sch.reorder(no, ni, m, *rest)
     sch.parallel(no)
     tiled = with_epilogue and _tiled(key)
+    task_scales = tiled or (wide and key.m_bucket == 1 and key.n_groups <= TASK_SCALE_GROUPS)
     for block in placed:
-        # a tiled fold (and its scales) spans the task's rows: each activation tile is reused across them
-        sch.compute_at(block, no if tiled and (block is fold or sch.get(block).name_hint in ("cscale", "sfloat"))
+        # a tiled fold (and its scales) spans the task's rows: each activation tile is reused across them; the
+        # scales of short rows at M = 1 are made for the task's rows at once, so the fold reads each group's
+        # scale as an FMA's broadcast memory operand (a row's scale vector in a register took two shuffles per group)
+        name = sch.get(block).name_hint
+        sch.compute_at(block, no if (tiled and block is fold) or (task_scales and name in ("cscale", "sfloat"))
                        else ni)
     fold_inner = None
     for block in placed:
@@ -219,6 +248,8 @@ def _schedule(func: tirx.PrimFunc, key: layout.KernelKey, isa: str, with_epilogu
             sch.vectorize(sch.get_loops(block)[-1])
         elif name == "zterm" and key.m_bucket not in (None, 1):
             _vectorize_rows(sch, block, key.n_groups)
+        elif name == "zlane":
+            sch.tensorize(sch.get_loops(block)[-1], int8_intrin.zero_lanes_intrin(key.n_groups))
     if with_epilogue:
         _schedule_cscale(sch, key, tiled)
     gemm = sch.get_sblock("igemm")
@@ -297,7 +328,7 @@ def _rfactor_lanes(sch, name: str, split: bool):
     return rf, sch.get_sblock(name)
 
 
-def _schedule_epilogue(sch, key: layout.KernelKey, chains: int) -> list:
+def _schedule_epilogue(sch, key: layout.KernelKey, chains: int, wide: bool) -> list:
     """The float work: fdot over 8 float lanes (the igemm lanes; a row's lanes stored together), zterm 8 groups
     wide for one activation row where the group count allows, else across the rows. Returns the blocks to place
     under the row loop (consumers first), the fold's block and the lane-halving blocks."""
@@ -316,7 +347,10 @@ def _schedule_epilogue(sch, key: layout.KernelKey, chains: int) -> list:
         halves.append(sch.rfactor(low, 0))
         placed.insert(1, halves[-1])
     scales = ["cscale", "sfloat", "szfloat"]
-    if key.m_bucket == 1 and key.n_groups % VEC == 0:
+    if zero_in_lanes(key, wide):  # the zero term in the fold's lanes
+        scales.remove("szfloat")
+        placed.append(sch.get_sblock("zlane"))
+    elif key.m_bucket == 1 and key.n_groups % VEC == 0:
         # S Z converted in the vectorised rfactor (module docstring)
         sch.compute_inline(sch.get_sblock("szfloat"))
         scales.remove("szfloat")

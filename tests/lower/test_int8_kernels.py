@@ -185,6 +185,24 @@ def _check_epilogue(bits, group, sym, rule, N, runs, cpu, rng, K: int = 256):
         np.testing.assert_allclose(y.numpy(), ref, rtol=0, atol=2e-6 * np.abs(ref).max())
 
 
+@pytest.mark.parametrize("bits,K", [(b, 576) for b in range(2, 9)] + [(3, 896)])
+def test_short_row_kernel_matches_the_exact_epilogue(bits, K, cpu, rng):
+    """M = 1 over 9 groups (SmolLM2's K = 576) and 14 groups (two fold chains): on AVX512-VBMI CPUs the zero term
+    joins the fold's 16 lanes, S and Z read by zero-masked loads."""
+    _check_epilogue(bits, 64, False, "round", 24, ((1, 1),), cpu, rng, K=K)
+
+
+def test_short_row_zero_term_uses_masked_loads(rng):
+    """The 512-bit kernel of a 9-group row reads the row's S and Z with zero-masked 16-lane loads (fault-free past
+    the row), and only the rows of whole vectors of groups keep the zero term's own vector loop."""
+    spec = _llvm("sapphirerapids")
+    key = layout.KernelKey(24, 576, 2, 64, 1)
+    assert int8_kernels.zero_in_lanes(key, True) and not int8_kernels.zero_in_lanes(
+        layout.KernelKey(24, 1024, 2, 64, 1), True) and not int8_kernels.zero_in_lanes(key, False)
+    asm = _build(int8_kernels.int8_linear_func(key, "vnni512", "main"), spec.to_tvm()).mod.inspect_source("asm")
+    assert len(re.findall(r"vmovdqu16\s+\S+, %ymm\d+ \{%k\d\} \{z\}", asm)) == 2
+
+
 @pytest.mark.parametrize("bits", range(2, 9))
 def test_decode_intrinsic_matches_layout(bits, cpu, rng):
     """The byte-op decode of a 32-code block (tensorized wcode) equals layout.unpack, lane p holding code
