@@ -158,6 +158,7 @@ def ensure_build(ckpt: Path, out: Path, bits: int | None, plan: Path | None, arg
         same = (m.get("format_version") == FORMAT_VERSION and m["checkpoint"]["hash"] == load_checkpoint(ckpt).hash
                 and m["head_dtype"] == args.head_dtype
                 and m.get("embed_dtype", "float32") == args.embed_dtype
+                and m["kv_cache"].get("dtype", "float32") == args.kv_dtype
                 and (m["database"] or {}).get("hash") == db_hash
                 and m["model"]["max_seq_len"] == args.max_seq_len and m["target"]["name"] == args.target_name
                 and m.get("act", "float") == act
@@ -166,7 +167,7 @@ def ensure_build(ckpt: Path, out: Path, bits: int | None, plan: Path | None, arg
             return out
     opts = CompileOptions(target=args.target, db_dir=args.db_dir, allow_untuned=args.allow_untuned,
                           head_dtype=args.head_dtype, embed_dtype=args.embed_dtype, max_seq_len=args.max_seq_len,
-                          act=act)
+                          act=act, kv_dtype=args.kv_dtype)
     return compile_model(ckpt, out, bits=bits, plan=plan, opts=opts)
 
 
@@ -193,6 +194,8 @@ def parse_args(argv):
     p.add_argument("--allow-untuned", action="store_true")
     p.add_argument("--head-dtype", default="int8", choices=("float32", "float16", "int8"))
     p.add_argument("--embed-dtype", default="int8", choices=("float32", "float16", "int8"))
+    p.add_argument("--kv-dtype", default="float16", choices=("float32", "float16"),
+                   help="KV cache of the matq builds (llama.cpp's default cache is float16 too)")
     p.add_argument("--max-seq-len", type=int, default=1024)
     p.add_argument("--prompt-tokens", type=int, default=128)
     p.add_argument("--new-tokens", type=int, default=64)
@@ -294,7 +297,7 @@ def main(argv=None) -> int:
               "machine": machine_info() | {"target": spec.name, "tvm": TVM_VERSION, "stream_read_gbps": stream_gbps()},
               "settings": {"prompt_tokens": len(prompt), "new_tokens": args.new_tokens, "repeats": args.repeats,
                            "rounds": args.rounds, "ppl_windows": args.ppl_windows, "ppl_seq_len": args.ppl_seq_len,
-                           "head_dtype": args.head_dtype, "embed_dtype": args.embed_dtype,
+                           "head_dtype": args.head_dtype, "embed_dtype": args.embed_dtype, "kv_dtype": args.kv_dtype,
                            "checkpoint": str(args.checkpoint), "processes": "one per engine and round"},
               "runs": runs}
     out = args.out or ROOT / "benchmarks" / "results" / f"e2e_smollm2_{spec.name}.json"

@@ -47,6 +47,7 @@ class CompileOptions:
     switch_widths: tuple[int, ...] | None = None  # a switchable build serving these widths (no --bits / --plan)
     switch_planes: tuple[int, ...] | None = None  # its plane widths (planes.plane_widths; None: every cut)
     act: str = "float"  # quantized linears' activations: float (exact) or int8 (per group; x86 AVX2/VNNI targets)
+    kv_dtype: str = "float32"  # KV-cache elements: float32 (exact) or float16 (CPU targets; lower/kv_cache.py)
 
 
 def resolve_bits(ckpt, bits: int | None, plan_path: str | Path | None) -> tuple[dict[str, int], dict[str, Any]]:
@@ -182,7 +183,7 @@ def _llm_manifest(ckpt, ckpt_dir: Path, plan_info: dict, layer_bits: dict, spec,
         "allow_untuned": opts.allow_untuned, "head_dtype": opts.head_dtype, "embed_dtype": opts.embed_dtype,
         "act": opts.act, "modules": module_kinds(ex.mod), "model": cfg.to_dict(), "chunk": CHUNK,
         "eos_token_ids": _eos_ids(ckpt_dir, hf),
-        "kv_cache": {"kt": list(cfg.cache_shapes[0]), "v": list(cfg.cache_shapes[1]), "dtype": "float32"},
+        "kv_cache": {"kt": list(cfg.cache_shapes[0]), "v": list(cfg.cache_shapes[1]), "dtype": cfg.kv_dtype},
         "params": [{"name": n, "shape": list(a.shape), "dtype": str(a.dtype)} for n, a in arrays.items()],
         "files": {LIB_NAME: sha256_file(tmp / LIB_NAME), WEIGHTS_NAME: sha256_file(tmp / WEIGHTS_NAME)},
     }
@@ -217,8 +218,10 @@ def compile_model(ckpt_dir: str | Path, out_dir: str | Path, bits: int | None = 
         raise ValueError(f"switchable builds run on CPU targets; {spec.name} is a GPU target (compile one build per "
                          f"width there)")
     int8_isa(spec, opts.act)  # refuse an int8-activation build for a target without a byte dot product, now
+    if spec.is_gpu and opts.kv_dtype != "float32":
+        raise ValueError(f"--kv-dtype {opts.kv_dtype} is for CPU targets; {spec.name} keeps a float32 KV cache")
     db = _db_dir(spec, opts)
-    cfg = LlamaConfig.from_hf(hf, opts.max_seq_len)
+    cfg = LlamaConfig.from_hf(hf, opts.max_seq_len, opts.kv_dtype)
     mod, _ = build_llama(cfg, chunk=CHUNK, gpu=spec.is_gpu)
     slices = ckpt.linear_slices(layer_bits)
     log.info("compiling %d quantized linears for %s (bits %s)", len(slices), spec.name,

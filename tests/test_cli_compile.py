@@ -17,8 +17,9 @@ def ckpt(tiny_tok_ckpt) -> Path:
 def test_compile_then_run_without_torch(ckpt, tmp_path):
     out = tmp_path / "build"
     res = matq("compile", "--checkpoint", str(ckpt), "--bits", "4", "--target", "host", "--out", str(out),
-               "--allow-untuned", "--max-seq-len", "64")
+               "--allow-untuned", "--max-seq-len", "64", "--kv-dtype", "float16")
     assert res.returncode == 0, res.stderr
+    assert json.loads((out / "manifest.json").read_text())["kv_cache"]["dtype"] == "float16"
     assert {"model.so", "weights.safetensors", "manifest.json", "tokenizer.json", "config.json"} <= \
         {p.name for p in out.iterdir()}
     res = matq("run", str(out), "--prompt", "hello matq", "--max-new-tokens", "6", "--ignore-eos",
@@ -38,6 +39,14 @@ def test_compile_rejects_bad_bits_and_missing_choice(ckpt, tmp_path):
     assert not (tmp_path / "o").exists()
     res = matq("compile", "--checkpoint", str(ckpt), "--out", str(tmp_path / "o"))
     assert res.returncode != 0 and "--bits" in res.stderr
+
+
+def test_compile_refuses_a_kv_dtype_for_an_onnx_graph(tmp_path):
+    (tmp_path / "m.onnx").write_bytes(b"not read")
+    res = matq("compile", "--onnx", str(tmp_path / "m.onnx"), "--bits", "4", "--kv-dtype", "float16", "--out",
+               str(tmp_path / "o"))
+    assert res.returncode == 2 and "an --onnx graph has no KV cache" in res.stderr, res.stderr
+    assert not (tmp_path / "o").exists()
 
 
 def test_compile_rejects_unknown_target(ckpt, tmp_path):

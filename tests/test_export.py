@@ -326,3 +326,40 @@ def test_compact_embedding_matches_torch_with_the_same_table(tiny_ckpt, build4, 
         model.model.embed_tokens.weight.copy_(torch.from_numpy(compact))  # tied: the head reads it too
         ref = model(torch.tensor([IDS])).logits[0].double().numpy()
     np.testing.assert_allclose(runtime.load(build).score(IDS), ref, rtol=1e-4, atol=1e-4)
+
+
+def test_half_kv_cache_matches_torch_with_half_keys_and_values(tiny_ckpt, build4, tmp_path, monkeypatch):
+    """--kv-dtype float16: the cache holds halves (manifest, allocation) and the logits equal the torch
+    fake-quantized model whose keys (after RoPE) and values are rounded to half precision, through score and
+    through prefill + decode; the rounding is real (the float32-cache build differs)."""
+    import torch
+    from transformers.models.llama import modeling_llama
+
+    from matq_compile import runtime
+    from matq_compile.ckpt import load_checkpoint
+    from matq_compile.evaluate import model_from_checkpoint
+
+    build = compile_tiny(tiny_ckpt, tmp_path / "kv16", bits=4, kv_dtype="float16")
+    m = json.loads((build / "manifest.json").read_text())
+    assert m["kv_cache"]["dtype"] == "float16" and m["model"]["kv_dtype"] == "float16"
+    assert runtime.load(build).kt.dtype == "float16"
+    rope = modeling_llama.apply_rotary_pos_emb
+
+    def half_keys(q, k, *args, **kwargs):
+        q, k = rope(q, k, *args, **kwargs)
+        return q, k.half().float()
+
+    monkeypatch.setattr(modeling_llama, "apply_rotary_pos_emb", half_keys)
+    model = model_from_checkpoint(load_checkpoint(tiny_ckpt), 4)
+    for layer in model.model.layers:
+        layer.self_attn.v_proj.register_forward_hook(lambda mod, args, out: out.half().float())
+    with torch.no_grad():
+        ref = model(torch.tensor([IDS])).logits[0].double().numpy()
+    check_against_torch(build, ref)
+    assert np.abs(runtime.load(build).score(IDS) - runtime.load(build4).score(IDS)).max() > 1e-6
+
+
+def test_half_kv_cache_is_refused_on_gpu_targets(tiny_ckpt, tmp_path):
+    with pytest.raises(ValueError, match="--kv-dtype float16 is for CPU targets"):
+        compile_tiny(tiny_ckpt, tmp_path / "out", bits=4, target="cuda-sm90", kv_dtype="float16")
+    assert not (tmp_path / "out").exists()

@@ -45,6 +45,9 @@ def register(subparsers) -> None:
                         "int8 (quantized per weight group, integer dot products; x86 CPU targets with AVX2, "
                         "AVX-VNNI or AVX512-VNNI)")
     p.add_argument("--max-seq-len", type=int, default=1024, help="static KV-cache length (multiple of 16)")
+    p.add_argument("--kv-dtype", choices=("float32", "float16"), default="float32",
+                   help="KV-cache elements on CPU targets: float32 (default; exact) or float16 (half the cache "
+                        "memory and the attention's traffic; products still in float32)")
     p.add_argument("--no-fuse-siblings", action="store_true",
                    help="keep q/k/v and gate/up as separate kernels (default: one kernel per set where the plan "
                         "gives the set one width)")
@@ -67,10 +70,12 @@ def run(args: argparse.Namespace) -> int:
                           allow_untuned=args.allow_untuned, head_dtype=args.head_dtype,
                           max_seq_len=args.max_seq_len, dump_dir=None if args.dump_ir is None else str(args.dump_ir),
                           fuse_siblings=not args.no_fuse_siblings, embed_dtype=args.embed_dtype,
-                          switch_widths=widths, switch_planes=args.planes, act=args.act)
+                          switch_widths=widths, switch_planes=args.planes, act=args.act, kv_dtype=args.kv_dtype)
     if args.onnx is not None:
         if bits is None or widths is not None:
             raise ValueError("--onnx takes one uniform --bits (a plan names checkpoint layers)")
+        if args.kv_dtype != "float32":
+            raise ValueError("--kv-dtype is for language models; an --onnx graph has no KV cache")
         out = compile_onnx(args.onnx, args.out, bits, opts)
     else:
         out = compile_model(args.checkpoint, args.out, bits=bits, plan=args.plan, opts=opts)

@@ -42,6 +42,7 @@ class LlamaConfig:
     attention_bias: bool = False  # q/k/v biases
     o_bias: bool = False  # o_proj bias (Llama with attention_bias; never in Qwen2)
     max_seq_len: int = 1024  # static KV-cache length (multiple of 16)
+    kv_dtype: str = "float32"  # KV-cache elements (kv_cache.DTYPES)
 
     def __post_init__(self) -> None:
         if self.num_heads % self.num_kv_heads:
@@ -50,9 +51,10 @@ class LlamaConfig:
             raise ValueError(f"head_dim must be even for RoPE, got {self.head_dim}")
         if self.max_seq_len <= 0 or self.max_seq_len % kv_cache.TILE:
             raise ValueError(f"max_seq_len must be a positive multiple of {kv_cache.TILE}, got {self.max_seq_len}")
+        kv_cache.check_dtype(self.kv_dtype)
 
     @classmethod
-    def from_hf(cls, cfg: dict[str, Any], max_seq_len: int = 1024) -> LlamaConfig:
+    def from_hf(cls, cfg: dict[str, Any], max_seq_len: int = 1024, kv_dtype: str = "float32") -> LlamaConfig:
         family = cfg.get("model_type")
         if family not in FAMILIES:
             raise ValueError(f"unsupported model_type {family!r}; supported: {', '.join(FAMILIES)}")
@@ -71,7 +73,8 @@ class LlamaConfig:
                    rms_norm_eps=float(cfg["rms_norm_eps"]), rope_theta=float(theta),
                    tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
                    attention_bias=bool(cfg.get("attention_bias", family == "qwen2")),
-                   o_bias=family != "qwen2" and bool(cfg.get("attention_bias", False)), max_seq_len=max_seq_len)
+                   o_bias=family != "qwen2" and bool(cfg.get("attention_bias", False)), max_seq_len=max_seq_len,
+                   kv_dtype=kv_dtype)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -88,10 +91,11 @@ def _kernels(c: LlamaConfig, gpu: bool) -> dict[str, Any]:
 
     dims = (c.num_layers, c.num_kv_heads, c.head_dim, c.max_seq_len)
     funcs = {"rope_table": lk.rope_table_func(c.head_dim, c.rope_theta, gpu), "rope": lk.rope_func(c.head_dim, gpu),
-             "k_write": lk.k_write_func(*dims, gpu=gpu),
-             "v_write": lk.v_write_func(*dims, gpu=gpu), "select_row": lk.select_row_func(c.hidden_size, gpu),
+             "k_write": lk.k_write_func(*dims, gpu=gpu, dtype=c.kv_dtype),
+             "v_write": lk.v_write_func(*dims, gpu=gpu, dtype=c.kv_dtype),
+             "select_row": lk.select_row_func(c.hidden_size, gpu),
              "attention": lk.attention_func(c.num_layers, c.num_heads, c.num_kv_heads, c.head_dim, c.max_seq_len,
-                                            gpu)}
+                                            gpu, c.kv_dtype)}
     if not gpu:  # a vectorised exp; on CUDA the legalized silu is scheduled by dlight
         funcs["silu_mul"] = lk.silu_mul_func(c.intermediate_size)
     return {name: hand_scheduled(f) for name, f in funcs.items()}
@@ -116,9 +120,9 @@ class _Attention(nn.Module):
         k = op.tensor_ir_op(rope, "rope", [k, *rot], out=nn.Tensor.placeholder(k.shape, "float32"))
         shapes = c.cache_shapes
         kt = op.tensor_ir_inplace_op(kern["k_write"], "k_write", [kt, k, i64(layer), pos], 0,
-                                     nn.Tensor.placeholder(shapes[0], "float32"))
+                                     nn.Tensor.placeholder(shapes[0], c.kv_dtype))
         vc = op.tensor_ir_inplace_op(kern["v_write"], "v_write", [vc, v, i64(layer), pos], 0,
-                                     nn.Tensor.placeholder(shapes[1], "float32"))
+                                     nn.Tensor.placeholder(shapes[1], c.kv_dtype))
         o = op.tensor_ir_op(kern["attention"], "attention", [q, kt, vc, i64(layer), pos],
                             out=nn.Tensor.placeholder([n, c.num_heads * c.head_dim], "float32"))
         return self.o_proj(o), kt, vc
@@ -214,8 +218,8 @@ def build_llama(c: LlamaConfig, chunk: int | str = "n",
     pads the last chunk) or symbolic (a name: dynamic-M kernels). gpu: CUDA variants of the Llama kernels.
     """
     kt_shape, v_shape = c.cache_shapes
-    caches = {"kt_cache": nn.spec.Tensor(list(kt_shape), "float32"),
-              "v_cache": nn.spec.Tensor(list(v_shape), "float32")}
+    caches = {"kt_cache": nn.spec.Tensor(list(kt_shape), c.kv_dtype),
+              "v_cache": nn.spec.Tensor(list(v_shape), c.kv_dtype)}
     ids = nn.spec.Tensor([1, chunk], "int32")
     specs = {"prefill": {"ids": ids, "pos": nn.spec.Int(), "last": nn.spec.Int(), **caches},
              "extend": {"ids": ids, "pos": nn.spec.Int(), **caches},

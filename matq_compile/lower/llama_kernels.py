@@ -75,50 +75,54 @@ def rope_func(head_dim: int, gpu: bool = False) -> tirx.PrimFunc:
     return rope
 
 
-def k_write_func(layers: int, kv_heads: int, head_dim: int, max_seq: int, gpu: bool = False) -> tirx.PrimFunc:
-    """In place: K^T[layer, h, :, pos + i] = k[i, h, :] (serial on CPU: a few hundred floats per step)."""
+def k_write_func(layers: int, kv_heads: int, head_dim: int, max_seq: int, gpu: bool = False,
+                 dtype: str = "float32") -> tirx.PrimFunc:
+    """In place: K^T[layer, h, :, pos + i] = k[i, h, :] rounded to the cache's dtype (serial on CPU: a few hundred
+    values per step)."""
     par = _loops(gpu)[0] if gpu else T.serial
     kt_shape = cache_shapes(layers, kv_heads, head_dim, max_seq)[0]
 
     @T.prim_func(private=True, s_tir=True)
     def k_write(kt_h: T.handle, k_h: T.handle, layer: T.int64, pos: T.int64):
         n = T.int64()
-        kt = T.match_buffer(kt_h, kt_shape, "float32")
+        kt = T.match_buffer(kt_h, kt_shape, dtype)
         k = T.match_buffer(k_h, (n, kv_heads, head_dim), "float32")
         with T.sblock("root"):
             for t in par(n * kv_heads):
                 for d in range(head_dim):
-                    kt[layer, t % kv_heads, (pos + t // kv_heads) // TILE, d, (pos + t // kv_heads) % TILE] = k[
-                        t // kv_heads, t % kv_heads, d]
+                    kt[layer, t % kv_heads, (pos + t // kv_heads) // TILE, d, (pos + t // kv_heads) % TILE] = T.Cast(
+                        dtype, k[t // kv_heads, t % kv_heads, d])
 
     return k_write
 
 
-def v_write_func(layers: int, kv_heads: int, head_dim: int, max_seq: int, gpu: bool = False) -> tirx.PrimFunc:
-    """In place: vc[layer, h, pos + i, :] = v[i, h, :]."""
+def v_write_func(layers: int, kv_heads: int, head_dim: int, max_seq: int, gpu: bool = False,
+                 dtype: str = "float32") -> tirx.PrimFunc:
+    """In place: vc[layer, h, pos + i, :] = v[i, h, :] rounded to the cache's dtype."""
     par = _loops(gpu)[0] if gpu else T.serial
     vec = _loops(gpu)[1]
 
     @T.prim_func(private=True, s_tir=True)
     def v_write(vc_h: T.handle, v_h: T.handle, layer: T.int64, pos: T.int64):
         n = T.int64()
-        vc = T.match_buffer(vc_h, (layers, kv_heads, max_seq, head_dim), "float32")
+        vc = T.match_buffer(vc_h, (layers, kv_heads, max_seq, head_dim), dtype)
         v = T.match_buffer(v_h, (n, kv_heads, head_dim), "float32")
         with T.sblock("root"):
             for t in par(n * kv_heads):
                 for d in vec(head_dim):
-                    vc[layer, t % kv_heads, pos + t // kv_heads, d] = v[t // kv_heads, t % kv_heads, d]
+                    vc[layer, t % kv_heads, pos + t // kv_heads, d] = T.Cast(dtype, v[t // kv_heads, t % kv_heads, d])
 
     return v_write
 
 
 def attention_func(layers: int, heads: int, kv_heads: int, head_dim: int, max_seq: int,
-                   gpu: bool = False) -> tirx.PrimFunc:
-    """o[i, h*D:(h+1)*D] = softmax(q[i,h] . K[:L]^T / sqrt(D)) V[:L] with L = pos + i + 1 (causal, GQA).
-    max_seq must be a multiple of TILE (cache_shapes checks it)."""
+                   gpu: bool = False, dtype: str = "float32") -> tirx.PrimFunc:
+    """o[i, h*D:(h+1)*D] = softmax(q[i,h] . K[:L]^T / sqrt(D)) V[:L] with L = pos + i + 1 (causal, GQA), the cache
+    in `dtype` (kv_cache.DTYPES) and every product in float32. max_seq must be a multiple of TILE (cache_shapes
+    checks it)."""
     if gpu:
-        return _attention_gpu(layers, heads, kv_heads, head_dim, max_seq)
-    return _attention_cpu(layers, heads, kv_heads, head_dim, max_seq)
+        return _attention_gpu(layers, heads, kv_heads, head_dim, max_seq, dtype)
+    return _attention_cpu(layers, heads, kv_heads, head_dim, max_seq, dtype)
 
 
 def _chains_sum(acc: tirx.Buffer, lane: tirx.PrimExpr) -> tirx.PrimExpr:
@@ -129,7 +133,8 @@ def _chains_sum(acc: tirx.Buffer, lane: tirx.PrimExpr) -> tirx.PrimExpr:
     return total
 
 
-def _attention_cpu(layers: int, heads: int, kv_heads: int, head_dim: int, max_seq: int) -> tirx.PrimFunc:
+def _attention_cpu(layers: int, heads: int, kv_heads: int, head_dim: int, max_seq: int,
+                   dtype: str) -> tirx.PrimFunc:
     """One task per (token, head). Scores of TILE positions at a time in registers, with SPLIT independent FMA
     chains over head_dim (one chain would wait on the FMA latency); a vectorised max, exp and sum over the scores
     (positions past L are masked to 0 after the exp, so stale cache values never count); the value sum in head_dim
@@ -144,8 +149,8 @@ def _attention_cpu(layers: int, heads: int, kv_heads: int, head_dim: int, max_se
     def attention(q_h: T.handle, kt_h: T.handle, v_h: T.handle, layer: T.int64, pos: T.int64, o_h: T.handle):
         n = T.int64()
         q = T.match_buffer(q_h, (n, H, D), "float32")
-        kt = T.match_buffer(kt_h, KT_SHAPE, "float32")
-        v = T.match_buffer(v_h, (layers, KVH, S, D), "float32")
+        kt = T.match_buffer(kt_h, KT_SHAPE, dtype)
+        v = T.match_buffer(v_h, (layers, KVH, S, D), dtype)
         o = T.match_buffer(o_h, (n, H * D), "float32")
         with T.sblock("root"):
             for t in T.parallel(n * H):
@@ -160,8 +165,8 @@ def _attention_cpu(layers: int, heads: int, kv_heads: int, head_dim: int, max_se
                     for d0 in range(D // SPLIT):
                         for u in T.unroll(SPLIT):
                             for j1 in T.vectorized(TILE):
-                                acc[u, j1] = acc[u, j1] + q[t // H, t % H, d0 * SPLIT + u] * kt[
-                                    layer, t % H // G, j0, d0 * SPLIT + u, j1]
+                                acc[u, j1] = acc[u, j1] + q[t // H, t % H, d0 * SPLIT + u] * T.Cast("float32", kt[
+                                    layer, t % H // G, j0, d0 * SPLIT + u, j1])
                     for j1 in T.vectorized(TILE):
                         s[j0 * TILE + j1] = T.Select(
                             j0 * TILE + j1 <= pos + t // H,
@@ -188,14 +193,15 @@ def _attention_cpu(layers: int, heads: int, kv_heads: int, head_dim: int, max_se
                     oacc[d] = T.float32(0)
                 for j in range(pos + t // H + 1):
                     for d in T.vectorized(D):
-                        oacc[d] = oacc[d] + s[j] * v[layer, t % H // G, j, d]
+                        oacc[d] = oacc[d] + s[j] * T.Cast("float32", v[layer, t % H // G, j, d])
                 for d in T.vectorized(D):
                     o[t // H, t % H * D + d] = oacc[d] * (T.float32(1) / tot[1])
 
     return attention
 
 
-def _attention_gpu(layers: int, heads: int, kv_heads: int, head_dim: int, max_seq: int) -> tirx.PrimFunc:
+def _attention_gpu(layers: int, heads: int, kv_heads: int, head_dim: int, max_seq: int,
+                   dtype: str) -> tirx.PrimFunc:
     H, KVH, D, S = heads, kv_heads, head_dim, max_seq
     G, scale = heads // kv_heads, 1.0 / math.sqrt(head_dim)
     par, vec, scope = _loops(True)
@@ -205,8 +211,8 @@ def _attention_gpu(layers: int, heads: int, kv_heads: int, head_dim: int, max_se
     def attention(q_h: T.handle, kt_h: T.handle, v_h: T.handle, layer: T.int64, pos: T.int64, o_h: T.handle):
         n = T.int64()
         q = T.match_buffer(q_h, (n, H, D), "float32")
-        kt = T.match_buffer(kt_h, KT_SHAPE, "float32")
-        v = T.match_buffer(v_h, (layers, KVH, S, D), "float32")
+        kt = T.match_buffer(kt_h, KT_SHAPE, dtype)
+        v = T.match_buffer(v_h, (layers, KVH, S, D), dtype)
         o = T.match_buffer(o_h, (n, H * D), "float32")
         with T.sblock("root"):
             for t in par(n * H):
@@ -219,8 +225,8 @@ def _attention_gpu(layers: int, heads: int, kv_heads: int, head_dim: int, max_se
                 for d in range(D):
                     for j0 in range(nt):
                         for j1 in vec(TILE):
-                            s[j0 * TILE + j1] = s[j0 * TILE + j1] + q[t // H, t % H, d] * kt[layer, t % H // G, j0, d,
-                                                                                              j1]
+                            s[j0 * TILE + j1] = s[j0 * TILE + j1] + q[t // H, t % H, d] * T.Cast(
+                                "float32", kt[layer, t % H // G, j0, d, j1])
                 acc[0] = T.float32(-3.0e38)
                 for j in range(pos + t // H + 1):
                     acc[0] = T.max(acc[0], s[j])
@@ -232,7 +238,8 @@ def _attention_gpu(layers: int, heads: int, kv_heads: int, head_dim: int, max_se
                     o[t // H, t % H * D + d] = T.float32(0)
                 for j in range(pos + t // H + 1):
                     for d in vec(D):
-                        o[t // H, t % H * D + d] = o[t // H, t % H * D + d] + s[j] * v[layer, t % H // G, j, d]
+                        o[t // H, t % H * D + d] = o[t // H, t % H * D + d] + s[j] * T.Cast(
+                            "float32", v[layer, t % H // G, j, d])
                 for d in vec(D):
                     o[t // H, t % H * D + d] = o[t // H, t % H * D + d] / acc[1]
 

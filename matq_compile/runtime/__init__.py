@@ -22,7 +22,7 @@ import numpy as np
 
 from matq_compile._threads import configure_tvm_threads
 from matq_compile.io_utils import FormatError, read_json
-from matq_compile.lower.kv_cache import cache_shapes
+from matq_compile.lower.kv_cache import DTYPES, cache_shapes
 from matq_compile.runtime.verify import as_mismatch, check_binding, check_device, verify_build
 
 log = logging.getLogger(__name__)
@@ -103,6 +103,9 @@ def _check_cache(manifest: dict[str, Any], build_dir: Path) -> None:
     """The recorded KV-cache shapes fit the model's max_seq_len: the library checks the shapes it is given, and the
     runtime bounds generation by max_seq_len, so an edited length alone would let it write past the cache."""
     m, cache = manifest["model"], manifest["kv_cache"]
+    if cache.get("dtype") not in DTYPES:
+        raise FormatError(f"{build_dir}: manifest.json's kv_cache dtype {cache.get('dtype')!r} is not one of "
+                          f"{', '.join(DTYPES)}; recompile")
     fit = cache_shapes(m["num_layers"], m["num_kv_heads"], m["head_dim"], m["max_seq_len"])
     if [list(fit[0]), list(fit[1])] != [list(cache["kt"]), list(cache["v"])]:
         raise FormatError(f"{build_dir}: manifest.json's kv_cache shapes {cache['kt']} and {cache['v']} do not fit "

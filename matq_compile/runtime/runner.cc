@@ -253,10 +253,13 @@ class Runner {
       names.push_back(name);
     }
     SetBits(manifest, o.bits);
-    DLDataType f32{kDLFloat, 32, 1};
     auto cache = manifest["kv_cache"].cast<ffi::Map<ffi::Any, ffi::Any>>();  // the compiler's cache layout
-    kt_ = Empty(IntList(cache["kt"]), f32, dev_);
-    vc_ = Empty(IntList(cache["v"]), f32, dev_);
+    std::string kv_dtype = cache.count("dtype") ? std::string(cache["dtype"].cast<ffi::String>()) : "";
+    if (kv_dtype != "float32" && kv_dtype != "float16")  // lower/kv_cache.py DTYPES
+      throw std::runtime_error("manifest.json: kv_cache dtype '" + kv_dtype + "' is not float32 or float16; recompile");
+    DLDataType kv{kDLFloat, static_cast<uint8_t>(kv_dtype == "float16" ? 16 : 32), 1};
+    kt_ = Empty(IntList(cache["kt"]), kv, dev_);
+    vc_ = Empty(IntList(cache["v"]), kv, dev_);
     ffi::Module lib = ffi::Module::LoadFromFile(o.build + "/model.so");
     ffi::Module vm = lib->GetFunction("vm_load_executable", false).value()().cast<ffi::Module>();
     if (dev_.device_type == kDLCPU) {

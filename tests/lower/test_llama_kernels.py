@@ -94,6 +94,30 @@ def test_k_write_places_keys_in_the_tiled_layout():
     np.testing.assert_array_equal(got.numpy(), want)
 
 
+def test_half_cache_writes_round_to_nearest_half():
+    """A float16 cache holds k and v rounded as numpy rounds them (round to nearest even), keys in the tiled layout;
+    an unknown cache dtype is refused by name."""
+    from matq_compile.lower import kv_cache, llama_kernels as lk
+
+    rng = np.random.default_rng(2)
+    kt = rng.standard_normal(kv_cache.cache_shapes(L, KVH, D, S)[0]).astype(np.float16)
+    vc = rng.standard_normal((L, KVH, S, D)).astype(np.float16)
+    k, v = (rng.standard_normal((3, KVH, D)) * 100).astype(np.float32), rng.standard_normal((3, KVH, D)).astype(
+        np.float32)
+    k[0, 0, :3] = [65504.0, 1e-8, 2049.0]  # the largest half, a flush past the subnormals, a tie to even
+    want_kt, want_v = kt.copy(), vc.copy()
+    for i in range(3):
+        want_kt[1, :, (14 + i) // kv_cache.TILE, :, (14 + i) % kv_cache.TILE] = k[i].astype(np.float16)
+        want_v[1, :, 14 + i] = v[i].astype(np.float16)
+    got_kt, got_v = _t(kt), _t(vc)
+    _build(lk.k_write_func(L, KVH, D, S, dtype="float16"))(got_kt, _t(k), 1, 14)
+    _build(lk.v_write_func(L, KVH, D, S, dtype="float16"))(got_v, _t(v), 1, 14)
+    np.testing.assert_array_equal(got_kt.numpy(), want_kt)
+    np.testing.assert_array_equal(got_v.numpy(), want_v)
+    with pytest.raises(ValueError, match="KV-cache dtype must be one of float32, float16, got 'bfloat16'"):
+        kv_cache.check_dtype("bfloat16")
+
+
 def _attention_ref(q, k_plane, v, layer, pos):
     n, G = q.shape[0], H // KVH
     o = np.zeros((n, H * D))
@@ -120,3 +144,20 @@ def test_attention_matches_numpy_and_ignores_stale_positions(n, pos):
     o = _t(np.zeros((n, H * D), np.float32))
     _build(lk.attention_func(L, H, KVH, D, S))(_t(q), _t(_kt_tiled(k_plane)), _t(v), 1, pos, o)
     np.testing.assert_allclose(o.numpy(), _attention_ref(q, k_plane, v, 1, pos), rtol=2e-5, atol=2e-6)
+
+
+@pytest.mark.parametrize("n,pos", [(1, 40), (5, 27), (16, 48)])
+def test_attention_over_a_half_cache_matches_numpy(n, pos):
+    """With a float16 cache the attention computes in float32 from the stored halves: numpy over the same halves."""
+    from matq_compile.lower import llama_kernels as lk
+
+    rng = np.random.default_rng(n * 7 + pos)
+    k_plane = rng.standard_normal((L, KVH, D, S)).astype(np.float16)
+    v = rng.standard_normal((L, KVH, S, D)).astype(np.float16)
+    k_plane[:, :, :, pos + n:] = np.nan  # stale entries are never read
+    v[:, :, pos + n:] = np.nan
+    q = (rng.standard_normal((n, H, D)) * 3).astype(np.float32)
+    o = _t(np.zeros((n, H * D), np.float32))
+    _build(lk.attention_func(L, H, KVH, D, S, dtype="float16"))(_t(q), _t(_kt_tiled(k_plane)), _t(v), 2, pos, o)
+    ref = _attention_ref(q, k_plane.astype(np.float32), v.astype(np.float32), 2, pos)
+    np.testing.assert_allclose(o.numpy(), ref, rtol=2e-5, atol=2e-6)

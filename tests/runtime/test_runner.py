@@ -78,16 +78,18 @@ def test_cpp_runner_prints_the_same_ids(build, runner_exe):
 
 
 def test_cpp_runner_runs_an_int8_activation_build(build, runner_exe, tmp_path):
-    """An int8-activation build (on a CPU with AMX its prefill chunks run on tiles, which the runner must request
-    from Linux first) gives the Python runtime's ids."""
+    """An int8-activation build with a float16 KV cache, the fast configuration (on a CPU with AMX its prefill
+    chunks run on tiles, which the runner must request from Linux first), gives the Python runtime's ids."""
     from matq_compile import targets
     from matq_compile.export import CompileOptions, compile_model
     from matq_compile.lower.int8_intrin import target_isa
 
     if target_isa(targets.load("host").to_tvm()) is None:
         pytest.skip("this CPU has no byte dot product")
-    opts = CompileOptions(allow_untuned=True, require_tokenizer=False, max_seq_len=64, act="int8")
+    opts = CompileOptions(allow_untuned=True, require_tokenizer=False, max_seq_len=64, act="int8",
+                          kv_dtype="float16")
     a8 = compile_model(build.parent / "ckpt", tmp_path / "a8", bits=8, opts=opts)
+    assert json.loads((a8 / "manifest.json").read_text())["kv_cache"]["dtype"] == "float16"
     ids = ",".join(str(i) for i in PROMPT)
     res = subprocess.run([str(runner_exe), str(a8), "--ids", ids, "--max-new-tokens", "8"],
                          check=True, capture_output=True, text=True, timeout=120)
@@ -189,6 +191,22 @@ def test_manifest_records_the_compilers_cache_shapes(build):
     m = json.loads((build / "manifest.json").read_text())
     cfg = LlamaConfig(**m["model"])
     assert m["kv_cache"] == {"kt": list(cfg.cache_shapes[0]), "v": list(cfg.cache_shapes[1]), "dtype": "float32"}
+
+
+def test_both_runtimes_refuse_an_unknown_cache_dtype(build, runner_exe, tmp_path):
+    """A kv_cache dtype the kernels do not have (manifest edited, SHA256SUMS redone) is refused by name."""
+    from matq_compile import runtime
+    from matq_compile.runtime.verify import write_digests
+
+    bad = Path(shutil.copytree(build, tmp_path / "bad"))
+    m = json.loads((bad / "manifest.json").read_text())
+    m["kv_cache"]["dtype"] = "bfloat16"
+    (bad / "manifest.json").write_text(json.dumps(m))
+    write_digests(bad)
+    with pytest.raises(runtime.FormatError, match="kv_cache dtype 'bfloat16' is not one of float32, float16"):
+        runtime.load(bad)
+    res = subprocess.run([str(runner_exe), str(bad), "--ids", "1"], capture_output=True, text=True, check=False)
+    assert res.returncode == 1 and "kv_cache dtype 'bfloat16' is not float32 or float16" in res.stderr, res.stderr
 
 
 def test_cpp_runner_refuses_a_max_seq_len_its_cache_does_not_fit(build, runner_exe, tmp_path):
