@@ -108,3 +108,14 @@ def test_pass_picks_the_int8_activation_head(cpu, rng, caplog, K, act_isa, kerne
     else:
         ref = act_quant.int8_dense(x, codes, s, int8_dense.GROUP)[1]
     np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+
+
+def test_head_prefetches_one_line_per_group():
+    """Each 64-byte group of a weight row prefetches the line PREFETCH_BYTES ahead into L2 (prefetcht1), once."""
+    from matq_compile.targets import TargetSpec
+
+    spec = TargetSpec("llvm-x", "llvm", {"mcpu": "sapphirerapids", "num-cores": 2})
+    func = int8_dense.int8_dense_func(64, 576).with_attr("global_symbol", "main")
+    asm = tvm_mod.tvm.compile(tvm_mod.tvm.IRModule({"main": func}), target=spec.to_tvm()).mod.inspect_source("asm")
+    lines = [ln for ln in asm.splitlines() if "prefetcht1" in ln]
+    assert len(lines) == 576 // int8_dense.GROUP, lines  # the group loop unrolled: one per group of a row
