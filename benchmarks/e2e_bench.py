@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from matq_compile.bench import in_own_process, machine_info
+from matq_compile.lower.kv_cache import DTYPES as KV_DTYPES
 
 log = logging.getLogger("e2e_bench")
 ROOT = Path(__file__).resolve().parents[1]
@@ -194,7 +195,7 @@ def parse_args(argv):
     p.add_argument("--allow-untuned", action="store_true")
     p.add_argument("--head-dtype", default="int8", choices=("float32", "float16", "int8"))
     p.add_argument("--embed-dtype", default="int8", choices=("float32", "float16", "int8"))
-    p.add_argument("--kv-dtype", default="float16", choices=("float32", "float16"),
+    p.add_argument("--kv-dtype", default="float16", choices=KV_DTYPES,
                    help="KV cache of the matq builds (llama.cpp's default cache is float16 too)")
     p.add_argument("--max-seq-len", type=int, default=1024)
     p.add_argument("--prompt-tokens", type=int, default=128)

@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 
 from matq_compile.cli.tune import plane_list
+from matq_compile.lower.kv_cache import DTYPES as KV_DTYPES
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ def register(subparsers) -> None:
                         "int8 (quantized per weight group, integer dot products; x86 CPU targets with AVX2, "
                         "AVX-VNNI or AVX512-VNNI)")
     p.add_argument("--max-seq-len", type=int, default=1024, help="static KV-cache length (multiple of 16)")
-    p.add_argument("--kv-dtype", choices=("float32", "float16"), default="float32",
+    p.add_argument("--kv-dtype", choices=KV_DTYPES, default="float32",
                    help="KV-cache elements on CPU targets: float32 (default; exact) or float16 (half the cache "
                         "memory and the attention's traffic; products still in float32)")
     p.add_argument("--no-fuse-siblings", action="store_true",

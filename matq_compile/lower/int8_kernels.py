@@ -135,32 +135,40 @@ def _compute(key: layout.KernelKey, with_epilogue: bool, wide: bool):
     li = te.reduce_axis((i64(0), i64(lanes)), name="li")
     if not with_epilogue:
         return [X, P, te.compute((M, N, G), lambda m, n, q: te.sum(part[m, n, q, li], axis=li), name="lanesum")]
-    # a row's scales and scale x zero as float32, converted 8 groups at a time (module docstring)
+    # a row's scales as float32, converted 8 groups at a time (module docstring)
     sf = te.compute((N, G), lambda n, q: S[n, q].astype(f32), name="sfloat")
-    szf = te.compute((N, G), lambda n, q: S[n, q].astype(f32) * Z[n, q].astype(f32), name="szfloat")
     cs = te.compute((M, N, G), lambda m, n, q: sx[m, q] * sf[n, q], name="cscale")
-    q = te.reduce_axis((i64(0), G), name="q")
-    dot = te.compute((M, N), lambda m, n: te.sum(cs[m, n, q] * part[m, n, q, li].astype(f32), axis=[q, li]),
-                     name="fdot")
     # the zero term, sum_q (sx xsum)[m, q] (S Z)[n, q]: its activation factor once per call, stored group-major so
     # that a row's term is vectorised over the activation rows (M > 1)
     zx = te.compute((G, M), lambda q, m: sx[m, q] * xsum[m, q].astype(f32), name="zx")
-    if zero_in_lanes(key, wide):
-        # (zx S Z)[n, l] in the fold's lanes (zero past the groups), subtracted with the first group's products
-        last = i64(key.n_groups - 1)
-        zpad = te.compute((i64(lanes),), lambda li: tirx.Select(li < G, zx[tirx.min(li, last), i64(0)],
-                                                               tirx.const(0, f32)), name="zxpad")
-        zl = te.compute((N, i64(lanes)), lambda n, li: zpad[li] * S[n, tirx.min(li, last)].astype(f32) * Z[
-            n, tirx.min(li, last)].astype(f32), name="zlane")
-        dot = te.compute((M, N), lambda m, n: te.sum(
-            cs[m, n, q] * part[m, n, q, li].astype(f32) - tirx.Select(q == i64(0), zl[n, li], tirx.const(0, f32)),
-            axis=[q, li]), name="fdot")
+    lane_zero = _zero_lanes(key, zx, S, Z, lanes) if zero_in_lanes(key, wide) else None
+    q = te.reduce_axis((i64(0), G), name="q")
+
+    def fold(m, n):  # with the zero term in the lanes: subtracted with the first group's products
+        term = cs[m, n, q] * part[m, n, q, li].astype(f32)
+        if lane_zero is not None:
+            term = term - tirx.Select(q == i64(0), lane_zero[n, li], tirx.const(0, f32))
+        return te.sum(term, axis=[q, li])
+
+    dot = te.compute((M, N), fold, name="fdot")
+    if lane_zero is not None:
         return [X, P, S, Z, te.compute((M, N), lambda m, n: dot[m, n], name="epilogue")]
+    szf = te.compute((N, G), lambda n, q: S[n, q].astype(f32) * Z[n, q].astype(f32), name="szfloat")
     qz = te.reduce_axis((i64(0), G), name="qz")
     zt = te.compute((M, N), lambda m, n: te.sum(
         zx[qz, m] * szf[n, qz], axis=qz), name="zterm")
     Y = te.compute((M, N), lambda m, n: dot[m, n] - zt[m, n], name="epilogue")
     return [X, P, S, Z, Y]
+
+
+def _zero_lanes(key: layout.KernelKey, zx: te.Tensor, S: te.Tensor, Z: te.Tensor, lanes: int) -> te.Tensor:
+    """"zlane"[n, l] = (zx S Z)[n, l] for group l of row n, 0 past the row's groups ("zxpad" is): the zero term in
+    the fold's lanes (int8_intrin.zero_lanes_intrin reads S and Z with masked loads)."""
+    f32, G, last = "float32", i64(key.n_groups), i64(key.n_groups - 1)
+    zpad = te.compute((i64(lanes),), lambda li: tirx.Select(li < G, zx[tirx.min(li, last), i64(0)],
+                                                           tirx.const(0, f32)), name="zxpad")
+    return te.compute((S.shape[0], i64(lanes)), lambda n, li: zpad[li] * S[n, tirx.min(li, last)].astype(f32) * Z[
+        n, tirx.min(li, last)].astype(f32), name="zlane")
 
 
 def zero_in_lanes(key: layout.KernelKey, wide: bool) -> bool:
