@@ -46,62 +46,23 @@ def machine() -> dict:
 
 # ---- re-measurement: every layer's kernel of one plan, back to back, in one compiled function ----
 
-def build_chain(allocation: dict[str, int], table: SearchTable, spec, db_dir: Path, fallback: bool = False,
-                fuse_siblings: bool = True, act: str = "float"):
-    """VM executable with one function `chain(x_K..., P_i, S_i, Z_i ...)` calling each kernel the compiled model
-    runs (kernel_units.py: fused sibling sets as one kernel): the tuned float kernels, or with act "int8" the
-    int8-activation kernel wherever the build would use one."""
-    from matq_compile import bench, tune
-    from matq_compile._tvm import tvm
-    from matq_compile.kernel_units import kernel_units
-    from matq_compile.lower.kernels import arg_shapes
-    from matq_compile.search.tables import slices_at
-    from tvm import relax
-
-    bb = relax.BlockBuilder()
-    keys = [u.key(table.m_bucket) for u in kernel_units(slices_at(table.layers, allocation), fuse_siblings)]
-    xs = {k: relax.Var(f"x{k}", relax.TensorType((table.m_bucket, k), "float32")) for k in sorted({k.K for k in keys})}
-    params, shapes = [], []
-    for i, key in enumerate(keys):
-        for part, (shape, dtype) in zip("PSZ", arg_shapes(key, table.m_bucket)[1:4]):
-            params.append(relax.Var(f"{part}{i}", relax.TensorType(shape, dtype)))
-            shapes.append((shape, dtype))
-    with bb.function("chain", [*xs.values(), *params]):
-        with bb.dataflow():
-            gvs = {key: bb.add_func(bench.kernel_func(key, spec, act), key.name) for key in dict.fromkeys(keys)}
-            outs = [bb.emit(relax.call_tir(gvs[key], [xs[key.K], *params[3 * i: 3 * i + 3]],
-                                           out_ty=relax.TensorType((table.m_bucket, key.N), "float32")))
-                    for i, key in enumerate(keys)]
-            result = bb.emit_output(relax.Tuple(outs))
-        bb.emit_func_output(result)
-    mod = tune.apply_database(bb.get(), spec, db_dir, fallback=fallback)
-    target = spec.to_tvm()
-    with target:
-        ex = tvm.compile(mod, target=target)
-    return ex, sorted(xs), shapes
-
-
 class ChainTimer:
-    """One plan's kernels back to back (build_chain), built once with distinct weights per layer and timed as
-    often as asked: rounds over all plans interleave them, so a drift of the machine hits every plan alike."""
+    """One plan's kernels back to back (bench.chain_executable: each kernel the compiled model runs, fused
+    sibling sets as one, on its own weights), built once and timed as often as asked: rounds over all plans
+    interleave them, so a drift of the machine hits every plan alike."""
 
     def __init__(self, allocation: dict[str, int], table: SearchTable, spec, db_dir: Path,
                  fuse_siblings: bool = True, act: str = "float"):
-        from matq_compile._tvm import tvm
+        from matq_compile import bench
+        from matq_compile._tvm import tensor, tvm
+        from matq_compile.kernel_units import kernel_units
+        from matq_compile.search.tables import slices_at
         from tvm import relax
 
-        ex, ks, shapes = build_chain(allocation, table, spec, db_dir, fuse_siblings=fuse_siblings, act=act)
+        keys = [u.key(table.m_bucket) for u in kernel_units(slices_at(table.layers, allocation), fuse_siblings)]
         self.dev = tvm.cpu()
-        rng = np.random.default_rng(0)
-        self.args = [tvm.runtime.tensor(rng.standard_normal((table.m_bucket, k)).astype("float32"), self.dev)
-                     for k in ks]
-        for shape, dtype in shapes:
-            if dtype == "uint32":
-                arr = rng.integers(0, 2**32, size=shape, dtype=np.uint32)
-            else:
-                arr = rng.uniform(0.5, 1.5, size=shape).astype(dtype)
-            self.args.append(tvm.runtime.tensor(arr, self.dev))
-        self.vm = relax.VirtualMachine(ex, self.dev)
+        self.vm = relax.VirtualMachine(bench.chain_executable(keys, spec, db_dir, table.m_bucket, act), self.dev)
+        self.args = [tensor(a, self.dev) for a in bench.chain_args(keys, table.m_bucket)]
         self.vm["chain"](*self.args)  # warm-up: code pages, VM allocator pools
 
     def __call__(self, repeat: int) -> tuple[float, float]:

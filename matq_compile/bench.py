@@ -3,9 +3,13 @@ measure(keys, spec, db_dir), and cached_latency, which reads the table kept besi
 what it lacks.
 
 Kernels are built here and timed where remote.open_session says (this machine's CPU or GPU, or an RPC server on
-any target), cache-cold (remote.py: flushed CPU caches, rotated GPU weights). The table records the target, the
-TVM version, the kernels' identity (kernels_hash: the database, and the int8 kernels' source) and the device that
-timed it; a table made for another target or other kernels is refused.
+any target), cache-cold (remote.py: flushed CPU caches, rotated GPU weights). On a CPU a kernel can be timed in
+a chain (chain_executable): `chain` copies, each with its own weights, called back to back from one Relax
+function after one flush, as a decode step calls the model's layers; the table's time is the chain's over
+`chain`. The search prices plans on such tables (DECODE_CHAIN), and benchmarks/search_pareto.py re-measures its
+plans through the same chain_executable. The table records the target, the TVM version, the kernels' identity
+(kernels_hash: the database, and the int8 kernels' source), the chain length and the device that timed it; a
+table made for another target or other kernels is refused.
 """
 from __future__ import annotations
 
@@ -23,6 +27,10 @@ log = logging.getLogger(__name__)
 
 # lower/: what the int8 kernels are made of
 INT8_SOURCES = ("int8_kernels.py", "int8_decode.py", "int8_intrin.py", "int8_amx.py")
+# copies of a kernel a new CPU latency table times back to back: a kernel alone after a flush pays its start-up
+# (scales, first lines, the call) once per few microseconds of SmolLM2-sized work and streams its weights faster
+# than a decode step's sequence of layers does, which priced 8-bit kernels near 4-bit ones
+DECODE_CHAIN = 16
 
 
 def kernels_hash(db_dir: str | Path, act: str = "float") -> str:
@@ -55,7 +63,8 @@ def table_path(db_dir: str | Path, m_bucket: int, act: str = "float") -> Path:
 def cached_latency(keys: list[layout.KernelKey], spec, db_dir: str | Path, path: str | Path,
                    measure_missing: bool = True, runner: str = "local", rpc=None, act: str = "float") -> LatencyTable:
     """The table at `path` (refused if from another target or database), with the kernels of `keys` it lacks
-    measured (where `runner` says: any target, a GPU one on a local GPU or over RPC) and saved into it;
+    measured (where `runner` says: any target, a GPU one on a local GPU or over RPC) and saved into it, with the
+    table's chain length (a new table: DECODE_CHAIN on a CPU), so one table never mixes two protocols;
     measure_missing=False makes a missing kernel an error instead."""
     path = Path(path)
     table = load_table(path, spec, db_dir, act) if path.is_file() else None
@@ -64,8 +73,9 @@ def cached_latency(keys: list[layout.KernelKey], spec, db_dir: str | Path, path:
         if not measure_missing:
             raise ValueError(f"latency table {path} lacks {len(missing)} kernels, e.g. {missing[0].name}; "
                              f"measure them with matq bench-kernels or drop --no-measure")
-        log.info("measuring %d kernel latencies on %s (cold cache)", len(missing), spec.name)
-        fresh = measure(missing, spec, db_dir, runner=runner, rpc=rpc, act=act)
+        chain = DECODE_CHAIN if table is None else table.chain
+        log.info("measuring %d kernel latencies on %s (cold cache, chains of %d)", len(missing), spec.name, chain)
+        fresh = measure(missing, spec, db_dir, runner=runner, rpc=rpc, act=act, chain=chain)
         table = fresh if table is None else table.merged(fresh)
         table.save(path)
         log.info("latency table saved to %s", path)
@@ -94,37 +104,87 @@ def traffic_bytes(key: layout.KernelKey, m: int) -> int:
 
 
 def measure(keys: list[layout.KernelKey], spec, db_dir: str | Path, repeat: int = 50, fallback: bool = False,
-            runner: str = "local", rpc=None, act: str = "float", built: dict | None = None) -> LatencyTable:
+            runner: str = "local", rpc=None, act: str = "float", built: dict | None = None,
+            chain: int = 1) -> LatencyTable:
     """Median cold-cache latency of each (static-M) key, scheduled from db_dir, timed where `runner` says
     (remote.open_session: this machine's CPU or GPU, or an RPC server); the table names the device that timed it.
 
     fallback: kernels without records (or no database at all) get the target's default schedule; act "int8": the
     int8-activation kernels (hand-scheduled, no database). built: a dict the caller keeps across calls, so a kernel
-    timed in several rounds is compiled once."""
+    timed in several rounds is compiled once. chain > 1 (CPU only): each key timed as `chain` copies back to back
+    (chain_executable), its latency the chain's over `chain`."""
     from matq_compile import remote
     from matq_compile._tvm import TVM_VERSION
 
     if repeat <= 0:
         raise ValueError(f"repeat must be positive, got {repeat}")
+    if chain < 1:
+        raise ValueError(f"chain must be at least 1, got {chain}")
     for key in keys:
         if key.m_bucket is None:
             raise ValueError(f"{key.name}: latency tables hold static-M kernels only")
     session = remote.open_session(spec, runner, rpc)
+    if chain > 1 and session.gpu:
+        raise ValueError("chains time CPU kernels; a GPU table rotates each kernel's weights instead (remote.py)")
     log.info("timing %d kernels on %s", len(keys), session.device_name)
     entries, stats = {}, {}
     for key in progress(keys, desc="bench"):
-        cache_key = (key, act, str(db_dir), fallback)
+        cache_key = (key, act, str(db_dir), fallback, chain)
         executable = built.get(cache_key) if built is not None else None
         if executable is None:
-            executable = build_kernel(key, spec, db_dir, fallback, act)
+            executable = (build_kernel(key, spec, db_dir, fallback, act) if chain == 1 else
+                          chain_executable([key] * chain, spec, db_dir, key.m_bucket, act, fallback))
             if built is not None:
                 built[cache_key] = executable
-        mod = session.load(executable)
-        t = session.time(mod, "main", random_args(key, key.m_bucket), repeat)
+        if chain == 1:
+            t = session.time(session.load(executable), "main", random_args(key, key.m_bucket), repeat)
+        else:
+            t = session.time_vm(executable, "chain", chain_args([key] * chain, key.m_bucket), repeat) / chain
         entries[key] = float(np.median(t))
         stats[key] = {"min_s": float(t.min()), "gbps": traffic_bytes(key, key.m_bucket) / entries[key] / 1e9}
         log.info("%s: %.1f us", key.name, entries[key] * 1e6)
-    return LatencyTable(spec.name, TVM_VERSION, kernels_hash(db_dir, act), entries, stats, session.device_name)
+    return LatencyTable(spec.name, TVM_VERSION, kernels_hash(db_dir, act), entries, stats, session.device_name,
+                        chain)
+
+
+def chain_executable(keys: list[layout.KernelKey], spec, db_dir: str | Path, m: int, act: str = "float",
+                     fallback: bool = False):
+    """VM executable of one function `chain(x..., P_i, S_i, Z_i ...)` that calls keys[i] on the i-th weights, in
+    order, at batch m (one x per distinct K and dtype; its arguments are chain_args'): the tuned float kernels,
+    or with act "int8" the kernel an int8 build calls for each key (kernel_func)."""
+    from matq_compile._tvm import tvm
+    from matq_compile.lower.kernels import arg_shapes
+    from tvm import relax
+
+    bb = relax.BlockBuilder()
+    xs = {(k, d): relax.Var(f"x{k}_{d}", relax.TensorType((m, k), d)) for k, d in _activations(keys)}
+    params = [[relax.Var(f"{part}{i}", relax.TensorType(shape, dtype))
+               for part, (shape, dtype) in zip("PSZ", arg_shapes(key, m)[1:4])] for i, key in enumerate(keys)]
+    with bb.function("chain", [*xs.values(), *(p for ps in params for p in ps)]):
+        with bb.dataflow():
+            funcs = {key: kernel_func(key, spec, act, key.name) for key in dict.fromkeys(keys)}
+            gvs = {key: bb.add_func(func, key.name) for key, func in funcs.items()}
+            outs = [bb.emit(relax.call_tir(gvs[key], [xs[key.K, key.dtype], *params[i]],
+                                           out_ty=relax.TensorType((m, key.N), key.dtype)))
+                    for i, key in enumerate(keys)]
+            result = bb.emit_output(relax.Tuple(outs))
+        bb.emit_func_output(result)
+    target = spec.to_tvm()
+    with target:
+        return tvm.compile(scheduled(bb.get(), spec, db_dir, fallback), target=target)
+
+
+def chain_args(keys: list[layout.KernelKey], m: int, seed: int = 0) -> list[np.ndarray]:
+    """chain_executable's arguments: one activation per distinct K and dtype, then each key's own P, S, Z
+    (random_args, a seed of its own, so no two layers share weights)."""
+    rng = np.random.default_rng(seed)
+    xs = [rng.standard_normal((m, k)).astype(d if d != "bfloat16" else "float32") for k, d in _activations(keys)]
+    return xs + [a for i, key in enumerate(keys) for a in random_args(key, m, seed + 1 + i)[1:4]]
+
+
+def _activations(keys: list[layout.KernelKey]) -> list[tuple[int, str]]:
+    """The chain's activation arguments: each distinct (K, dtype), in a fixed order."""
+    return sorted({(k.K, k.dtype) for k in keys})
 
 
 def kernel_func(key: layout.KernelKey, spec, act: str = "float", name: str | None = None):
@@ -147,20 +207,30 @@ def kernel_func(key: layout.KernelKey, spec, act: str = "float", name: str | Non
 def build_kernel(key: layout.KernelKey, spec, db_dir: str | Path, fallback: bool = False, act: str = "float"):
     """The compiled kernel of `key` (symbol "main") for `spec`, scheduled from db_dir; with fallback, a missing
     record or a missing database means the target's default schedule. act "int8": the int8-activation kernel."""
-    from matq_compile import schedules
     from matq_compile._tvm import tvm
-    from matq_compile.lower.kernels import HAND_ATTR
+
+    mod = scheduled(tvm.IRModule({"main": kernel_func(key, spec, act, "main")}), spec, db_dir, fallback)
+    return tvm.compile(mod, target=spec.to_tvm())
+
+
+def scheduled(mod, spec, db_dir: str | Path, fallback: bool = False):
+    """`mod` with its tunable kernels scheduled from db_dir (tune.apply_database); kernels written scheduled (the
+    int8 ones) pass as they are, and a module of only those needs no database. With fallback, a missing database
+    means the target's default schedule for every tunable kernel."""
+    from matq_compile import schedules
+    from matq_compile._tvm import tirx, tvm
+    from matq_compile.lower.kernels import KEY_ATTR
     from matq_compile.tune import TARGET_FILE, apply_database
 
-    func = kernel_func(key, spec, act, "main")
-    if func.attrs is not None and HAND_ATTR in func.attrs:  # the int8 kernel: scheduled where it is written
-        return tvm.compile(tvm.IRModule({"main": func}), target=spec.to_tvm())
+    tunable = [gv for gv, f in mod.functions_items()
+               if isinstance(f, tirx.PrimFunc) and f.attrs is not None and KEY_ATTR in f.attrs]
+    if not tunable:
+        return mod
     if fallback and not (Path(db_dir) / TARGET_FILE).exists():
-        log.warning("%s: no tuning database at %s; default schedule", key.name, db_dir)
-        mod = tvm.IRModule({"main": schedules.default_schedule(func, spec)})
-    else:
-        mod = apply_database(func, spec, db_dir, fallback)
-    return tvm.compile(mod, target=spec.to_tvm())
+        log.warning("no tuning database at %s; default schedule for %d kernels", db_dir, len(tunable))
+        return tvm.IRModule({gv: schedules.default_schedule(f, spec) if gv in tunable else f
+                             for gv, f in mod.functions_items()}, attrs=mod.attrs)
+    return apply_database(mod, spec, db_dir, fallback)
 
 
 def in_own_process(script: str | Path, job: dict) -> dict:

@@ -4,6 +4,7 @@
                                       "rpc": a server registered with the tracker under rpc.tracker_key
     session.load(executable)          the compiled module on the session's device (exported, uploaded, loaded)
     session.time(mod, name, args)     seconds per call, `repeat` samples, after a warm-up call
+    session.time_vm(ex, name, args)   the same for a Relax function of a VM executable (CPU: bench's chains)
 
 Timing is cache-cold: on a CPU every argument but X is flushed from the caches before each call (TVM's
 cache_flush_cpu_non_first_arg, number=1); on a GPU the weights rotate through enough copies to exceed twice the L2
@@ -72,6 +73,23 @@ class Session:
         sets = rotated_sets(args, args_np, self.dev, weight_copies(args_np, self.l2_bytes()))
         timer = mod.time_evaluator(name, self.dev, number=1, repeat=1, min_repeat_ms=0)
         return np.asarray([timer(*sets[i % len(sets)]).results[0] for i in range(repeat)])
+
+    def time_vm(self, executable, name: str, args_np: Sequence[np.ndarray], repeat: int = 50) -> np.ndarray:
+        """Seconds per call of the Relax function `name` of a VM executable (bench.chain_executable), `repeat`
+        samples on a CPU, every argument but the first flushed from the caches before each."""
+        from matq_compile._tvm import tensor
+        from tvm import relax
+
+        if repeat <= 0:
+            raise ValueError(f"repeat must be positive, got {repeat}")
+        if self.gpu:
+            raise ValueError("time_vm times CPU chains; GPU kernels are timed one by one with rotated weights")
+        vm = relax.VirtualMachine(self.load(executable), self.dev)
+        args = [tensor(a, self.dev) for a in args_np]
+        vm[name](*args)  # warm-up: code pages, the VM's allocator pools
+        timer = vm.time_evaluator(name, self.dev, number=1, repeat=repeat, min_repeat_ms=0,
+                                  f_preproc="cache_flush_cpu_non_first_arg")
+        return np.asarray(timer(*args).results)
 
     def l2_bytes(self) -> int:
         try:

@@ -4,11 +4,12 @@ One type and one file format for everything that times kernels (matq_compile.ben
 everything that prices them (the search). On disk (format_version 2):
 
     {"format_version": 2, "target": "llvm-znver3-2c", "tvm_version": "...", "db_hash": "<sha256 of the kernels>",
-     "device": "AMD EPYC ..." | null,
+     "device": "AMD EPYC ..." | null, "chain": 16,
      "rows": [{"key": "matq_linear_n576_k576_b4_g64_m1_float32", "median_s": 2.3e-05, "min_s": ..., "gbps": ...}]}
 
-Version-1 files (written before the two table types were one: rows keyed by kernel name, or by N/K/group/
-m_bucket/bits) are still read.
+chain: how many copies of each kernel, each with its own weights, were timed back to back per sample (1: each
+kernel alone; absent in older files, which mean 1); a row's time is per kernel. Version-1 files (written before
+the two table types were one: rows keyed by kernel name, or by N/K/group/m_bucket/bits) are still read.
 """
 from __future__ import annotations
 
@@ -29,8 +30,8 @@ KIND = "latency table"
 @dataclass(frozen=True)
 class LatencyTable:
     """Median seconds per kernel (entries) and optional per-kernel statistics (min_s, gbps), with provenance:
-    the target, the TVM version, the kernels' identity (db_hash: matq_compile.bench.kernels_hash) and the device
-    that timed them."""
+    the target, the TVM version, the kernels' identity (db_hash: matq_compile.bench.kernels_hash), the device
+    that timed them and the chain length they were timed in (matq_compile.bench.measure)."""
 
     target: str
     tvm_version: str
@@ -38,6 +39,7 @@ class LatencyTable:
     entries: Mapping[KernelKey, float]
     stats: Mapping[KernelKey, Mapping[str, float]] = field(default_factory=dict)
     device: str | None = None
+    chain: int = 1
 
     def latency(self, key: KernelKey) -> float:
         if key not in self.entries:
@@ -49,8 +51,11 @@ class LatencyTable:
         return list(dict.fromkeys(k for k in keys if k not in self.entries))
 
     def merged(self, more: LatencyTable) -> LatencyTable:
-        """This table plus `more`'s rows (which win), both from the same target and database."""
+        """This table plus `more`'s rows (which win), both from the same target and database, timed alike."""
         self.check_source(more.target, more.db_hash)
+        if more.chain != self.chain:
+            raise ValueError(f"cannot merge kernels timed in chains of {more.chain} into a table timed in chains "
+                             f"of {self.chain}")
         return dataclasses.replace(self, entries={**self.entries, **more.entries},
                                    stats={**self.stats, **more.stats}, device=more.device or self.device)
 
@@ -68,7 +73,7 @@ class LatencyTable:
         rows = [{"key": k.name, "median_s": v, **self.stats.get(k, {})}
                 for k, v in sorted(self.entries.items(), key=lambda kv: kv[0].name)]
         return {"format_version": LATENCY_FORMAT_VERSION, "target": self.target, "tvm_version": self.tvm_version,
-                "db_hash": self.db_hash, "device": self.device, "rows": rows}
+                "db_hash": self.db_hash, "device": self.device, "chain": self.chain, "rows": rows}
 
     def save(self, path: str | os.PathLike) -> None:
         write_json(path, self.to_json())
@@ -103,8 +108,11 @@ def load_latency_table(path: str | os.PathLike, target: str | None = None,
             extra = {s: float(row[s]) for s in ("min_s", "gbps") if row.get(s) is not None}
             if extra:
                 stats[key] = extra
+        chain = obj.get("chain", 1)
+        if not isinstance(chain, int) or isinstance(chain, bool) or chain < 1:
+            raise FormatError(f"{path}: chain must be a positive integer, got {chain!r}")
         table = LatencyTable(str(obj["target"]), str(obj["tvm_version"]), str(obj["db_hash"]), entries, stats,
-                             obj.get("device"))
+                             obj.get("device"), chain)
     except FormatError:
         raise
     except (KeyError, TypeError, ValueError) as e:

@@ -107,3 +107,57 @@ def test_int8_tables_are_tied_to_the_int8_kernel_source(tmp_path, host, monkeypa
 def test_cache_sizes_read_as_sysfs_writes_them(text, want):
     """The L3 size the benchmarks rotate their anchors' weights beyond (3x it), as sysfs spells it."""
     assert bench.cache_size_bytes(text) == want
+
+
+def test_chain_calls_every_kernel_on_its_own_weights(tmp_path, host):
+    """chain_executable: keys of two widths and two K, each on the weights chain_args gave it; every output
+    matches numpy's x @ dequant(P, S, Z).T (the layout's reference), so no call reuses another's weights."""
+    import numpy as np
+
+    from matq_compile._tvm import tensor, tvm
+    from tvm import relax
+
+    db = tmp_path / host.name
+    tune.check_database(db, host, create=True)
+    a, b = layout.KernelKey(64, 128, 4, 64, 1), layout.KernelKey(32, 64, 2, 32, 1)
+    keys = [a, b, a]
+    args = bench.chain_args(keys, 1, seed=3)
+    vm = relax.VirtualMachine(bench.chain_executable(keys, host, db, 1, fallback=True), tvm.cpu())
+    outs = vm["chain"](*(tensor(a, tvm.cpu()) for a in args))
+    xs = dict(zip([(64, "float32"), (128, "float32")], args[:2]))
+    for i, key in enumerate(keys):
+        P, S, Z = args[2 + 3 * i: 5 + 3 * i]
+        w = layout.dequant({"P": P, "S": S, "Z": Z}, key.bits, key.K, key.group)
+        ref = xs[key.K, "float32"].astype(np.float64) @ w.T.astype(np.float64)
+        np.testing.assert_allclose(outs[i].numpy(), ref, rtol=1e-4, atol=1e-4)
+    assert not np.array_equal(args[2], args[8])  # the two 64x128 calls hold different codes
+
+
+def test_chain_tables_record_their_length_and_never_mix(tmp_path, host):
+    """measure(chain=3): per-kernel seconds from chains of 3, recorded in the table and read back; a table keeps
+    its chain for the kernels it lacks (cached_latency), and tables of two chain lengths do not merge. The int8
+    kernels: they need no tuning records, so cached_latency can time them from an empty database."""
+    from matq_compile.io_utils import FormatError
+    from matq_compile.lower.int8_intrin import target_isa
+    from matq_compile.search.latency import load_latency_table
+
+    if target_isa(host.to_tvm()) is None:
+        pytest.skip("this CPU has no byte dot product")
+    db = tmp_path / host.name
+    tune.check_database(db, host, create=True)
+    keys = [layout.KernelKey(64, 128, b, 64, 1) for b in (2, 4, 8)]
+    table = bench.measure(keys[:1], host, db, repeat=3, act="int8", chain=3)
+    assert table.chain == 3 and 0 < table.entries[keys[0]] < 1
+    path = tmp_path / "latency.json"
+    table.save(path)
+    assert bench.load_table(path, host, db, "int8") == table
+    with pytest.raises(ValueError, match="chains of 1 into a table timed in chains of 3"):
+        table.merged(bench.measure(keys[1:2], host, db, repeat=3, act="int8"))
+    grown = bench.cached_latency(keys, host, db, path, act="int8")
+    assert grown.chain == 3 and set(grown.entries) == set(keys)
+    assert bench.load_table(path, host, db, "int8") == grown  # saved, still one protocol
+    (tmp_path / "bad.json").write_text(path.read_text().replace('"chain": 3', '"chain": 0'))
+    with pytest.raises(FormatError, match="chain must be a positive integer"):
+        load_latency_table(tmp_path / "bad.json")
+    with pytest.raises(ValueError, match="chain must be at least 1"):
+        bench.measure(keys, host, db, chain=0)
