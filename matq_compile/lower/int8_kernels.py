@@ -45,7 +45,9 @@ vector of S Z, reloaded 8 lanes at a time, became ~150 lane extracts per row in 
 K = 576: 9 groups) subtract the zero term in the fold's lanes instead, (zx S Z)[l] with S and Z read by zero-masked
 loads (int8_intrin.zero_lanes_intrin; the scalar chain over the groups had cost a quarter of a row's instructions),
 and at M = 1 rows of up to TASK_SCALE_GROUPS groups get their scales made per task, so that the fold reads each
-group's scale as an FMA's broadcast memory operand (3072 x 576, r = 2, warm: 23.4 -> 19.1 us).
+group's scale as an FMA's broadcast memory operand (3072 x 576, r = 2, warm: 23.4 -> 19.1 us), and their group
+loop unrolled (LLVM kept it rolled for the two-plane widths, testing for the first group at run time: 3072 x 576
+warm r = 5 / 6 / 7 40 / 41 / 48 -> 30 / 29 / 35 us).
 With several activation rows the activation scales and cs are stored group-major and cs and the zero term are
 vectorised over the rows.
 """
@@ -273,6 +275,9 @@ def _schedule(func: tirx.PrimFunc, key: layout.KernelKey, isa: str, with_epilogu
                 sch.unroll(loop)
         else:  # loops no, ni, [m,] q; then b, i, j
             sch.compute_at(gemm, sch.get_loops(fold)[3 if rows or chains > 1 else 2])
+            if task_scales:  # short rows at M = 1: the whole row straight-line (see TASK_SCALE_GROUPS)
+                for loop in sch.get_loops(fold)[2:4 if chains > 1 else 3]:
+                    sch.unroll(loop)
         rows = False  # the fold's loops hold the activation rows: the integer block has no row loop of its own
     else:
         sch.compute_at(gemm, ni)  # loops [q, b, m,] i, j; unit loops are dropped
