@@ -68,10 +68,10 @@ class ChainTimer:
     def __call__(self, repeat: int) -> tuple[float, float]:
         """Median seconds of one call: with every buffer flushed from the cache before each repeat (cold, as the
         per-kernel table is timed), and without."""
-        cold = self.vm.time_evaluator("chain", self.dev, number=1, repeat=repeat, min_repeat_ms=0,
-                                      f_preproc="cache_flush_cpu_non_first_arg")(*self.args)
-        warm = self.vm.time_evaluator("chain", self.dev, number=1, repeat=repeat, min_repeat_ms=0)(*self.args)
-        return float(np.median(cold.results)), float(np.median(warm.results))
+        from matq_compile.remote import cpu_samples
+
+        cold, warm = (cpu_samples(self.vm, "chain", self.dev, self.args, repeat, c) for c in (True, False))
+        return float(np.median(cold)), float(np.median(warm))
 
 
 # ---- perplexity of the fake-quantized model ----

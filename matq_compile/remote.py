@@ -67,9 +67,7 @@ class Session:
         args = [tensor(a, self.dev) for a in args_np]
         mod[name](*args)  # warm-up: first-call costs (module load, NVRTC) are not kernel time
         if not self.gpu:
-            timer = mod.time_evaluator(name, self.dev, number=1, repeat=repeat, min_repeat_ms=0,
-                                       f_preproc="cache_flush_cpu_non_first_arg")
-            return np.asarray(timer(*args).results)
+            return cpu_samples(mod, name, self.dev, args, repeat)
         sets = rotated_sets(args, args_np, self.dev, weight_copies(args_np, self.l2_bytes()))
         timer = mod.time_evaluator(name, self.dev, number=1, repeat=1, min_repeat_ms=0)
         return np.asarray([timer(*sets[i % len(sets)]).results[0] for i in range(repeat)])
@@ -87,9 +85,7 @@ class Session:
         vm = relax.VirtualMachine(self.load(executable), self.dev)
         args = [tensor(a, self.dev) for a in args_np]
         vm[name](*args)  # warm-up: code pages, the VM's allocator pools
-        timer = vm.time_evaluator(name, self.dev, number=1, repeat=repeat, min_repeat_ms=0,
-                                  f_preproc="cache_flush_cpu_non_first_arg")
-        return np.asarray(timer(*args).results)
+        return cpu_samples(vm, name, self.dev, args, repeat)
 
     def l2_bytes(self) -> int:
         try:
@@ -97,6 +93,14 @@ class Session:
         except Exception:  # noqa: BLE001 - not every device API reports it (and RPC errors vary)
             l2 = 0
         return l2 if l2 > 0 else DEFAULT_L2_BYTES
+
+
+def cpu_samples(runnable, name: str, dev, args: Sequence, repeat: int, cold: bool = True) -> np.ndarray:
+    """Seconds of `repeat` single calls of runnable[name](*args) (a module or a Relax VM) on a CPU; cold: every
+    argument but the first flushed from the caches before each call (TVM's cache_flush_cpu_non_first_arg)."""
+    flush = {"f_preproc": "cache_flush_cpu_non_first_arg"} if cold else {}
+    timer = runnable.time_evaluator(name, dev, number=1, repeat=repeat, min_repeat_ms=0, **flush)
+    return np.asarray(timer(*args).results)
 
 
 def weight_copies(args_np: Sequence[np.ndarray], l2_bytes: int) -> int:
