@@ -62,7 +62,7 @@ class ChainTimer:
         keys = [u.key(table.m_bucket) for u in kernel_units(slices_at(table.layers, allocation), fuse_siblings)]
         self.dev = tvm.cpu()
         self.vm = relax.VirtualMachine(bench.chain_executable(keys, spec, db_dir, table.m_bucket, act), self.dev)
-        self.args = [tensor(a, self.dev) for a in bench.chain_args(keys, table.m_bucket)]
+        self.args = [tensor(a, self.dev) for a in bench.chain_args(keys, table.m_bucket, 0, spec, act)]
         self.vm["chain"](*self.args)  # warm-up: code pages, VM allocator pools
 
     def __call__(self, repeat: int) -> tuple[float, float]:

@@ -19,14 +19,14 @@ from pathlib import Path
 
 import numpy as np
 
-from matq_compile import layout, planes
+from matq_compile import layout, planes, tiles
 from matq_compile._log import progress
 from matq_compile.search.latency import LatencyTable, load_latency_table
 
 log = logging.getLogger(__name__)
 
 # lower/: what the int8 kernels are made of
-INT8_SOURCES = ("int8_kernels.py", "int8_decode.py", "int8_intrin.py", "int8_amx.py")
+INT8_SOURCES = ("int8_kernels.py", "int8_decode.py", "int8_intrin.py", "int8_amx.py", "int8_tiles.py")
 # copies of a kernel a new CPU latency table times back to back: a kernel alone after a flush pays its start-up
 # (scales, first lines, the call) once per few microseconds of SmolLM2-sized work and streams its weights faster
 # than a decode step's sequence of layers does, which priced 8-bit kernels near 4-bit ones
@@ -82,8 +82,9 @@ def cached_latency(keys: list[layout.KernelKey], spec, db_dir: str | Path, path:
     return table
 
 
-def random_args(key: layout.KernelKey, m: int, seed: int = 0) -> list[np.ndarray]:
-    """Realistic kernel inputs (X, P, S, Z, Y) for batch m: random parent codes sliced to key.bits."""
+def random_args(key: layout.KernelKey, m: int, seed: int = 0, tiled: bool = False) -> list[np.ndarray]:
+    """Realistic kernel inputs (X, P, S, Z, Y) for batch m: random parent codes sliced to key.bits; tiled: P, S, Z
+    in the tile arrangement (the kernel a build runs for key reads them so: arranged())."""
     from matq_compile.lower.kernels import arg_shapes
 
     rng = np.random.default_rng(seed)
@@ -95,7 +96,18 @@ def random_args(key: layout.KernelKey, m: int, seed: int = 0) -> list[np.ndarray
         arr["P"] = planes.pack(q, key.nested)
     (xs, xd), *_, (ys, yd) = arg_shapes(key, m)
     x = rng.standard_normal(xs).astype(xd if xd != "bfloat16" else "float32")
-    return [x, arr["P"], arr["S"], arr["Z"], np.zeros(ys, yd)]
+    P, S, Z = (tiles.tile(arr[n]).reshape(arr[n].shape) if tiled else arr[n] for n in "PSZ")
+    return [x, P, S, Z, np.zeros(ys, yd)]
+
+
+def arranged(key: layout.KernelKey, spec, act: str) -> bool:
+    """Whether the build of `spec` in activation mode `act` keeps the slice of `key` in the tile arrangement
+    (int8_intrin.tiled), so its kernel's inputs are tiled."""
+    if act != "int8":
+        return False
+    from matq_compile.lower.int8_intrin import check_target, tiled
+
+    return tiled(check_target(spec), key)
 
 
 def traffic_bytes(key: layout.KernelKey, m: int) -> int:
@@ -137,9 +149,11 @@ def measure(keys: list[layout.KernelKey], spec, db_dir: str | Path, repeat: int 
             if built is not None:
                 built[cache_key] = executable
         if chain == 1:
-            t = session.time(session.load(executable), "main", random_args(key, key.m_bucket), repeat)
+            t = session.time(session.load(executable), "main",
+                             random_args(key, key.m_bucket, tiled=arranged(key, spec, act)), repeat)
         else:
-            t = session.time_vm(executable, "chain", chain_args([key] * chain, key.m_bucket), repeat) / chain
+            t = session.time_vm(executable, "chain", chain_args([key] * chain, key.m_bucket, 0, spec, act),
+                                repeat) / chain
         entries[key] = float(np.median(t))
         stats[key] = {"min_s": float(t.min()), "gbps": traffic_bytes(key, key.m_bucket) / entries[key] / 1e9}
         log.info("%s: %.1f us", key.name, entries[key] * 1e6)
@@ -174,12 +188,14 @@ def chain_executable(keys: list[layout.KernelKey], spec, db_dir: str | Path, m: 
         return tvm.compile(scheduled(bb.get(), spec, db_dir, fallback), target=target)
 
 
-def chain_args(keys: list[layout.KernelKey], m: int, seed: int = 0) -> list[np.ndarray]:
+def chain_args(keys: list[layout.KernelKey], m: int, seed: int = 0, spec=None, act: str = "float") -> list[np.ndarray]:
     """chain_executable's arguments: one activation per distinct K and dtype, then each key's own P, S, Z
-    (random_args, a seed of its own, so no two layers share weights)."""
+    (random_args, a seed of its own, so no two layers share weights; tiled where the build of spec and act keeps
+    them so)."""
     rng = np.random.default_rng(seed)
     xs = [rng.standard_normal((m, k)).astype(d if d != "bfloat16" else "float32") for k, d in _activations(keys)]
-    return xs + [a for i, key in enumerate(keys) for a in random_args(key, m, seed + 1 + i)[1:4]]
+    return xs + [a for i, key in enumerate(keys)
+                 for a in random_args(key, m, seed + 1 + i, spec is not None and arranged(key, spec, act))[1:4]]
 
 
 def _activations(keys: list[layout.KernelKey]) -> list[tuple[int, str]]:

@@ -99,21 +99,36 @@ def _host_has_byte_dot() -> bool:
 @pytest.mark.skipif(not _host_has_byte_dot(), reason="this CPU has no AVX2/VNNI byte dot product")
 def test_int8_activation_build_equals_the_dedicated_int8_builds(ckpt, tmp_path):
     """--act int8: the nested planes decode into the dedicated int8 kernels' lane order, so every width and a mixed
-    plan give the dedicated int8 builds' logits bit for bit, and a switch mid-generation continues exactly."""
+    plan give the dedicated int8 builds' logits bit for bit, and a switch mid-generation continues exactly. Where
+    the dedicated build runs the tile kernels instead (int8_intrin.tiled: r = 2, 4, 8 on AVX512-VNNI), a layer's
+    integer sums are the same and its float epilogue adds in another order; a last-bit difference that moves an
+    activation across a rounding tie of the next layer's int8 quantization changes that code by one, so the
+    logits agree to about 1e-3 of their range there (2e-2 asked)."""
+    from matq_compile import layout, targets
+    from matq_compile.lower import int8_intrin
+
     widths = (2, 3, 6, 8)  # r = 8 decodes 2-bit planes bit by bit (no short decode in its lane order)
     m = _load(compile_tiny(ckpt, tmp_path / "sw", switch_widths=widths, act="int8"))
     assert json.loads((tmp_path / "sw" / "manifest.json").read_text())["act"] == "int8"
     refs = {r: _load(compile_tiny(ckpt, tmp_path / f"int{r}", bits=r, act="int8")) for r in widths}
+    isa = int8_intrin.check_target(targets.load("host"))
+
+    def same(got, want, plan_widths, msg=""):  # a 16-row slice of each width: does this host tile it?
+        if any(int8_intrin.tiled(isa, layout.KernelKey(16, 64, r, 32)) for r in plan_widths):
+            np.testing.assert_allclose(got, want, rtol=0, atol=2e-2 * np.abs(want).max(), err_msg=msg)
+        else:
+            np.testing.assert_array_equal(got, want, err_msg=msg)
+
     for r in widths:
         m.set_bits(r)
         m.reset()
-        np.testing.assert_array_equal(m.score(IDS), refs[r].score(IDS), err_msg=f"r={r}")
+        same(m.score(IDS), refs[r].score(IDS), [r], f"r={r}")
     mixed = {n: widths[WIDTHS.index(b) % len(widths)] for n, b in _sibling_plan(ckpt).items()}  # siblings alike
     plan, _ = write_plan(tmp_path / "plan.json", ckpt, mixed)
     m.set_plan(plan)
     m.reset()
     ref = _load(compile_tiny(ckpt, tmp_path / "planned", plan=plan, act="int8"))
-    np.testing.assert_array_equal(m.score(IDS), ref.score(IDS))
+    same(m.score(IDS), ref.score(IDS), set(mixed.values()))
 
 
 def test_the_build_stores_the_planes_once(switch, dedicated):

@@ -29,6 +29,8 @@ INTRINS = {"vnni": "matq_dot_8x4_u8s8_vnni", "avx2": "matq_dot_8x4_u8s8_avx2",
            "avx2_r8": "matq_dot_8x4_u8s8_avx2_r8", "vnni512": "matq_dot_16x4_u8s8_vnni512"}
 ISAS = ("vnni512", "vnni-vbmi", "vnni", "avx2")
 AMX = "amx"  # a target ISA beyond ISAS: "vnni512" plus AMX-INT8 tiles for the kernels of int8_amx.fits
+# the kernel ISA of slices a "vnni512" or "amx" build keeps in the tile arrangement (tiles.py, int8_tiles.py)
+TILES = "tiles"
 WIDE_CODES = 64  # codes per 512-bit intrinsic call (16 lanes x 4 bytes): two layout blocks
 # Groups per row from which a kernel takes the 512-bit form (one activation row: True; several: False): its per-row
 # and per-tile work does not shrink with the width. Measured on a 2-core AVX-512 Xeon (warm, int4, built modules,
@@ -250,9 +252,13 @@ def wide_fits(key) -> bool:
 
 
 def kernel_isa(isa: str, key) -> str:
-    """The ISA a build for a target of `isa` gives the kernel of `key`: on "amx" targets AMX tiles where the
-    kernel has that form (int8_amx.fits: prefill chunks), else the 512-bit form where it fits and pays off (long
-    rows, WIDE_MIN_GROUPS), else the same CPU's 256-bit form."""
+    """The ISA a build for a target of `isa` gives the kernel of `key`: on "vnni512" and "amx" targets the tile
+    kernels (TILES) at every batch for the slices that have them (int8_tiles.fits: the one-plane widths; the
+    build keeps their arrays in the tile arrangement, tiled()); else on "amx" targets AMX tiles where the kernel
+    has that form (int8_amx.fits: prefill chunks), else the 512-bit form where it fits and pays off (long rows,
+    WIDE_MIN_GROUPS), else the same CPU's 256-bit form."""
+    if tiled(isa, key):
+        return TILES
     if isa == AMX:
         from matq_compile.lower import int8_amx
 
@@ -262,6 +268,18 @@ def kernel_isa(isa: str, key) -> str:
     if isa != "vnni512":
         return isa
     return isa if wide_fits(key) and key.n_groups >= WIDE_MIN_GROUPS[key.m_bucket == 1] else "vnni-vbmi"
+
+
+def tiled(isa: str | None, key) -> bool:
+    """Whether a build for a target of `isa` keeps the slice of `key` (any batch bucket) in the tile arrangement
+    and runs the tile kernels for it. Measured on a 2-core AVX-512 Xeon, 16 calls in a row on their own weights
+    (a decode step's pattern), us per call, row-major / tiles: 3072 x 576 r = 2 21.5 / 15.0, r = 4 23.4 / 21.0,
+    r = 8 36.2 / 36.5; 576 x 1536 r = 2 11.3 / 9.0; M = 16 (against AMX) 3072 x 576 r = 4 88-140 / 105."""
+    if isa not in ("vnni512", AMX):
+        return False
+    from matq_compile.lower import int8_tiles
+
+    return int8_tiles.fits(key)
 
 
 def target_isa(target) -> str | None:
@@ -295,6 +313,6 @@ def check_target(spec) -> str:
     return isa
 
 
-__all__ = ["AMX", "INTRINS", "ISAS", "WIDE_CODES", "WIDE_MIN_GROUPS", "check_target", "decodes_with_multishift",
-           "group_intrin_for", "intrin_for", "kernel_isa", "register", "target_isa", "wide_fits",
-           "zero_lanes_intrin"]
+__all__ = ["AMX", "INTRINS", "ISAS", "TILES", "WIDE_CODES", "WIDE_MIN_GROUPS", "check_target",
+           "decodes_with_multishift", "group_intrin_for", "intrin_for", "kernel_isa", "register", "target_isa",
+           "tiled", "wide_fits", "zero_lanes_intrin"]

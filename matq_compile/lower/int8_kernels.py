@@ -466,11 +466,15 @@ def _divisor(n: int, at_most: int) -> int:
 def int8_linear_func(key: layout.KernelKey, isa: str, name: str | None = None) -> tirx.PrimFunc:
     """The scheduled int8-activation kernel of `key` for `isa` (int8_intrin.ISAS; a build passes
     int8_intrin.kernel_isa of its target's ISA). "vnni512" where the key has no 512-bit form: "vnni-vbmi". "amx":
-    the AMX tile kernel (int8_amx)."""
+    the AMX tile kernel (int8_amx); "tiles": the kernel on the tile arrangement (int8_tiles), P, S, Z tiled."""
     if isa == int8_intrin.AMX:
         from matq_compile.lower import int8_amx
 
         return int8_amx.int8_amx_func(key, name)
+    if isa == int8_intrin.TILES:
+        from matq_compile.lower import int8_tiles
+
+        return int8_tiles.int8_tile_func(key, name)
     isa = isa if isa != "vnni512" or int8_intrin.wide_fits(key) else "vnni-vbmi"
     func = te.create_prim_func(_compute(key, True, isa == "vnni512"))
     name = name or kernel_name(key)
@@ -481,8 +485,9 @@ def int8_linear_func(key: layout.KernelKey, isa: str, name: str | None = None) -
 def int8_acc_func(key: layout.KernelKey, isa: str, name: str = "matq_int8_acc") -> tirx.PrimFunc:
     """The integer part alone: acc int32 [M, N, G] from X and P (pins the kernel's integer path to act_quant); the
     vpdpbusd kernels only (the AMX kernel's integer path is pinned through its output, test_int8_amx.py)."""
-    if isa == int8_intrin.AMX:
-        raise ValueError("int8_acc_func: the AMX kernel has no integer-only form")
+    if isa in (int8_intrin.AMX, int8_intrin.TILES):
+        raise ValueError(f"int8_acc_func: no integer-only form on {isa!r} (AMX: test_int8_amx.py pins its output; "
+                         "tiles: int8_tiles.int8_tile_acc_func)")
     isa = isa if isa != "vnni512" or int8_intrin.wide_fits(key) else "vnni-vbmi"
     func = te.create_prim_func(_compute(key, False, isa == "vnni512"))
     return _schedule(func, key, isa, False).with_attr("global_symbol", name)

@@ -15,7 +15,7 @@ from typing import Protocol, Union
 
 import numpy as np
 
-from matq_compile import planes
+from matq_compile import planes, tiles
 
 
 class WeightSource(Protocol):
@@ -41,16 +41,19 @@ class SourceTensor:
 @dataclass(frozen=True)
 class PackedPart:
     """One packed array (P, S, Z or perm) of a kernel unit: its members' arrays stacked by rows (exact: the
-    packed layout, scales and zeros are all per output row)."""
+    packed layout, scales and zeros are all per output row); tiled: P, S, Z then in the tile arrangement
+    (tiles.tile, same shape), for the int8 tile kernels."""
 
     members: tuple[str, ...]
     bits: int
     group: int
     part: str
+    tiled: bool = False
 
     def make(self, src: WeightSource) -> np.ndarray:
         parts = [src.packed(m, self.bits, self.group)[self.part] for m in self.members]
-        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
+        a = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
+        return tiles.tile(a).reshape(a.shape) if self.tiled and self.part in "PSZ" else a
 
 
 @dataclass(frozen=True)

@@ -333,9 +333,10 @@ def test_wide_decode_controls_give_every_code(bits, rng):
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
 def test_wide_kernels_run_512_bit_dot_products(bits):
     """AVX512-VBMI targets: a long row's kernel runs vpdpbusd on zmm registers and decodes with vpmultishiftqb
-    on zmm (r < 8); a short row's kernel keeps the 256-bit form (kernel_isa)."""
+    on zmm (r < 8); a short row's kernel keeps the 256-bit form (kernel_isa). 24 rows: not whole 16-row tiles,
+    so r = 2, 4, 8 take these kernels too, not int8_tiles'."""
     target = _llvm("icelake-server").to_tvm()
-    long_key, short_key = layout.KernelKey(16, 2048, bits, 64, 1), layout.KernelKey(16, 512, bits, 64, 1)
+    long_key, short_key = layout.KernelKey(24, 2048, bits, 64, 1), layout.KernelKey(24, 512, bits, 64, 1)
     assert int8_intrin.kernel_isa("vnni512", long_key) == "vnni512"
     assert int8_intrin.kernel_isa("vnni512", short_key) == "vnni-vbmi"
     asm = _build(int8_kernels.int8_linear_func(long_key, "vnni512", "main"), target).mod.inspect_source("asm")

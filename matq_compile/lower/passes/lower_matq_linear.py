@@ -15,7 +15,8 @@ its shape's switch kernel (lower/kernels.switch_func) with its unit's b_u, which
 kernel. The per-width kernels are functions of the module like any other (tuned from the database).
 
 With `int8_isa` (an int8-activation build, lower/int8_kernels.py) every kernel that has an int8-activation form
-gets it, with the same arguments; the others keep the float kernel (logged).
+gets it, with the same arguments; the others keep the float kernel (logged). Units whose kernels run on the tile
+arrangement (int8_intrin.tiled) get their P, S and Z tiled (PackedPart.tiled), so every batch's kernel reads them so.
 """
 from __future__ import annotations
 
@@ -70,6 +71,14 @@ class _Rewriter(relax.PyExprMutator):
         if key.name not in self.kernels:
             self.kernels[key.name] = self.builder_.add_func(linear_func(key, gpu=self.gpu), key.name)
         return self.kernels[key.name]
+
+    def _tiled(self, key: layout.KernelKey) -> bool:
+        """Whether the unit of `key` keeps its arrays in the tile arrangement (int8_intrin.tiled)."""
+        if self.int8_isa is None:
+            return False
+        from matq_compile.lower import int8_intrin
+
+        return int8_intrin.tiled(self.int8_isa, key)
 
     def visit_call_(self, call: relax.Call) -> relax.Expr:
         call = self.visit_expr_post_order(call)
@@ -134,7 +143,7 @@ class _Rewriter(relax.PyExprMutator):
     def _recipe(self, unit: KernelUnit, part: str):
         sl = unit.slice
         if self.switch is None:
-            return PackedPart(unit.members, sl.bits, sl.group, part)
+            return PackedPart(unit.members, sl.bits, sl.group, part, self._tiled(sl.key(1)))
         if part == "P":
             return NestedPlanes(unit.members, self.switch.tag)
         if part == "perm":

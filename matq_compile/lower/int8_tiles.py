@@ -1,0 +1,155 @@
+"""int8-activation kernels on the tile arrangement (tiles.py) for AVX-512 VNNI: the numerics of int8_kernels
+(activations quantized per group by act_quant's rule, integer products, scale and zero once per group in float32),
+written already scheduled in TIR.
+
+    int8_tile_func(key):  Y[M, N] from X f32[M, K], P, S, Z: the row-major kernel's signature and shapes, the
+                          arrays holding tiles.tile of the slice's words, scales and zeros
+
+Per call, the activations of each row are quantized group by group, 16 lanes at a time, into tiles.act_order (a
+byte shuffle per 16 codes), with their group sums. Tiles of 16 output rows run in parallel; per tile, activation
+row and group, each word of the group is loaded once for the 16 rows, and-ed with each field's mask and multiplied
+by its four activations (one vpdpbusd, the activation dword broadcast from memory) into that field's int32 sum;
+the field sums are shifted into place and added, converted once, and the group's scale, activation scale and zero
+term applied to all 16 rows by three vector ops. Weights are prefetched PREFETCH_LINES cache lines ahead into L2
+(a decode step reads them once, from beyond the L2).
+
+Widths: tiles.WIDTHS. Groups of whole 32-code blocks (g a multiple of 32; the quantization works on 16 lanes).
+"""
+from __future__ import annotations
+
+from matq_compile import act_quant, layout, tiles
+from matq_compile._tvm import tirx
+from matq_compile.lower.int8_kernels import INT8_ATTR, kernel_name
+from matq_compile.lower.kernels import hand_scheduled
+from tvm.script import tirx as T
+
+LANES = tiles.TILE
+PREFETCH_LINES = 64  # 4 KB ahead of the word being read (one 64-byte line per word of a tile)
+UNROLL_WORDS = 16  # a group of at most this many words is unrolled (the field sums stay in registers)
+UNROLL_GROUPS = 32  # rows of at most this many groups are unrolled (each group's scales a constant offset)
+# activation rows sharing each and-ed word, at most ROW_SUMS field sums in registers (r = 2: 2 rows of 4 fields;
+# 16 sums spilled, 3072 x 576 M = 16 r = 2: 230 us against 105 at r = 4); a block past M repeats the last row,
+# which writes the same values again
+ROW_BLOCK, ROW_SUMS = 4, 8
+
+
+def fits(key: layout.KernelKey) -> bool:
+    """Whether `key` has a tile kernel: a one-plane width of the dense layout, whole tiles of rows, float32
+    activations in groups of whole blocks."""
+    return (not key.nested and tiles.fits(key.N, key.bits) and key.dtype == "float32"
+            and key.group_size % layout.BLOCK == 0)
+
+
+def _func(key: layout.KernelKey, with_epilogue: bool):
+    if not fits(key):
+        raise ValueError(f"{key.name}: the tile kernel needs r in {tiles.WIDTHS}, N a multiple of {LANES}, float32 "
+                         f"activations and groups of whole {layout.BLOCK}-code blocks of the dense layout")
+    N, K, r, g, G = key.N, key.K, key.bits, key.group_size, key.n_groups
+    NT, WPR, WG, F = N // LANES, key.words_per_row, g * r // 32, 8 // r
+    order = tiles.chunk_order(r)
+    field = ((1 << r) - 1) * 0x01010101  # field 0's mask in every byte of a lane
+    qmax = float(act_quant.QMAX)
+    word_loop = T.unroll if WG <= UNROLL_WORDS else T.serial
+    group_loop = T.unroll if G <= UNROLL_GROUPS else T.serial
+    MR = min(ROW_BLOCK, ROW_SUMS // (8 // r), key.m_bucket or ROW_BLOCK)
+    M = key.m_bucket if key.m_bucket is not None else tirx.Var("m", "int64")
+
+    @T.prim_func
+    def main(x_h: T.handle, p_h: T.handle, s_h: T.handle, z_h: T.handle, y_h: T.handle):
+        T.func_attr({"tir.noalias": True})
+        X = T.match_buffer(x_h, (M, K), "float32")
+        P0 = T.match_buffer(p_h, (N, WPR), "uint32")
+        S0 = T.match_buffer(s_h, (N, G), "float16")
+        Z0 = T.match_buffer(z_h, (N, G), "float16")
+        Y = T.match_buffer(y_h, (M, N) if with_epilogue else (M, N, G), "float32" if with_epilogue else "int32")
+        P = T.decl_buffer((NT, WPR, LANES), "uint32", data=P0.data)
+        S = T.decl_buffer((NT, G, LANES), "float16", data=S0.data)
+        Z = T.decl_buffer((NT, G, LANES), "float16", data=Z0.data)
+        xq = T.alloc_buffer((M, K), "int8")
+        xw = T.decl_buffer((M, K // 4), "int32", data=xq.data)  # one dword: the four activations of an operand
+        sx = T.alloc_buffer((M, G), "float32")
+        zx = T.alloc_buffer((M, G), "float32")  # sx * xsum: the zero term's activation factor
+        for m, q in T.grid(M, G):
+            vmax = T.alloc_buffer((16,), "float32")
+            vmax[T.ramp(0, 1, 16)] = T.Broadcast(T.float32(0), 16)
+            for c in T.unroll(g // 16):
+                vmax[T.ramp(0, 1, 16)] = T.max(vmax.vload([0], "float32x16"),
+                                               T.abs(X.vload([m, q * g + c * 16], "float32x16")))
+            amax = T.call_llvm_pure_intrin("float32", "llvm.vector.reduce.fmax", vmax.vload([0], "float32x16"))
+            inv = T.Select(amax > T.float32(0), T.float32(qmax) / amax, T.float32(0))
+            sx[m, q] = amax / T.float32(qmax)
+            vsum = T.alloc_buffer((16,), "int32")
+            vsum[T.ramp(0, 1, 16)] = T.Broadcast(T.int32(0), 16)
+            for c in T.unroll(g // 16):
+                v = T.Cast("int32x16", T.max(T.min(
+                    T.nearbyint(X.vload([m, q * g + c * 16], "float32x16") * T.Broadcast(inv, 16)),
+                    T.Broadcast(T.float32(qmax), 16)), T.Broadcast(T.float32(-qmax), 16)))
+                vsum[T.ramp(0, 1, 16)] = vsum.vload([0], "int32x16") + v
+                xq[m, T.ramp(q * g + c * 16, 1, 16)] = T.Shuffle([T.Cast("int8x16", v)], order)
+            zx[m, q] = sx[m, q] * T.Cast("float32", T.call_llvm_pure_intrin(
+                "int32", "llvm.vector.reduce.add", vsum.vload([0], "int32x16")))
+        for t in T.parallel(NT):
+            for mo in range((M + MR - 1) // MR):
+                yacc = T.alloc_buffer((MR * 16,), "float32")
+                zacc = T.alloc_buffer((MR * 16,), "float32")
+                acc = T.alloc_buffer((F * MR * 16,), "int32")
+                for i in T.unroll(MR):
+                    yacc[T.ramp(i * 16, 1, 16)] = T.Broadcast(T.float32(0), 16)
+                    zacc[T.ramp(i * 16, 1, 16)] = T.Broadcast(T.float32(0), 16)
+                for q in group_loop(G):
+                    for a in T.unroll(F * MR):
+                        acc[T.ramp(a * 16, 1, 16)] = T.Broadcast(T.int32(0), 16)
+                    for w in word_loop(WG):
+                        T.evaluate(T.call_llvm_intrin("void", "llvm.prefetch.p0",
+                                                      T.address_of(P[t, q * WG + w + PREFETCH_LINES, 0]),
+                                                      T.int32(0), T.int32(2), T.int32(1)))
+                        for f, i in T.grid(F, MR):  # each and-ed word feeds the block's activation rows
+                            acc[T.ramp((f * MR + i) * 16, 1, 16)] = T.call_llvm_pure_intrin(
+                                "int32x16", "llvm.x86.avx512.vpdpbusd.512", acc.vload([(f * MR + i) * 16], "int32x16"),
+                                T.reinterpret("int8x64", P.vload([t, q * WG + w, 0], "uint32x16") & T.Broadcast(
+                                    T.uint32(field) << T.Cast("uint32", r * f), 16)),
+                                T.reinterpret("int8x64", T.Broadcast(
+                                    xw[T.min(mo * MR + i, M - 1), (q * WG + w) * F + f], 16)))
+                    for f, i in T.grid(F - 1, MR):
+                        acc[T.ramp(i * 16, 1, 16)] = acc.vload([i * 16], "int32x16") + (
+                            acc.vload([((f + 1) * MR + i) * 16], "int32x16") >> T.Broadcast(T.int32(r * (f + 1)), 16))
+                    for i in T.unroll(MR):
+                        m = T.min(mo * MR + i, M - 1)
+                        if with_epilogue:
+                            sv = T.Cast("float32x16", S.vload([t, q, 0], "float16x16"))
+                            yacc[T.ramp(i * 16, 1, 16)] = yacc.vload([i * 16], "float32x16") + T.Cast(
+                                "float32x16", acc.vload([i * 16], "int32x16")) * (sv * T.Broadcast(sx[m, q], 16))
+                            zacc[T.ramp(i * 16, 1, 16)] = zacc.vload([i * 16], "float32x16") + sv * T.Cast(
+                                "float32x16", Z.vload([t, q, 0], "float16x16")) * T.Broadcast(zx[m, q], 16)
+                        else:
+                            for l in range(LANES):
+                                Y[m, t * LANES + l, q] = acc[i * 16 + l]
+                if with_epilogue:
+                    for i in T.unroll(MR):
+                        Y[T.min(mo * MR + i, M - 1), T.ramp(t * LANES, 1, 16)] = (
+                            yacc.vload([i * 16], "float32x16") - zacc.vload([i * 16], "float32x16"))
+
+    return main
+
+
+def int8_tile_func(key: layout.KernelKey, name: str | None = None) -> tirx.PrimFunc:
+    """The tile kernel of `key` (fits(key)): int8_kernels.int8_linear_func's signature and numerics, its P, S and Z
+    in the tile arrangement."""
+    name = name or kernel_name(key)
+    return hand_scheduled(_func(key, True).with_attr("global_symbol", name).with_attr(INT8_ATTR, name))
+
+
+def int8_tile_acc_func(key: layout.KernelKey, name: str = "matq_int8_tile_acc") -> tirx.PrimFunc:
+    """The integer part alone: acc int32 [M, N, G] (act_quant.integer_acc) from X and the tiled P (S and Z unread):
+    pins the kernel's quantization, field masks and shifts bit-exactly."""
+    return _func(key, False).with_attr("global_symbol", name)
+
+
+def target_supports(target) -> bool:
+    """Whether a TVM llvm target runs the tile kernels (512-bit vpdpbusd: AVX512-VNNI)."""
+    from tvm.target import codegen
+
+    if target.kind.name != "llvm":
+        return False
+    with target:
+        return bool(codegen.target_has_features("avx512vnni", target))
