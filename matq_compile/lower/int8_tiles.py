@@ -10,8 +10,9 @@ byte shuffle per 16 codes), with their group sums. Tiles of 16 output rows run i
 row and group, each word of the group is loaded once for the 16 rows, and-ed with each field's mask and multiplied
 by its four activations (one vpdpbusd, the activation dword broadcast from memory) into that field's int32 sum;
 the field sums are shifted into place and added, converted once, and the group's scale, activation scale and zero
-term applied to all 16 rows by three vector ops. Weights are prefetched PREFETCH_LINES cache lines ahead into L2
-(a decode step reads them once, from beyond the L2).
+term applied to all 16 rows by three vector ops. With several activation rows each field is also shifted down when
+decoded (one sum per row), and blocks of ROW_BLOCK rows share each decoded word. Weights are prefetched
+PREFETCH_LINES cache lines ahead into L2 (a decode step reads them once, from beyond the L2).
 
 Widths: tiles.WIDTHS. Groups of whole 32-code blocks (g a multiple of 32; the quantization works on 16 lanes).
 """
@@ -27,10 +28,9 @@ LANES = tiles.TILE
 PREFETCH_LINES = 64  # 4 KB ahead of the word being read (one 64-byte line per word of a tile)
 UNROLL_WORDS = 16  # a group of at most this many words is unrolled (the field sums stay in registers)
 UNROLL_GROUPS = 32  # rows of at most this many groups are unrolled (each group's scales a constant offset)
-# activation rows sharing each and-ed word, at most ROW_SUMS field sums in registers (r = 2: 2 rows of 4 fields;
-# 16 sums spilled, 3072 x 576 M = 16 r = 2: 230 us against 105 at r = 4); a block past M repeats the last row,
-# which writes the same values again
-ROW_BLOCK, ROW_SUMS = 4, 8
+# activation rows sharing each decoded word (M > 1); a block past M repeats the last row, which writes the same
+# values again
+ROW_BLOCK = 4
 
 
 def fits(key: layout.KernelKey) -> bool:
@@ -51,7 +51,11 @@ def _func(key: layout.KernelKey, with_epilogue: bool):
     qmax = float(act_quant.QMAX)
     word_loop = T.unroll if WG <= UNROLL_WORDS else T.serial
     group_loop = T.unroll if G <= UNROLL_GROUPS else T.serial
-    MR = min(ROW_BLOCK, ROW_SUMS // (8 // r), key.m_bucket or ROW_BLOCK)
+    # one activation row: each field and-ed in place, its own sum (no shift in the loop); several: each field
+    # shifted down as well, so one sum per row (F per row for 4 rows spilled at r = 2), the decode shared by MR rows
+    SH = int(key.m_bucket != 1)
+    MR = min(ROW_BLOCK, key.m_bucket or ROW_BLOCK) if SH else 1
+    SF = 1 if SH else F  # int32 sums per activation row
     M = key.m_bucket if key.m_bucket is not None else tirx.Var("m", "int64")
 
     @T.prim_func
@@ -92,25 +96,27 @@ def _func(key: layout.KernelKey, with_epilogue: bool):
             for mo in range((M + MR - 1) // MR):
                 yacc = T.alloc_buffer((MR * 16,), "float32")
                 zacc = T.alloc_buffer((MR * 16,), "float32")
-                acc = T.alloc_buffer((F * MR * 16,), "int32")
+                acc = T.alloc_buffer((SF * MR * 16,), "int32")
                 for i in T.unroll(MR):
                     yacc[T.ramp(i * 16, 1, 16)] = T.Broadcast(T.float32(0), 16)
                     zacc[T.ramp(i * 16, 1, 16)] = T.Broadcast(T.float32(0), 16)
                 for q in group_loop(G):
-                    for a in T.unroll(F * MR):
+                    for a in T.unroll(SF * MR):
                         acc[T.ramp(a * 16, 1, 16)] = T.Broadcast(T.int32(0), 16)
                     for w in word_loop(WG):
                         T.evaluate(T.call_llvm_intrin("void", "llvm.prefetch.p0",
                                                       T.address_of(P[t, q * WG + w + PREFETCH_LINES, 0]),
                                                       T.int32(0), T.int32(2), T.int32(1)))
-                        for f, i in T.grid(F, MR):  # each and-ed word feeds the block's activation rows
-                            acc[T.ramp((f * MR + i) * 16, 1, 16)] = T.call_llvm_pure_intrin(
-                                "int32x16", "llvm.x86.avx512.vpdpbusd.512", acc.vload([(f * MR + i) * 16], "int32x16"),
-                                T.reinterpret("int8x64", P.vload([t, q * WG + w, 0], "uint32x16") & T.Broadcast(
-                                    T.uint32(field) << T.Cast("uint32", r * f), 16)),
+                        for f, i in T.grid(F, MR):  # each decoded word feeds the block's activation rows
+                            acc[T.ramp((f * (1 - SH) * MR + i) * 16, 1, 16)] = T.call_llvm_pure_intrin(
+                                "int32x16", "llvm.x86.avx512.vpdpbusd.512",
+                                acc.vload([(f * (1 - SH) * MR + i) * 16], "int32x16"),
+                                T.reinterpret("int8x64", (P.vload([t, q * WG + w, 0], "uint32x16") >> T.Broadcast(
+                                    T.Cast("uint32", r * f * SH), 16)) & T.Broadcast(
+                                    T.uint32(field) << T.Cast("uint32", r * f * (1 - SH)), 16)),
                                 T.reinterpret("int8x64", T.Broadcast(
                                     xw[T.min(mo * MR + i, M - 1), (q * WG + w) * F + f], 16)))
-                    for f, i in T.grid(F - 1, MR):
+                    for f, i in T.grid(SF - 1, MR):
                         acc[T.ramp(i * 16, 1, 16)] = acc.vload([i * 16], "int32x16") + (
                             acc.vload([((f + 1) * MR + i) * 16], "int32x16") >> T.Broadcast(T.int32(r * (f + 1)), 16))
                     for i in T.unroll(MR):
