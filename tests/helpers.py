@@ -67,3 +67,20 @@ def head_module(N: int, K: int):
 
     mod, _ = Head().export_tvm(spec={"forward": {"x": nn.spec.Tensor(["m", K], "float32")}})
     return relax.transform.BindParams("forward", {})(mod)
+
+
+def build_main(func, target):
+    """`func` compiled alone as the module's "main" for `target` (a kernel test's build)."""
+    from matq_compile._tvm import tvm
+
+    return tvm.compile(tvm.IRModule({"main": func}), target=target)
+
+
+def int8_activations(rng, m: int, K: int):
+    """Activations for the int8-activation kernel tests: normal, with round-half ties and an all-zero block."""
+    import numpy as np
+
+    x = rng.standard_normal((m, K)).astype(np.float32)
+    x[0, :8] = [0.5, -0.5, 1.5, -2.5, 0.0, 0.0, 0.0, 0.0]  # round-half ties once the group's scale is known
+    x[:, -32:] = 0.0  # an all-zero block (and, with group 32, a zero group: scale 0)
+    return x

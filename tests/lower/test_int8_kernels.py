@@ -10,6 +10,7 @@ import pytest
 from matq_compile import act_quant, layout
 
 tvm_mod = pytest.importorskip("matq_compile._tvm")
+from helpers import build_main, int8_activations  # noqa: E402
 from matq_compile.lower import int8_decode, int8_intrin, int8_kernels  # noqa: E402
 from matq_compile.targets import TargetSpec  # noqa: E402
 
@@ -38,17 +39,6 @@ def cpu(request):
     return spec.to_tvm(), tvm_mod.tvm.cpu(), request.param
 
 
-def _build(func, target):
-    return tvm_mod.tvm.compile(tvm_mod.tvm.IRModule({"main": func}), target=target)
-
-
-def _activations(rng, m: int, K: int) -> np.ndarray:
-    x = rng.standard_normal((m, K)).astype(np.float32)
-    x[0, :8] = [0.5, -0.5, 1.5, -2.5, 0.0, 0.0, 0.0, 0.0]  # round-half ties once the group's scale is known
-    x[:, -32:] = 0.0  # an all-zero block (and, with group 32, a zero group: scale 0)
-    return x
-
-
 CASES = [(b, g, m) for b in range(2, 9) for g, m in zip((32, 64, 128), ((1, 3, 16), (16, 1, 3), (3, 16, 1))[b % 3])]
 
 
@@ -60,8 +50,8 @@ def test_integer_path_is_bit_exact(bits, group, m, cpu, rng):
     key = layout.KernelKey(24, 384, bits, group, layout.bucket_for(m))
     codes = rng.integers(0, 1 << bits, (key.N, key.K)).astype(np.uint8)
     codes[0] = (1 << bits) - 1  # the largest code against |xq| = 127 lanes
-    x = _activations(rng, m, key.K)
-    ex = _build(int8_kernels.int8_acc_func(key, isa, "main"), target)
+    x = int8_activations(rng, m, key.K)
+    ex = build_main(int8_kernels.int8_acc_func(key, isa, "main"), target)
     acc = tvm_mod.empty((m, key.N, key.n_groups), "int32", dev)
     ex["main"](tvm_mod.tensor(x, dev), tvm_mod.tensor(layout.pack(codes, bits), dev), acc)
     xq, _, _ = act_quant.quantize_activations(x, group)
@@ -86,8 +76,8 @@ def test_nested_integer_path_is_bit_exact(widths, rule, split, bits, cpu, rng):
     key = layout.KernelKey(24, 384, bits, group, layout.bucket_for(m), nested=tag)
     q = rng.integers(0, 256, (key.N, key.K)).astype(np.uint8)
     q[0], q[1] = 255, 0  # the largest slice code (round: the clamped 2^r rounding) and the smallest
-    x = _activations(rng, m, key.K)
-    ex = _build(int8_kernels.int8_acc_func(key, isa, "main"), target)
+    x = int8_activations(rng, m, key.K)
+    ex = build_main(int8_kernels.int8_acc_func(key, isa, "main"), target)
     acc = tvm_mod.empty((m, key.N, key.n_groups), "int32", dev)
     ex["main"](tvm_mod.tensor(x, dev), tvm_mod.tensor(planes.pack(q, tag), dev), acc)
     codes = slicing.slice_codes(q, bits, rule).astype(np.uint8)
@@ -103,7 +93,7 @@ def test_largest_products_do_not_saturate(cpu):
     x = np.ones((1, 64), np.float32)
     x[0, 1::2] = -1.0
     x[0, 2::4] = 1.0
-    ex = _build(int8_kernels.int8_acc_func(key, isa, "main"), target)
+    ex = build_main(int8_kernels.int8_acc_func(key, isa, "main"), target)
     acc = tvm_mod.empty((1, 8, 1), "int32", dev)
     ex["main"](tvm_mod.tensor(x, dev), tvm_mod.tensor(layout.pack(codes, 8), dev), acc)
     np.testing.assert_array_equal(acc.numpy(), act_quant.integer_acc(codes, act_quant.quantize_activations(x, 64)[0],
@@ -119,7 +109,7 @@ def test_int16_group_sums_at_their_bound(bits, group, sign, cpu):
     key = layout.KernelKey(8, 256, bits, group, 1)
     codes = np.full((8, 256), (1 << bits) - 1, np.uint8)
     x = np.full((1, 256), sign, np.float32)
-    ex = _build(int8_kernels.int8_acc_func(key, isa, "main"), target)
+    ex = build_main(int8_kernels.int8_acc_func(key, isa, "main"), target)
     acc = tvm_mod.empty((1, 8, key.n_groups), "int32", dev)
     ex["main"](tvm_mod.tensor(x, dev), tvm_mod.tensor(layout.pack(codes, bits), dev), acc)
     want = act_quant.integer_acc(codes, act_quant.quantize_activations(x, group)[0], group)
@@ -177,8 +167,8 @@ def _check_epilogue(bits, group, sym, rule, N, runs, cpu, rng, K: int = 256):
     arr = layout.pack_slice(q, s, z, bits, rule, group)
     for m, bucket in runs:
         key = layout.KernelKey(N, K, bits, group, bucket)
-        ex = _build(int8_kernels.int8_linear_func(key, isa, "main"), target)
-        x = _activations(rng, m, K)
+        ex = build_main(int8_kernels.int8_linear_func(key, isa, "main"), target)
+        x = int8_activations(rng, m, K)
         y = tvm_mod.empty((m, N), "float32", dev)
         ex["main"](tvm_mod.tensor(x, dev), *(tvm_mod.tensor(arr[n], dev) for n in "PSZ"), y)
         ref = act_quant.int8_linear(x, arr, bits, group)
@@ -199,7 +189,7 @@ def test_short_row_zero_term_uses_masked_loads(rng):
     key = layout.KernelKey(24, 576, 2, 64, 1)
     assert int8_kernels.zero_in_lanes(key, True) and not int8_kernels.zero_in_lanes(
         layout.KernelKey(24, 1024, 2, 64, 1), True) and not int8_kernels.zero_in_lanes(key, False)
-    asm = _build(int8_kernels.int8_linear_func(key, "vnni512", "main"), spec.to_tvm()).mod.inspect_source("asm")
+    asm = build_main(int8_kernels.int8_linear_func(key, "vnni512", "main"), spec.to_tvm()).mod.inspect_source("asm")
     assert len(re.findall(r"vmovdqu16\s+\S+, %ymm\d+ \{%k\d\} \{z\}", asm)) == 2
 
 
@@ -209,7 +199,7 @@ def test_short_rows_run_straight_line_at_every_width(bits, K):
     run-time test of the first group): LLVM left the two-plane widths' group loop rolled, 3072 x 576 r = 6 warm
     41 -> 29 us on the AVX-512 Xeon."""
     key = layout.KernelKey(24, K, bits, 64, 1)
-    asm = _build(int8_kernels.int8_linear_func(key, "vnni512", "main"),
+    asm = build_main(int8_kernels.int8_linear_func(key, "vnni512", "main"),
                  _llvm("sapphirerapids").to_tvm()).mod.inspect_source("asm")
     assert len(re.findall(r"\bvpdpbusd\b", asm)) == K // 64
 
@@ -232,7 +222,7 @@ def test_decode_intrinsic_matches_layout(bits, cpu, rng):
     assert "Shuffle" in sch.mod["main"].script() or bits == 8
     codes = rng.integers(0, 1 << bits, (5, 96)).astype(np.uint8)
     out = tvm_mod.empty((5, 3, 8, 4), "uint8", dev)
-    _build(sch.mod["main"], target)["main"](tvm_mod.tensor(layout.pack(codes, bits), dev), out)
+    build_main(sch.mod["main"], target)["main"](tvm_mod.tensor(layout.pack(codes, bits), dev), out)
     order = [int8_decode.lane_code(p, int8_decode.ORDERS[bits]) for p in range(32)]
     assert sorted(order) == list(range(32))
     np.testing.assert_array_equal(out.numpy().reshape(5, 3, 32), codes.reshape(5, 3, 32)[:, :, order])
@@ -250,7 +240,7 @@ def test_vnni_targets_emit_vpdpbusd(mcpu, bits):
     """Built (not run: this CPU may lack VNNI) for a VNNI target, the dot product is vpdpbusd, no vpmaddubsw."""
     spec = _llvm(mcpu)
     key = layout.KernelKey(64, 256, bits, 64, 1)
-    ex = _build(int8_kernels.int8_linear_func(key, int8_intrin.check_target(spec), "main"), spec.to_tvm())
+    ex = build_main(int8_kernels.int8_linear_func(key, int8_intrin.check_target(spec), "main"), spec.to_tvm())
     asm = ex.mod.inspect_source("asm")
     assert "vpdpbusd" in asm and "vpmaddubsw" not in asm
 
@@ -258,7 +248,7 @@ def test_vnni_targets_emit_vpdpbusd(mcpu, bits):
 def test_avx2_target_uses_pmaddubsw_and_splits_r8():
     spec = _llvm("haswell")
     for bits, count in ((4, 1), (8, 2)):  # r = 8: low 7 bits and top bit, one vpmaddubsw each
-        ex = _build(int8_kernels.int8_linear_func(layout.KernelKey(16, 64, bits, 64, 1), "avx2", "main"),
+        ex = build_main(int8_kernels.int8_linear_func(layout.KernelKey(16, 64, bits, 64, 1), "avx2", "main"),
                     spec.to_tvm())
         asm = ex.mod.inspect_source("asm")
         assert "vpdpbusd" not in asm and asm.count("vpmaddubsw") >= count
@@ -272,7 +262,7 @@ def test_decode_prefetches_ahead_and_unpacks_nibbles_from_one_broadcast():
     target = _llvm("znver3").to_tvm()
     dense, nested = (layout.KernelKey(16, 256, 4, 64, 1),
                      layout.KernelKey(16, 256, 3, 64, 1, nested=planes.tag((2, 3, 4, 6, 8), "round")))
-    asm = {key: _build(int8_kernels.int8_linear_func(key, "avx2", "main"), target).mod.inspect_source("asm")
+    asm = {key: build_main(int8_kernels.int8_linear_func(key, "avx2", "main"), target).mod.inspect_source("asm")
            for key in (dense, nested)}
     assert all("prefetcht1" in a for a in asm.values())
     assert "vbroadcasti128" in asm[dense] and "vpsrlvq" in asm[dense] and "vinserti128" not in asm[dense]
@@ -339,7 +329,7 @@ def test_wide_kernels_run_512_bit_dot_products(bits):
     long_key, short_key = layout.KernelKey(24, 2048, bits, 64, 1), layout.KernelKey(24, 512, bits, 64, 1)
     assert int8_intrin.kernel_isa("vnni512", long_key) == "vnni512"
     assert int8_intrin.kernel_isa("vnni512", short_key) == "vnni-vbmi"
-    asm = _build(int8_kernels.int8_linear_func(long_key, "vnni512", "main"), target).mod.inspect_source("asm")
+    asm = build_main(int8_kernels.int8_linear_func(long_key, "vnni512", "main"), target).mod.inspect_source("asm")
     assert re.search(r"vpdpbusd\s.*zmm", asm) and not re.search(r"vpdpbusd\s.*ymm", asm)
     assert (re.search(r"vpmultishiftqb\s.*zmm", asm) is not None) == (bits < 8)
 
@@ -357,7 +347,7 @@ def test_kernel_isa_takes_the_wide_form_where_it_fits_and_pays():
 def test_vbmi_targets_decode_with_multishift():
     """On AVX512-VBMI targets r = 2 and 3 decode with vpmultishiftqb (embedded broadcast: no shift, no byte
     shuffle); a VNNI target without VBMI keeps the shift decode."""
-    asm = {(mcpu, bits): _build(int8_kernels.int8_linear_func(layout.KernelKey(16, 256, bits, 64, 1), isa, "main"),
+    asm = {(mcpu, bits): build_main(int8_kernels.int8_linear_func(layout.KernelKey(16, 256, bits, 64, 1), isa, "main"),
                                 _llvm(mcpu).to_tvm()).mod.inspect_source("asm")
            for mcpu, isa in (("icelake-server", "vnni-vbmi"), ("cascadelake", "vnni")) for bits in (2, 3)}
     for bits in (2, 3):

@@ -9,6 +9,7 @@ import pytest
 from matq_compile import act_quant, layout, tiles
 
 tvm_mod = pytest.importorskip("matq_compile._tvm")
+from helpers import build_main, int8_activations  # noqa: E402
 from matq_compile.lower import int8_tiles  # noqa: E402
 
 
@@ -20,17 +21,6 @@ def cpu():
     if not int8_tiles.target_supports(target):
         pytest.skip("this CPU has no AVX512-VNNI")
     return target, tvm_mod.tvm.cpu()
-
-
-def _build(func, target):
-    return tvm_mod.tvm.compile(tvm_mod.tvm.IRModule({"main": func}), target=target)
-
-
-def _activations(rng, m: int, K: int) -> np.ndarray:
-    x = rng.standard_normal((m, K)).astype(np.float32)
-    x[0, :8] = [0.5, -0.5, 1.5, -2.5, 0.0, 0.0, 0.0, 0.0]  # round-half ties once the group's scale is known
-    x[:, -32:] = 0.0  # an all-zero block (and, with group 32, a zero group: scale 0)
-    return x
 
 
 def test_tile_moves_rows_into_lanes(rng):
@@ -73,8 +63,8 @@ def test_integer_path_is_bit_exact(bits, group, m, dynamic, cpu, rng):
     key = layout.KernelKey(32, 256, bits, group, None if dynamic else m)
     codes = rng.integers(0, 1 << bits, (key.N, key.K)).astype(np.uint8)
     codes[0] = (1 << bits) - 1
-    x = _activations(rng, m, key.K)
-    ex = _build(int8_tiles.int8_tile_acc_func(key, "main"), target)
+    x = int8_activations(rng, m, key.K)
+    ex = build_main(int8_tiles.int8_tile_acc_func(key, "main"), target)
     P = tiles.tile(layout.pack(codes, bits)).reshape(key.N, key.words_per_row)
     S = np.zeros((key.N, key.n_groups), np.float16)
     acc = tvm_mod.empty((m, key.N, key.n_groups), "int32", dev)
@@ -100,8 +90,8 @@ def test_kernel_matches_the_exact_epilogue(bits, group, sym, K, runs, cpu, rng):
     tiled = [tiles.tile(arr[n]).reshape(arr[n].shape) for n in "PSZ"]
     for m, bucket in runs:
         key = layout.KernelKey(N, K, bits, group, bucket)
-        ex = _build(int8_tiles.int8_tile_func(key, "main"), target)
-        x = _activations(rng, m, K)
+        ex = build_main(int8_tiles.int8_tile_func(key, "main"), target)
+        x = int8_activations(rng, m, K)
         y = tvm_mod.empty((m, N), "float32", dev)
         ex["main"](tvm_mod.tensor(x, dev), *(tvm_mod.tensor(a, dev) for a in tiled), y)
         ref = act_quant.int8_linear(x, arr, bits, group)
@@ -114,7 +104,7 @@ def test_one_and_per_dot_product_and_none_at_r8(bits, cpu):
     from memory), every dot product of a 576-code row straight-line: 9 groups x 2 r words x 8 / r fields."""
     target, _ = cpu
     key = layout.KernelKey(64, 576, bits, 64, 1)
-    asm = _build(int8_tiles.int8_tile_func(key, "main"), target).mod.inspect_source("asm")
+    asm = build_main(int8_tiles.int8_tile_func(key, "main"), target).mod.inspect_source("asm")
     dots = len(re.findall(r"\bvpdpbusd\b", asm))
     assert dots == 9 * 2 * bits * (8 // bits)
     ands = len(re.findall(r"\bvpand[dq]?\b", asm))
