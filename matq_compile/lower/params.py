@@ -53,7 +53,7 @@ class PackedPart:
     def make(self, src: WeightSource) -> np.ndarray:
         parts = [src.packed(m, self.bits, self.group)[self.part] for m in self.members]
         a = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
-        return tiles.tile(a).reshape(a.shape) if self.tiled and self.part in "PSZ" else a
+        return tiles.tile(a).reshape(a.shape) if self.tiled and self.part in ("P", "S", "Z") else a
 
 
 @dataclass(frozen=True)
