@@ -125,25 +125,30 @@ def attention_func(layers: int, heads: int, kv_heads: int, head_dim: int, max_se
     return _attention_cpu(layers, heads, kv_heads, head_dim, max_seq, dtype)
 
 
-def _chains_sum(acc: tirx.Buffer, lane: tirx.PrimExpr) -> tirx.PrimExpr:
-    """acc[0, lane] + ... + acc[chains - 1, lane]: the independent FMA chains of one score lane, summed."""
-    total = acc[0, lane]
-    for u in range(1, int(acc.shape[0])):
-        total = total + acc[u, lane]
-    return total
+def _chains(G: int, D: int) -> int:
+    """Independent FMA chains per query head in the score loop: enough chains over the group's heads to cover the
+    FMA latency (G * chains <= 8), each a whole share of head_dim."""
+    return next(c for c in (4, 2, 1) if G * c <= 8 and D % c == 0) if G <= 8 else 1
 
 
 def _attention_cpu(layers: int, heads: int, kv_heads: int, head_dim: int, max_seq: int,
                    dtype: str) -> tirx.PrimFunc:
-    """One task per (token, head). Scores of TILE positions at a time in registers, with SPLIT independent FMA
-    chains over head_dim (one chain would wait on the FMA latency); a vectorised max, exp and sum over the scores
-    (positions past L are masked to 0 after the exp, so stale cache values never count); the value sum in head_dim
-    registers. The scores live in a per-task scratch row and are written once per tile."""
+    """One task per (token, key/value head, run of position tiles): the G query heads that share a key/value head
+    are computed together, so each cached key and value is loaded and converted once for all G (a float16 cache
+    costs a 2-uop `vcvtph2ps` per 16 values, as much as G FMAs), with an online softmax over tiles of TILE
+    positions (running max, sum per lane and value sum in registers; positions past L are masked before the max
+    and never read for the values, so stale cache entries never count). A decode step alone has too few of those
+    tasks for the threads (3 key/value heads), so its positions are split into CHUNKS runs whose partial
+    (max, sum, value sum) a short serial pass merges; with enough tokens each task covers all of a token's
+    positions and normalises in place."""
     H, KVH, D, S = heads, kv_heads, head_dim, max_seq
-    G, scale, SPLIT = heads // kv_heads, 1.0 / math.sqrt(head_dim), 4
+    G, scale, NEG = heads // kv_heads, 1.0 / math.sqrt(head_dim), -3.0e38
+    C = _chains(G, D)
+    CHUNKS, FEW = 4, 16  # position runs per task when n * KVH < FEW tasks
     KT_SHAPE = cache_shapes(layers, kv_heads, head_dim, max_seq)[0]
-    if D % SPLIT:
-        raise ValueError(f"head_dim must be a multiple of {SPLIT}, got {D}")
+
+    def runs(n: tirx.PrimExpr) -> tirx.PrimExpr:
+        return T.if_then_else(n * KVH < FEW, T.int64(CHUNKS), T.int64(1))
 
     @T.prim_func(private=True, s_tir=True)
     def attention(q_h: T.handle, kt_h: T.handle, v_h: T.handle, layer: T.int64, pos: T.int64, o_h: T.handle):
@@ -153,51 +158,92 @@ def _attention_cpu(layers: int, heads: int, kv_heads: int, head_dim: int, max_se
         v = T.match_buffer(v_h, (layers, KVH, S, D), dtype)
         o = T.match_buffer(o_h, (n, H * D), "float32")
         with T.sblock("root"):
-            for t in T.parallel(n * H):
-                s = T.decl_buffer((S,), "float32")
-                acc = T.decl_buffer((SPLIT, TILE), "float32")
-                red = T.decl_buffer((2, TILE), "float32")
-                tot = T.decl_buffer((2,), "float32")
-                oacc = T.decl_buffer((D,), "float32")
-                for j0 in range((pos + t // H + TILE) // TILE):
-                    for u, j1 in T.grid(SPLIT, TILE):
-                        acc[u, j1] = T.float32(0)
-                    for d0 in range(D // SPLIT):
-                        for u in T.unroll(SPLIT):
-                            for j1 in T.vectorized(TILE):
-                                acc[u, j1] = acc[u, j1] + q[t // H, t % H, d0 * SPLIT + u] * T.Cast("float32", kt[
-                                    layer, t % H // G, j0, d0 * SPLIT + u, j1])
+            part = T.alloc_buffer((n * KVH * runs(n), G, D + 2), "float32")  # value sum, max, sum of a split task
+            for t in T.parallel(n * KVH * runs(n)):
+                acc = T.decl_buffer((G, C, TILE), "float32")
+                p = T.decl_buffer((G, TILE), "float32")  # a tile's scores, then its probabilities
+                lsum = T.decl_buffer((G, TILE), "float32")  # running sum of probabilities, per lane
+                st = T.decl_buffer((G, 3), "float32")  # running max, the tile's new max, rescale factor
+                oacc = T.decl_buffer((G, D), "float32")
+                for u in T.unroll(G):
+                    st[u, 0] = T.float32(NEG)
                     for j1 in T.vectorized(TILE):
-                        s[j0 * TILE + j1] = T.Select(
-                            j0 * TILE + j1 <= pos + t // H,
-                            _chains_sum(acc, j1) * T.float32(scale),
-                            T.float32(-3.0e38))
-                for j1 in T.vectorized(TILE):
-                    red[0, j1] = T.float32(-3.0e38)
-                    red[1, j1] = T.float32(0)
-                for j0 in range((pos + t // H + TILE) // TILE):
-                    for j1 in T.vectorized(TILE):
-                        red[0, j1] = T.max(red[0, j1], s[j0 * TILE + j1])
-                tot[0] = T.float32(-3.0e38)
-                for j1 in range(TILE):
-                    tot[0] = T.max(tot[0], red[0, j1])
-                for j0 in range((pos + t // H + TILE) // TILE):
-                    for j1 in T.vectorized(TILE):
-                        s[j0 * TILE + j1] = T.Select(j0 * TILE + j1 <= pos + t // H,
-                                                     exp_nonpositive(s[j0 * TILE + j1] - tot[0]), T.float32(0))
-                        red[1, j1] = red[1, j1] + s[j0 * TILE + j1]
-                tot[1] = T.float32(0)
-                for j1 in range(TILE):
-                    tot[1] = tot[1] + red[1, j1]
-                for d in T.vectorized(D):
-                    oacc[d] = T.float32(0)
-                for j in range(pos + t // H + 1):
+                        lsum[u, j1] = T.float32(0)
                     for d in T.vectorized(D):
-                        oacc[d] = oacc[d] + s[j] * T.Cast("float32", v[layer, t % H // G, j, d])
-                for d in T.vectorized(D):
-                    o[t // H, t % H * D + d] = oacc[d] * (T.float32(1) / tot[1])
+                        oacc[u, d] = T.float32(0)
+                # token i = t // (KVH * runs) sees L = pos + i + 1 positions in (pos + i + TILE) // TILE tiles
+                for j0 in range(t % runs(n) * ((pos + t // (KVH * runs(n)) + TILE) // TILE) // runs(n),
+                                (t % runs(n) + 1) * ((pos + t // (KVH * runs(n)) + TILE) // TILE) // runs(n)):
+                    for u in T.unroll(G):
+                        for c in T.unroll(C):
+                            for j1 in T.vectorized(TILE):
+                                acc[u, c, j1] = T.float32(0)
+                    for d0 in range(D // C):
+                        for c in T.unroll(C):
+                            for u in T.unroll(G):
+                                for j1 in T.vectorized(TILE):
+                                    acc[u, c, j1] = acc[u, c, j1] + q[
+                                        t // (KVH * runs(n)), t // runs(n) % KVH * G + u, d0 * C + c] * T.Cast(
+                                        "float32", kt[layer, t // runs(n) % KVH, j0, d0 * C + c, j1])
+                    for u in T.unroll(G):
+                        for j1 in T.vectorized(TILE):
+                            p[u, j1] = T.Select(j0 * TILE + j1 <= pos + t // (KVH * runs(n)),
+                                                _chains_sum(acc, u, j1) * T.float32(scale), T.float32(NEG))
+                        st[u, 1] = st[u, 0]
+                        for j1 in range(TILE):
+                            st[u, 1] = T.max(st[u, 1], p[u, j1])
+                        st[u, 2] = exp_nonpositive(st[u, 0] - st[u, 1])
+                        st[u, 0] = st[u, 1]
+                        for j1 in T.vectorized(TILE):
+                            p[u, j1] = T.Select(j0 * TILE + j1 <= pos + t // (KVH * runs(n)),
+                                                exp_nonpositive(p[u, j1] - st[u, 0]), T.float32(0))
+                            lsum[u, j1] = lsum[u, j1] * st[u, 2] + p[u, j1]
+                        for d in T.vectorized(D):
+                            oacc[u, d] = oacc[u, d] * st[u, 2]
+                    for j1 in range(T.min(TILE, pos + t // (KVH * runs(n)) + 1 - j0 * TILE)):
+                        for u in T.unroll(G):
+                            for d in T.vectorized(D):
+                                oacc[u, d] = oacc[u, d] + p[u, j1] * T.Cast(
+                                    "float32", v[layer, t // runs(n) % KVH, j0 * TILE + j1, d])
+                for u in T.unroll(G):
+                    st[u, 1] = T.float32(0)
+                    for j1 in range(TILE):
+                        st[u, 1] = st[u, 1] + lsum[u, j1]
+                    if runs(n) == 1:
+                        for d in T.vectorized(D):
+                            o[t // KVH, (t % KVH * G + u) * D + d] = oacc[u, d] * (T.float32(1) / st[u, 1])
+                    else:
+                        for d in T.vectorized(D):
+                            part[t, u, d] = oacc[u, d]
+                        part[t, u, D] = st[u, 0]
+                        part[t, u, D + 1] = st[u, 1]
+            if runs(n) > 1:  # merge the runs of each (token, head): weights exp(max_run - max)
+                for i, h in T.grid(n, H):
+                    w = T.decl_buffer((CHUNKS + 2,), "float32")  # run weights, max, total
+                    w[CHUNKS] = T.float32(NEG)
+                    for c in range(CHUNKS):
+                        w[CHUNKS] = T.max(w[CHUNKS], part[(i * KVH + h // G) * CHUNKS + c, h % G, D])
+                    w[CHUNKS + 1] = T.float32(0)
+                    for c in range(CHUNKS):
+                        w[c] = exp_nonpositive(part[(i * KVH + h // G) * CHUNKS + c, h % G, D] - w[CHUNKS])
+                        w[CHUNKS + 1] = w[CHUNKS + 1] + w[c] * part[(i * KVH + h // G) * CHUNKS + c, h % G, D + 1]
+                    for d in T.vectorized(D):
+                        o[i, h * D + d] = T.float32(0)
+                    for c in range(CHUNKS):
+                        for d in T.vectorized(D):
+                            o[i, h * D + d] = o[i, h * D + d] + w[c] * part[(i * KVH + h // G) * CHUNKS + c, h % G, d]
+                    for d in T.vectorized(D):
+                        o[i, h * D + d] = o[i, h * D + d] * (T.float32(1) / w[CHUNKS + 1])
 
     return attention
+
+
+def _chains_sum(acc: tirx.Buffer, u: int, lane: tirx.PrimExpr) -> tirx.PrimExpr:
+    """acc[u, 0, lane] + ... + acc[u, chains - 1, lane]: the independent FMA chains of one score lane, summed."""
+    total = acc[u, 0, lane]
+    for c in range(1, int(acc.shape[1])):
+        total = total + acc[u, c, lane]
+    return total
 
 
 def _attention_gpu(layers: int, heads: int, kv_heads: int, head_dim: int, max_seq: int,

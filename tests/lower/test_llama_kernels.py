@@ -69,7 +69,8 @@ def test_odd_width_silu_mul_is_scalar_and_exact():
 def _kt_tiled(k_plane: np.ndarray) -> np.ndarray:
     """[L, KVH, D, S] keys -> the K^T cache layout [L, KVH, S / TILE, D, TILE]."""
     from matq_compile.lower.kv_cache import TILE
-    return k_plane.reshape(L, KVH, D, S // TILE, TILE).transpose(0, 1, 3, 2, 4)
+    layers, kv_heads, dim, seq = k_plane.shape
+    return k_plane.reshape(layers, kv_heads, dim, seq // TILE, TILE).transpose(0, 1, 3, 2, 4)
 
 
 def test_cache_shapes_name_the_tiled_layout():
@@ -119,11 +120,12 @@ def test_half_cache_writes_round_to_nearest_half():
 
 
 def _attention_ref(q, k_plane, v, layer, pos):
-    n, G = q.shape[0], H // KVH
-    o = np.zeros((n, H * D))
+    n, heads, D = q.shape
+    G = heads // k_plane.shape[1]
+    o = np.zeros((n, heads * D))
     for i in range(n):
         ln = pos + i + 1
-        for h in range(H):
+        for h in range(heads):
             s = q[i, h].astype(np.float64) @ k_plane[layer, h // G, :, :ln] / np.sqrt(D)
             p = np.exp(s - s.max())
             o[i, h * D:(h + 1) * D] = p @ v[layer, h // G, :ln] / p.sum()
@@ -144,6 +146,24 @@ def test_attention_matches_numpy_and_ignores_stale_positions(n, pos):
     o = _t(np.zeros((n, H * D), np.float32))
     _build(lk.attention_func(L, H, KVH, D, S))(_t(q), _t(_kt_tiled(k_plane)), _t(v), 1, pos, o)
     np.testing.assert_allclose(o.numpy(), _attention_ref(q, k_plane, v, 1, pos), rtol=2e-5, atol=2e-6)
+
+
+@pytest.mark.parametrize("heads,kv_heads,n,pos", [(4, 4, 1, 40), (4, 4, 5, 20), (8, 1, 1, 50), (8, 1, 17, 30),
+                                                  (2, 1, 1, 0)])
+def test_attention_of_other_head_groups_matches_numpy(heads, kv_heads, n, pos):
+    """Query heads per key/value head G = 1, 8 and 2 (the score loop's chains per head differ: 4, 1, 4), each with a
+    decode step (positions split into runs, merged after) and several tokens (runs only where n * kv_heads < 16)."""
+    from matq_compile.lower import llama_kernels as lk
+
+    rng = np.random.default_rng(heads * 10 + n)
+    k_plane = rng.standard_normal((L, kv_heads, D, S)).astype(np.float32)
+    v = rng.standard_normal((L, kv_heads, S, D)).astype(np.float32)
+    k_plane[:, :, :, pos + n:] = np.nan
+    v[:, :, pos + n:] = np.nan
+    q = (rng.standard_normal((n, heads, D)) * 3).astype(np.float32)
+    o = _t(np.zeros((n, heads * D), np.float32))
+    _build(lk.attention_func(L, heads, kv_heads, D, S))(_t(q), _t(_kt_tiled(k_plane)), _t(v), 2, pos, o)
+    np.testing.assert_allclose(o.numpy(), _attention_ref(q, k_plane, v, 2, pos), rtol=2e-5, atol=2e-6)
 
 
 @pytest.mark.parametrize("n,pos", [(1, 40), (5, 27), (16, 48)])
