@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from matq_compile._tvm import i64, tvm
-from matq_compile.lower import kv_cache, llama_kernels as lk
+from matq_compile.lower import kv_cache, llama_fused as fused, llama_kernels as lk
 from tvm.relax.frontend import nn
 from tvm.relax.frontend.nn import op
 
@@ -96,9 +96,21 @@ def _kernels(c: LlamaConfig, gpu: bool) -> dict[str, Any]:
              "select_row": lk.select_row_func(c.hidden_size, gpu),
              "attention": lk.attention_func(c.num_layers, c.num_heads, c.num_kv_heads, c.head_dim, c.max_seq_len,
                                             gpu, c.kv_dtype)}
-    if not gpu:  # a vectorised exp; on CUDA the legalized silu is scheduled by dlight
+    if not gpu:  # a vectorised exp, and the steps between the linears fused (on CUDA: legalized ops and dlight)
         funcs["silu_mul"] = lk.silu_mul_func(c.intermediate_size)
+        funcs["add_rms_norm"] = fused.add_rms_norm_func(c.hidden_size, c.rms_norm_eps)
+        funcs["qkv_rope_write"] = fused.qkv_rope_write_func(c.num_layers, c.num_heads, c.num_kv_heads, c.head_dim,
+                                                            c.max_seq_len, c.kv_dtype)
     return {name: hand_scheduled(f) for name, f in funcs.items()}
+
+
+def _add_norm(kernels: dict[str, Any], x: nn.Tensor, a: nn.Tensor, norm: nn.RMSNorm) -> tuple:
+    """(x + a, norm(x + a)): the residual stream and the next step's input, in one call where the CPU kernel is."""
+    if "add_rms_norm" in kernels:
+        return op.tensor_ir_inplace_op(kernels["add_rms_norm"], "add_rms_norm", [x, a, norm.weight], [0, -1],
+                                       [nn.Tensor.placeholder(x.shape, "float32")] * 2)
+    x = x + a
+    return x, norm(x)
 
 
 class _Attention(nn.Module):
@@ -112,6 +124,14 @@ class _Attention(nn.Module):
 
     def forward(self, x: nn.Tensor, kt: nn.Tensor, vc: nn.Tensor, layer: int, pos, rot: tuple) -> tuple:
         c, n, kern = self.c, x.shape[0], self.kernels
+        if "qkv_rope_write" in kern:
+            shapes = c.cache_shapes
+            qkv = op.concat([self.q_proj(x), self.k_proj(x), self.v_proj(x)], dim=-1)  # see llama_fused
+            kt, vc, q = op.tensor_ir_inplace_op(
+                kern["qkv_rope_write"], "qkv_rope_write", [qkv, *rot, kt, vc, i64(layer), pos], [3, 4, -1],
+                [nn.Tensor.placeholder(shapes[0], c.kv_dtype), nn.Tensor.placeholder(shapes[1], c.kv_dtype),
+                 nn.Tensor.placeholder([n, c.num_heads, c.head_dim], "float32")])
+            return self._attend(q, kt, vc, layer, pos)
         rope = kern["rope"]
         q = op.reshape(self.q_proj(x), [n, c.num_heads, c.head_dim])
         k = op.reshape(self.k_proj(x), [n, c.num_kv_heads, c.head_dim])
@@ -123,8 +143,12 @@ class _Attention(nn.Module):
                                      nn.Tensor.placeholder(shapes[0], c.kv_dtype))
         vc = op.tensor_ir_inplace_op(kern["v_write"], "v_write", [vc, v, i64(layer), pos], 0,
                                      nn.Tensor.placeholder(shapes[1], c.kv_dtype))
-        o = op.tensor_ir_op(kern["attention"], "attention", [q, kt, vc, i64(layer), pos],
-                            out=nn.Tensor.placeholder([n, c.num_heads * c.head_dim], "float32"))
+        return self._attend(q, kt, vc, layer, pos)
+
+    def _attend(self, q: nn.Tensor, kt: nn.Tensor, vc: nn.Tensor, layer: int, pos) -> tuple:
+        c = self.c
+        o = op.tensor_ir_op(self.kernels["attention"], "attention", [q, kt, vc, i64(layer), pos],
+                            out=nn.Tensor.placeholder([q.shape[0], c.num_heads * c.head_dim], "float32"))
         return self.o_proj(o), kt, vc
 
 
@@ -139,22 +163,26 @@ class _MLP(nn.Module):
         gate, up = self.gate_proj(x), self.up_proj(x)
         if "silu_mul" not in self.kernels:
             return self.down_proj(op.silu(gate) * up)
-        return self.down_proj(op.tensor_ir_op(self.kernels["silu_mul"], "silu_mul", [gate, up],
+        return self.down_proj(op.tensor_ir_op(self.kernels["silu_mul"], "silu_mul", [op.concat([gate, up], dim=-1)],
                                               out=nn.Tensor.placeholder(gate.shape, "float32")))
 
 
 class _Block(nn.Module):
     def __init__(self, c: LlamaConfig, layer: int, kernels: dict[str, Any]) -> None:
-        self.layer = layer
+        self.layer, self.kernels = layer, kernels
         self.self_attn = _Attention(c, kernels)
         self.mlp = _MLP(c, kernels)
         self.input_layernorm = nn.RMSNorm(c.hidden_size, axes=-1, epsilon=c.rms_norm_eps, bias=False)
         self.post_attention_layernorm = nn.RMSNorm(c.hidden_size, axes=-1, epsilon=c.rms_norm_eps, bias=False)
 
-    def forward(self, x: nn.Tensor, kt: nn.Tensor, vc: nn.Tensor, pos, rot: tuple) -> tuple:
-        a, kt, vc = self.self_attn(self.input_layernorm(x), kt, vc, self.layer, pos, rot)
-        x = x + a
-        return x + self.mlp(self.post_attention_layernorm(x)), kt, vc
+    def forward(self, x: nn.Tensor, h: nn.Tensor, kt: nn.Tensor, vc: nn.Tensor, pos, rot: tuple,
+                next_norm: nn.RMSNorm) -> tuple:
+        """x: the residual stream, h = input_layernorm(x) -> (x', next_norm(x'), kt, vc): the norm of the next
+        block (or the final norm) is applied here, so that it shares a call with the residual add."""
+        a, kt, vc = self.self_attn(h, kt, vc, self.layer, pos, rot)
+        x, h = _add_norm(self.kernels, x, a, self.post_attention_layernorm)
+        x, h = _add_norm(self.kernels, x, self.mlp(h), next_norm)
+        return x, h, kt, vc
 
 
 class _Body(nn.Module):
@@ -179,9 +207,12 @@ class LlamaModel(nn.Module):
         half = self.c.head_dim // 2
         rot = op.tensor_ir_op(self.kernels["rope_table"], "rope_table", [pos],
                               out=[nn.Tensor.placeholder([n, half], "float32")] * 2)
-        for block in self.model.layers:
-            x, kt, vc = block(x, kt, vc, pos, tuple(rot))
-        return self.model.norm(x), kt, vc
+        layers = list(self.model.layers)
+        h = layers[0].input_layernorm(x) if layers else x
+        for i, block in enumerate(layers):
+            nxt = layers[i + 1].input_layernorm if i + 1 < len(layers) else self.model.norm
+            x, h, kt, vc = block(x, h, kt, vc, pos, tuple(rot), nxt)
+        return h if layers else self.model.norm(x), kt, vc
 
     def _logits(self, x: nn.Tensor) -> nn.Tensor:
         if self.c.tie_word_embeddings:

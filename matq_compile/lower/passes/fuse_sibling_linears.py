@@ -8,7 +8,9 @@ stacked), and
     y_q = matmul(x, permute_dims(W_q)), y_k = ..., y_v = ...
  -> y = matmul(x, permute_dims(W_qkv)); (y_q, y_k, y_v) = split(y, [N_q, N_q + N_k], axis=-1)
 
-(biases stay separate adds after the split), so LowerMatqLinear emits one bit-slice kernel call instead of three:
+(biases stay separate adds after the split), and a concatenation of all of a split's outputs in order along the
+last axis (how the frontend hands [q | k | v] and [gate | up] to its fused CPU kernels, lower/llama_fused.py) is
+y itself, so neither copy is made. LowerMatqLinear emits one bit-slice kernel call instead of three:
 at M = 1 on SmolLM2's narrow layers the fixed cost of a kernel call (the parallel launch, the per-row reduction
 tail) is a large part of its time.
 The packed arrays of a fused layer are its members' rows stacked (lower/params.PackedPart), exact by
@@ -27,6 +29,9 @@ from matq_compile.lower.passes._rewrite import linear_operands, rewrite_relax_fu
 from tvm import relax
 
 
+_CONCAT = tvm.ir.Op.get("relax.concat")
+
+
 @relax.expr_functor.mutator
 class _Rewriter(relax.PyExprMutator):
     def __init__(self, mod: tvm.IRModule, sets: dict[str, tuple[str, ...]], params: ParamMap) -> None:
@@ -36,9 +41,12 @@ class _Rewriter(relax.PyExprMutator):
         self.weights: dict[str, relax.Var] = {}  # fused name -> its weight parameter in the function
         self.rows: dict[str, int] = {}  # member weight name -> its rows
         self.parts: dict[tuple[relax.Expr, str], relax.Expr] = {}  # (input, fused) -> split outputs
+        self.whole: dict[relax.Expr, tuple[relax.Expr, int]] = {}  # split outputs -> (y, number of parts)
 
     def visit_call_(self, call: relax.Call) -> relax.Expr:
         call = self.visit_expr_post_order(call)
+        if call.op == _CONCAT:
+            return self._unsplit(call)
         operands = linear_operands(self, call)
         if operands is None or operands[1].name not in self.set_of:
             return call
@@ -50,11 +58,28 @@ class _Rewriter(relax.PyExprMutator):
             y = self.builder_.emit(relax.op.matmul(x, self.builder_.emit(relax.op.permute_dims(W))), name_hint=fused)
             sizes = np.cumsum([self.rows[n] for n in names])[:-1]
             self.parts[(x, fused)] = self.builder_.emit(relax.op.split(y, [int(s) for s in sizes], axis=-1))
+            self.whole[self.parts[(x, fused)]] = (y, len(names))
         return relax.TupleGetItem(self.parts[(x, fused)], names.index(member))
+
+    def _unsplit(self, call: relax.Call) -> relax.Expr:
+        """y for concat((split(y)[0], ..., split(y)[k - 1]), axis=last) of one fused split, else the call."""
+        fields = call.args[0]
+        if not isinstance(fields, relax.Tuple):
+            return call
+        items = [self.lookup_binding(f) if isinstance(f, relax.Var) else f for f in fields.fields]
+        if not all(isinstance(it, relax.TupleGetItem) for it in items):
+            return call
+        whole = self.whole.get(items[0].tuple_value)
+        ndim = fields.fields[0].ty.ndim
+        if (whole is None or len(items) != whole[1] or [it.index for it in items] != list(range(whole[1]))
+                or any(not it.tuple_value.same_as(items[0].tuple_value) for it in items)
+                or int(call.attrs.axis) not in (-1, ndim - 1)):
+            return call
+        return whole[0]
 
     def rewrite(self, func: relax.Function) -> relax.Function:
         params: list[relax.Var] = []
-        self.weights, self.parts, self.rows = {}, {}, {}
+        self.weights, self.parts, self.rows, self.whole = {}, {}, {}, {}
         by_name = {p.name: p for p in func.params}
         for p in func.params:
             fused = self.set_of.get(p.name)
