@@ -4,10 +4,11 @@
     python benchmarks/kernels_bench.py --shapes 576x576 --bits 4 --no-reuse  # quick look
     python benchmarks/kernels_bench.py --act float,int8 --no-reuse            # both activation modes
 
-Writes benchmarks/results/kernels_<target>.json and prints the table. matq kernels are cache-cold (weights
-flushed before each call). Every anchor runs in its own process (benchmarks/kernel_anchors.py: ORT MatMulNBits
-with zero points at accuracy_level 4 and 0, weights rotated inside one session; torch F.linear fp32; the stream
-bandwidth), interleaved with ours for --rounds rounds; each figure is the median over rounds.
+Writes benchmarks/results/kernels_<target>.json (after every shape and M too, with "complete": false until the
+end) and prints the table. matq kernels are cache-cold (weights flushed before each call). Every anchor runs in its
+own process (benchmarks/kernel_anchors.py: ORT MatMulNBits with zero points at accuracy_level 4 and 0, weights
+rotated inside one session; torch F.linear fp32; the stream bandwidth), interleaved with ours for --rounds rounds;
+each figure is the median over rounds.
 """
 from __future__ import annotations
 
@@ -68,9 +69,9 @@ ACT_NAMES = {"float": "float32", "int8": "int8"}  # --act value -> the rows' "ac
 
 
 def main_rows(spec, db_dir: Path, shapes, ms, bits_list, bw: float, rounds: int,
-              acts: tuple[str, ...] = ("float",)) -> tuple[list[dict], dict]:
+              acts: tuple[str, ...] = ("float",), done=None) -> tuple[list[dict], dict]:
     """Per (shape, M): `rounds` interleaved rounds of our kernels (each activation mode) and every anchor;
-    medians over rounds."""
+    medians over rounds. done(rows, anchors), if given, after each (shape, M)."""
     rows, anchors, built = [], {}, {}  # built: each kernel compiled once, timed in every round
     for N, K in shapes:
         for M in ms:
@@ -100,6 +101,8 @@ def main_rows(spec, db_dir: Path, shapes, ms, bits_list, bw: float, rounds: int,
                              "speedup_vs_torch_fp32": t_ref / med, "ort_acc4_s": acc4, "ort_acc0_s": acc0,
                              "speedup_vs_ort_acc4": None if acc4 is None else acc4 / med})
                 print(_fmt(rows[-1]), flush=True)
+            if done is not None:
+                done(rows, anchors)
     return rows, anchors
 
 
@@ -137,20 +140,24 @@ def main(argv=None) -> int:
     acts = tuple(args.act.split(","))
     if set(acts) - set(ACT_NAMES):
         raise SystemExit(f"--act takes a comma list of {', '.join(ACT_NAMES)}, got {args.act!r}")
-    rows, anchors = main_rows(spec, db_dir, shapes, [int(m) for m in args.m.split(",")], bits_list, bw, args.rounds,
-                              acts)
-    anchors["stream"] = stream["config"]
-    reuse = {} if args.no_reuse else reuse_study(spec, db_dir, tuple(int(v) for v in args.reuse_shape.split("x")),
-                                                 args.reuse_trials, [b for b in (2, 3, 5, 6, 8)])
     from matq_compile._tvm import TVM_VERSION
 
-    result = {"command": " ".join(["python", "benchmarks/kernels_bench.py", *(argv or sys.argv[1:])]),
-              "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              "machine": bench.machine_info(), "target": spec.name, "tvm_version": TVM_VERSION,
-              "db_hash": tune.database_hash(db_dir), "group": 64, "stream_read_gbps": bw, "anchors": anchors,
-              "rounds": args.rounds, "rows": rows, "reuse": reuse}
     out = args.out or ROOT / "benchmarks" / "results" / f"kernels_{spec.name}.json"
-    write_json(out, result)
+    head = {"command": " ".join(["python", "benchmarks/kernels_bench.py", *(argv or sys.argv[1:])]),
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "machine": bench.machine_info(), "target": spec.name, "tvm_version": TVM_VERSION,
+            "db_hash": tune.database_hash(db_dir), "group": 64, "stream_read_gbps": bw, "rounds": args.rounds}
+
+    def write(rows: list[dict], anchors: dict, reuse: dict, complete: bool) -> None:
+        # after every (shape, M) as well: a run cut short keeps what it measured, marked incomplete
+        write_json(out, {**head, "anchors": {**anchors, "stream": stream["config"]}, "rows": rows, "reuse": reuse,
+                         "complete": complete})
+
+    rows, anchors = main_rows(spec, db_dir, shapes, [int(m) for m in args.m.split(",")], bits_list, bw, args.rounds,
+                              acts, done=lambda r, a: write(r, a, {}, False))
+    reuse = {} if args.no_reuse else reuse_study(spec, db_dir, tuple(int(v) for v in args.reuse_shape.split("x")),
+                                                 args.reuse_trials, [b for b in (2, 3, 5, 6, 8)])
+    write(rows, anchors, reuse, True)
     print(f"wrote {out}")
     return 0
 
