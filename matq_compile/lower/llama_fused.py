@@ -12,7 +12,7 @@ qkv_rope_write (as llama_kernels.silu_mul) reads its projections stacked along t
 frontend concatenates the sibling linears' outputs, and where FuseSiblingLinears computes them as one linear, the
 concatenation of its split is that linear's output itself (the pass drops both), so no split copies them apart.
 
-Same arithmetic as the unfused steps: RoPE as llama_kernels.rope_func (HF rotate_half), cache elements rounded
+Same arithmetic as the unfused steps: RoPE by llama_kernels.rotate, as rope_func, cache elements rounded
 to the cache's dtype as k_write / v_write, RMSNorm as HF (s * rsqrt(mean(s^2) + eps), then * w; the sum of
 squares in 16 lanes). Serial and vectorised, like the small kernels they replace: at M = 1 a parallel launch
 costs more than the work.
@@ -23,6 +23,7 @@ from matq_compile._tvm import tirx
 from tvm.script import tirx as T
 
 from matq_compile.lower.kv_cache import TILE, cache_shapes
+from matq_compile.lower.llama_kernels import rotate
 
 
 def add_rms_norm_func(width: int, eps: float) -> tirx.PrimFunc:
@@ -71,7 +72,7 @@ def qkv_rope_write_func(layers: int, heads: int, kv_heads: int, head_dim: int, m
     def qkv_rope_write(qkv_h: T.handle, cos_h: T.handle, sin_h: T.handle, kt_h: T.handle, vc_h: T.handle,
                        layer: T.int64, pos: T.int64, qr_h: T.handle):
         n = T.int64()
-        q = T.match_buffer(qkv_h, (n, (H + 2 * KVH) * D), "float32")
+        qkv = T.match_buffer(qkv_h, (n, (H + 2 * KVH) * D), "float32")
         cos = T.match_buffer(cos_h, (n, half), "float32")
         sin = T.match_buffer(sin_h, (n, half), "float32")
         kt = T.match_buffer(kt_h, kt_shape, dtype)
@@ -80,16 +81,17 @@ def qkv_rope_write_func(layers: int, heads: int, kv_heads: int, head_dim: int, m
         with T.sblock("root"):
             for i, h in T.grid(n, H):
                 for d in T.vectorized(half):
-                    qr[i, h, d] = q[i, h * D + d] * cos[i, d] - q[i, h * D + d + half] * sin[i, d]
-                    qr[i, h, d + half] = q[i, h * D + d + half] * cos[i, d] + q[i, h * D + d] * sin[i, d]
+                    qr[i, h, d] = rotate(qkv[i, h * D + d], qkv[i, h * D + d + half], cos[i, d], sin[i, d])[0]
+                    qr[i, h, d + half] = rotate(qkv[i, h * D + d], qkv[i, h * D + d + half], cos[i, d],
+                                                sin[i, d])[1]
             for i, h in T.grid(n, KVH):
                 for d in range(half):  # K^T holds a position's keys TILE elements apart
-                    kt[layer, h, (pos + i) // TILE, d, (pos + i) % TILE] = T.Cast(
-                        dtype, q[i, KO + h * D + d] * cos[i, d] - q[i, KO + h * D + d + half] * sin[i, d])
-                    kt[layer, h, (pos + i) // TILE, d + half, (pos + i) % TILE] = T.Cast(
-                        dtype, q[i, KO + h * D + d + half] * cos[i, d] + q[i, KO + h * D + d] * sin[i, d])
+                    kt[layer, h, (pos + i) // TILE, d, (pos + i) % TILE] = T.Cast(dtype, rotate(
+                        qkv[i, KO + h * D + d], qkv[i, KO + h * D + d + half], cos[i, d], sin[i, d])[0])
+                    kt[layer, h, (pos + i) // TILE, d + half, (pos + i) % TILE] = T.Cast(dtype, rotate(
+                        qkv[i, KO + h * D + d], qkv[i, KO + h * D + d + half], cos[i, d], sin[i, d])[1])
                 for d in T.vectorized(D):
-                    vc[layer, h, pos + i, d] = T.Cast(dtype, q[i, VO + h * D + d])
+                    vc[layer, h, pos + i, d] = T.Cast(dtype, qkv[i, VO + h * D + d])
 
     return qkv_rope_write
 

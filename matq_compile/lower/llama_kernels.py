@@ -51,6 +51,11 @@ def rope_table_func(head_dim: int, theta: float, gpu: bool = False) -> tirx.Prim
     return rope_table
 
 
+def rotate(lo: tirx.PrimExpr, hi: tirx.PrimExpr, c: tirx.PrimExpr, s: tirx.PrimExpr) -> tuple:
+    """RoPE of one pair (x[d], x[d + D/2]) by angle (cos c, sin s), HF rotate_half: (lo c - hi s, hi c + lo s)."""
+    return lo * c - hi * s, hi * c + lo * s
+
+
 def rope_func(head_dim: int, gpu: bool = False) -> tirx.PrimFunc:
     """y[i, h, :] = RoPE(x[i, h, :]) with the rope_table of the same positions (HF rotate_half convention).
     Serial on CPU: a decode step rotates 9 x 64 values, less than a parallel launch costs."""
@@ -67,10 +72,10 @@ def rope_func(head_dim: int, gpu: bool = False) -> tirx.PrimFunc:
         with T.sblock("root"):
             for t in outer(n * h):
                 for d in range(half):
-                    y[t // h, t % h, d] = x[t // h, t % h, d] * cos[t // h, d] - \
-                        x[t // h, t % h, d + half] * sin[t // h, d]
-                    y[t // h, t % h, d + half] = x[t // h, t % h, d + half] * cos[t // h, d] + \
-                        x[t // h, t % h, d] * sin[t // h, d]
+                    y[t // h, t % h, d] = rotate(x[t // h, t % h, d], x[t // h, t % h, d + half], cos[t // h, d],
+                                                 sin[t // h, d])[0]
+                    y[t // h, t % h, d + half] = rotate(x[t // h, t % h, d], x[t // h, t % h, d + half],
+                                                        cos[t // h, d], sin[t // h, d])[1]
 
     return rope
 
