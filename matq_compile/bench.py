@@ -96,7 +96,7 @@ def random_args(key: layout.KernelKey, m: int, seed: int = 0, tiled: bool = Fals
         arr["P"] = planes.pack(q, key.nested)
     (xs, xd), *_, (ys, yd) = arg_shapes(key, m)
     x = rng.standard_normal(xs).astype(xd if xd != "bfloat16" else "float32")
-    P, S, Z = (tiles.tile(arr[n]).reshape(arr[n].shape) if tiled else arr[n] for n in "PSZ")
+    P, S, Z = (tiles.arrange(arr[n], n, key.bits) if tiled else arr[n] for n in "PSZ")
     return [x, P, S, Z, np.zeros(ys, yd)]
 
 

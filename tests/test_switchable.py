@@ -100,7 +100,7 @@ def _host_has_byte_dot() -> bool:
 def test_int8_activation_build_equals_the_dedicated_int8_builds(ckpt, tmp_path):
     """--act int8: the nested planes decode into the dedicated int8 kernels' lane order, so every width and a mixed
     plan give the dedicated int8 builds' logits bit for bit, and a switch mid-generation continues exactly. Where
-    the dedicated build runs the tile kernels instead (int8_intrin.tiled: r = 2, 4, 8 on AVX512-VNNI), a layer's
+    the dedicated build runs the tile kernels instead (int8_intrin.tiled: r = 2, 3, 4, 8 on AVX512-VNNI), a layer's
     integer sums are the same and its float epilogue adds in another order; a last-bit difference that moves an
     activation across a rounding tie of the next layer's int8 quantization changes that code by one, so the
     logits agree to about 1e-3 of their range there (2e-2 asked)."""

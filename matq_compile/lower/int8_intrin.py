@@ -253,7 +253,7 @@ def wide_fits(key) -> bool:
 
 def kernel_isa(isa: str, key) -> str:
     """The ISA a build for a target of `isa` gives the kernel of `key`: on "vnni512" and "amx" targets the tile
-    kernels (TILES) at every batch for the slices that have them (int8_tiles.fits: the one-plane widths; the
+    kernels (TILES) at every batch for the slices that have them (int8_tiles.fits: r = 2, 3, 4, 8; the
     build keeps their arrays in the tile arrangement, tiled()); else on "amx" targets AMX tiles where the kernel
     has that form (int8_amx.fits: prefill chunks), else the 512-bit form where it fits and pays off (long rows,
     WIDE_MIN_GROUPS), else the same CPU's 256-bit form."""

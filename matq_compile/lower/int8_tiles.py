@@ -14,6 +14,10 @@ term applied to all 16 rows by three vector ops. With several activation rows ea
 decoded (one sum per row), and blocks of ROW_BLOCK rows share each decoded word. Weights are prefetched
 PREFETCH_LINES cache lines ahead into L2 (a decode step reads them once, from beyond the L2).
 
+At r = 3 a unit of work is a block's three words (tiles.pack3): each of its 8 operands is one vpternlogd (bit
+select) of a crumb word and the bit word rotated and and-ed (each and-ed word serves two operands), its codes at
+bit 0, 1, 4 or 5 of every byte: one int32 sum per shift, shifted into place as the fields' sums are.
+
 Widths: tiles.WIDTHS. Groups of whole 32-code blocks (g a multiple of 32; the quantization works on 16 lanes).
 """
 from __future__ import annotations
@@ -34,7 +38,7 @@ ROW_BLOCK = 4
 
 
 def fits(key: layout.KernelKey) -> bool:
-    """Whether `key` has a tile kernel: a one-plane width of the dense layout, whole tiles of rows, float32
+    """Whether `key` has a tile kernel: a width of tiles.WIDTHS in the dense layout, whole tiles of rows, float32
     activations in groups of whole blocks."""
     return (not key.nested and tiles.fits(key.N, key.bits) and key.dtype == "float32"
             and key.group_size % layout.BLOCK == 0)
@@ -45,17 +49,22 @@ def _func(key: layout.KernelKey, with_epilogue: bool):
         raise ValueError(f"{key.name}: the tile kernel needs r in {tiles.WIDTHS}, N a multiple of {LANES}, float32 "
                          f"activations and groups of whole {layout.BLOCK}-code blocks of the dense layout")
     N, K, r, g, G = key.N, key.K, key.bits, key.group_size, key.n_groups
-    NT, WPR, WG, F = N // LANES, key.words_per_row, g * r // 32, 8 // r
+    NT, WPR = N // LANES, key.words_per_row
+    # a unit: the words one set of operands is decoded from (one word, or an r = 3 block's A, B, H)
+    UW, UO = (tiles.R3_WORDS, 8) if r == 3 else (1, 8 // r)  # words and operands per unit
+    UG = g * r // 32 // UW  # units per group
     order = tiles.chunk_order(r)
-    field = ((1 << r) - 1) * 0x01010101  # field 0's mask in every byte of a lane
+    field = ((1 << r) - 1) * 0x01010101  # field 0's mask in every byte of a lane (one-plane widths)
     qmax = float(act_quant.QMAX)
-    word_loop = T.unroll if WG <= UNROLL_WORDS else T.serial
+    unit_loop = T.unroll if UG * UW <= UNROLL_WORDS else T.serial
     group_loop = T.unroll if G <= UNROLL_GROUPS else T.serial
-    # one activation row: each field and-ed in place, its own sum (no shift in the loop); several: each field
-    # shifted down as well, so one sum per row (F per row for 4 rows spilled at r = 2), the decode shared by MR rows
+    op_loop = T.unroll if r == 3 else T.serial  # r = 3's per-operand constants fold once unrolled
+    # one activation row: each operand's code left where it lies, one sum per shift (no shift in the loop);
+    # several: each operand shifted down as well, so one sum per row (4 per row for 4 rows spilled at r = 2), the
+    # decode shared by MR rows
     SH = int(key.m_bucket != 1)
     MR = min(ROW_BLOCK, key.m_bucket or ROW_BLOCK) if SH else 1
-    SF = 1 if SH else F  # int32 sums per activation row
+    SF = 1 if SH else (4 if r == 3 else UO)  # int32 sums per activation row
     M = key.m_bucket if key.m_bucket is not None else tirx.Var("m", "int64")
 
     # Helpers build expressions, not assignments: a name bound in the function body becomes a 1-element "local"
@@ -71,6 +80,30 @@ def _func(key: layout.KernelKey, with_epilogue: bool):
         inv = T.Select(amax(vmax) > T.float32(0), T.float32(qmax) / amax(vmax), T.float32(0))
         return T.Cast("int32x16", T.max(T.min(T.nearbyint(X.vload([m, k], "float32x16") * T.Broadcast(inv, 16)),
                                               T.Broadcast(T.float32(qmax), 16)), T.Broadcast(T.float32(-qmax), 16)))
+
+    def sum_of(o):  # the shift class (M = 1 sum) of operand o: its field, at r = 3 its code's shift
+        return o % 4 if r == 3 else o
+
+    def shift(c):  # the bit at which the codes of shift class c lie
+        return c + 2 * (c // 2) if r == 3 else r * c
+
+    def bytes4(v):  # a byte mask in every byte of a lane
+        return T.Broadcast(T.Cast("uint32", v) * T.uint32(0x01010101), 16)
+
+    def operand(P, t, u, o):  # uint32x16: operand o of unit u of tile t, its codes at shift(sum_of(o)) (SH: at 0)
+        if r != 3:
+            return (P.vload([t, u, 0], "uint32x16") >> T.Broadcast(T.Cast("uint32", r * o * SH), 16)) & T.Broadcast(
+                T.uint32(field) << T.Cast("uint32", r * o * (1 - SH)), 16)
+        # tiles.R3_OPERANDS / R3_HMASKS as arithmetic of o: crumb field f of word o // 4, H rotated and and-ed
+        f, k = o % 4, (o % 4) ^ (o // 4)
+        h = P.vload([t, u * UW + 2, 0], "uint32x16")
+        h = T.call_llvm_pure_intrin("uint32x16", "llvm.fshr", h, h,
+                                    T.Broadcast(T.Cast("uint32", 2 * (k % 2)), 16)) & bytes4(6 << (4 * (k // 2)))
+        v = T.reinterpret("uint32x16", T.call_llvm_pure_intrin(
+            "int32x16", "llvm.x86.avx512.pternlog.d.512", T.reinterpret("int32x16", bytes4(3 << (2 * f))),
+            T.reinterpret("int32x16", P.vload([t, u * UW + o // 4, 0], "uint32x16")), T.reinterpret("int32x16", h),
+            T.int32(0xCA)))  # bit select: the crumb where the mask is set, and-ed H elsewhere
+        return v >> T.Broadcast(T.Cast("uint32", shift(f) * SH), 16)
 
     @T.prim_func
     def main(x_h: T.handle, p_h: T.handle, s_h: T.handle, z_h: T.handle, y_h: T.handle):
@@ -117,22 +150,21 @@ def _func(key: layout.KernelKey, with_epilogue: bool):
                 for q in group_loop(G):
                     for a in T.unroll(SF * MR):
                         acc[T.ramp(a * 16, 1, 16)] = T.Broadcast(T.int32(0), 16)
-                    for w in word_loop(WG):
-                        T.evaluate(T.call_llvm_intrin("void", "llvm.prefetch.p0",
-                                                      T.address_of(P[t, q * WG + w + PREFETCH_LINES, 0]),
-                                                      T.int32(0), T.int32(2), T.int32(1)))
-                        for f, i in T.grid(F, MR):  # each decoded word feeds the block's activation rows
-                            acc[T.ramp((f * (1 - SH) * MR + i) * 16, 1, 16)] = T.call_llvm_pure_intrin(
-                                "int32x16", "llvm.x86.avx512.vpdpbusd.512",
-                                acc.vload([(f * (1 - SH) * MR + i) * 16], "int32x16"),
-                                T.reinterpret("int8x64", (P.vload([t, q * WG + w, 0], "uint32x16") >> T.Broadcast(
-                                    T.Cast("uint32", r * f * SH), 16)) & T.Broadcast(
-                                    T.uint32(field) << T.Cast("uint32", r * f * (1 - SH)), 16)),
-                                T.reinterpret("int8x64", T.Broadcast(
-                                    xw[row(mo, i), (q * WG + w) * F + f], 16)))
-                    for f, i in T.grid(SF - 1, MR):
+                    for u in unit_loop(UG):
+                        for w in T.serial(UW):
+                            T.evaluate(T.call_llvm_intrin("void", "llvm.prefetch.p0", T.address_of(
+                                P[t, (q * UG + u) * UW + w + PREFETCH_LINES, 0]), T.int32(0), T.int32(2), T.int32(1)))
+                        for o in op_loop(UO):  # each decoded operand feeds the block's activation rows
+                            for i in T.serial(MR):
+                                acc[T.ramp((sum_of(o) * (1 - SH) * MR + i) * 16, 1, 16)] = T.call_llvm_pure_intrin(
+                                    "int32x16", "llvm.x86.avx512.vpdpbusd.512",
+                                    acc.vload([(sum_of(o) * (1 - SH) * MR + i) * 16], "int32x16"),
+                                    T.reinterpret("int8x64", operand(P, t, q * UG + u, o)),
+                                    T.reinterpret("int8x64", T.Broadcast(xw[row(mo, i), (q * UG + u) * UO + o], 16)))
+                    for c, i in T.grid(SF - 1, MR):
                         acc[T.ramp(i * 16, 1, 16)] = acc.vload([i * 16], "int32x16") + (
-                            acc.vload([((f + 1) * MR + i) * 16], "int32x16") >> T.Broadcast(T.int32(r * (f + 1)), 16))
+                            acc.vload([((c + 1) * MR + i) * 16], "int32x16") >> T.Broadcast(
+                                T.Cast("int32", shift(c + 1)), 16))
                     for i in T.unroll(MR):
                         if with_epilogue:
                             sv[t, T.ramp(0, 1, 16)] = T.Cast("float32x16", S.vload([t, q, 0], "float16x16"))

@@ -42,7 +42,7 @@ class SourceTensor:
 class PackedPart:
     """One packed array (P, S, Z or perm) of a kernel unit: its members' arrays stacked by rows (exact: the
     packed layout, scales and zeros are all per output row); tiled: P, S, Z then in the tile arrangement
-    (tiles.tile, same shape), for the int8 tile kernels."""
+    (tiles.arrange, same shape), for the int8 tile kernels."""
 
     members: tuple[str, ...]
     bits: int
@@ -53,7 +53,7 @@ class PackedPart:
     def make(self, src: WeightSource) -> np.ndarray:
         parts = [src.packed(m, self.bits, self.group)[self.part] for m in self.members]
         a = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
-        return tiles.tile(a).reshape(a.shape) if self.tiled and self.part in ("P", "S", "Z") else a
+        return tiles.arrange(a, self.part, self.bits) if self.tiled and self.part in ("P", "S", "Z") else a
 
 
 @dataclass(frozen=True)

@@ -90,25 +90,25 @@ def test_amx_kernels_are_tile_code(bits):
 
 
 def test_which_kernels_take_tiles():
-    """The one-plane widths on whole 16-row tiles take the tile-arrangement kernels at every batch (int8_tiles);
+    """The widths of tiles.WIDTHS on whole 16-row tiles take the tile-arrangement kernels at every batch (int8_tiles);
     of the others, prefill chunks (M = 16) of groups of 64 on the dense layout take AMX tiles; decode rows, other
     groups, a switchable build's planes and rows not a whole number of tiles keep the vpdpbusd kernels."""
     isa = int8_intrin.check_target(SPR)
     assert isa == int8_intrin.AMX
-    for bits in (2, 4, 8):
+    for bits in (2, 3, 4, 8):
         for m in (1, 16, None):
             assert int8_intrin.kernel_isa(isa, layout.KernelKey(1536, 576, bits, 64, m)) == int8_intrin.TILES
             assert int8_intrin.kernel_isa("vnni512", layout.KernelKey(1536, 576, bits, 32, m)) == int8_intrin.TILES
     assert int8_intrin.kernel_isa(isa, layout.KernelKey(40, 576, 4, 64, 16)) == "vnni-vbmi"
     assert int8_intrin.kernel_isa("vnni", layout.KernelKey(1536, 576, 4, 64, 1)) == "vnni"
-    assert int8_intrin.kernel_isa(isa, layout.KernelKey(1536, 576, 3, 64, 16)) == int8_intrin.AMX
-    assert int8_intrin.kernel_isa(isa, layout.KernelKey(1536, 576, 3, 64, 1)) == "vnni512"
-    assert int8_intrin.kernel_isa(isa, layout.KernelKey(1536, 512, 3, 64, 1)) == "vnni-vbmi"
-    assert int8_intrin.kernel_isa(isa, layout.KernelKey(1536, 576, 3, 32, 16)) == "vnni-vbmi"
+    assert int8_intrin.kernel_isa(isa, layout.KernelKey(1536, 576, 6, 64, 16)) == int8_intrin.AMX
+    assert int8_intrin.kernel_isa(isa, layout.KernelKey(1536, 576, 6, 64, 1)) == "vnni512"
+    assert int8_intrin.kernel_isa(isa, layout.KernelKey(1536, 512, 6, 64, 1)) == "vnni-vbmi"
+    assert int8_intrin.kernel_isa(isa, layout.KernelKey(1536, 576, 6, 32, 16)) == "vnni-vbmi"
     assert int8_intrin.kernel_isa(isa, layout.KernelKey(1536, 1024, 5, 128, 16)) == "vnni-vbmi"
     assert int8_intrin.kernel_isa(isa, layout.KernelKey(40, 576, 3, 64, 16)) == "vnni-vbmi"
-    assert int8_intrin.kernel_isa(isa, layout.KernelKey(1536, 576, 3, 64, None)) == "vnni-vbmi"
-    assert int8_intrin.kernel_isa(isa, layout.KernelKey(1536, 64, 3, 64, 16)) == "vnni-vbmi"
+    assert int8_intrin.kernel_isa(isa, layout.KernelKey(1536, 576, 6, 64, None)) == "vnni-vbmi"
+    assert int8_intrin.kernel_isa(isa, layout.KernelKey(1536, 64, 6, 64, 16)) == "vnni-vbmi"
     with pytest.raises(ValueError, match="AMX kernel"):
         int8_amx.int8_amx_func(layout.KernelKey(1536, 576, 4, 64, 1))
 

@@ -34,7 +34,7 @@ def test_tile_moves_rows_into_lanes(rng):
         tiles.tile(P[:40])
 
 
-@pytest.mark.parametrize("bits", tiles.WIDTHS)
+@pytest.mark.parametrize("bits", (2, 4, 8))
 def test_act_order_pairs_each_field_with_its_codes(bits, rng):
     """The activation at position p of act_order multiplies, in operand (word, field) lane byte j, exactly the
     code layout.pack put in that byte's field: checked by unpacking each field of each byte of the words."""
@@ -51,6 +51,26 @@ def test_act_order_pairs_each_field_with_its_codes(bits, rng):
                 assert field == codes[0, order[4 * (w * F + f) + j]]
 
 
+def test_r3_operands_hold_each_code_contiguous_at_its_shift(rng):
+    """pack3's words decoded as the kernel does (operands3: R3_OPERANDS' bit select of a crumb word and an and-ed,
+    rotated H) give, in operand o byte j, exactly the code act_order puts at dword o, byte j, at bit `shift`, and
+    zeros elsewhere: every code of every block, all 8 code values, bit for bit; words() reaches the same words
+    from layout.pack's."""
+    K = 128
+    codes = rng.integers(0, 8, (6, K)).astype(np.uint8)
+    codes[0, :8] = np.arange(8)
+    words = tiles.pack3(codes)
+    assert words.shape == (6, K // 32 * 3) and words.dtype == np.uint32
+    np.testing.assert_array_equal(tiles.words(layout.pack(codes, 3), 3), words)
+    ops = tiles.operands3(words).astype(np.int64)  # [6, blocks, 8, 4]
+    want = codes[:, tiles.act_order(K, 3)].reshape(6, K // 32, 8, 4)
+    for o, (_, _, sh) in enumerate(tiles.R3_OPERANDS):
+        assert not (ops[:, :, o] & ~(7 << sh)).any(), o
+        np.testing.assert_array_equal(ops[:, :, o] >> sh, want[:, :, o])
+    with pytest.raises(ValueError, match="multiple of 32"):
+        tiles.pack3(codes[:, :40])
+
+
 CASES = [(b, g, m) for b in tiles.WIDTHS for g, m in zip((32, 64, 128), ((1, 3, 16), (16, 1, 3), (3, 16, 1))[b % 3])]
 
 
@@ -65,7 +85,7 @@ def test_integer_path_is_bit_exact(bits, group, m, dynamic, cpu, rng):
     codes[0] = (1 << bits) - 1
     x = int8_activations(rng, m, key.K)
     ex = build_main(int8_tiles.int8_tile_acc_func(key, "main"), target)
-    P = tiles.tile(layout.pack(codes, bits)).reshape(key.N, key.words_per_row)
+    P = tiles.arrange(layout.pack(codes, bits), "P", bits)
     S = np.zeros((key.N, key.n_groups), np.float16)
     acc = tvm_mod.empty((m, key.N, key.n_groups), "int32", dev)
     ex["main"](tvm_mod.tensor(x, dev), tvm_mod.tensor(P, dev), tvm_mod.tensor(S, dev), tvm_mod.tensor(S, dev), acc)
@@ -77,7 +97,9 @@ def test_integer_path_is_bit_exact(bits, group, m, dynamic, cpu, rng):
 @pytest.mark.parametrize("bits,group,sym,K,runs", [(2, 64, False, 576, ((1, 1), (3, None))),
                                                    (4, 32, True, 256, ((1, 1), (16, 16))),
                                                    (8, 128, False, 256, ((1, 1), (5, None))),
-                                                   (4, -1, False, 256, ((1, 1),))])
+                                                   (4, -1, False, 256, ((1, 1),)),
+                                                   (3, 64, False, 576, ((1, 1), (16, 16), (5, None))),
+                                                   (3, -1, True, 256, ((1, 1),))])
 def test_kernel_matches_the_exact_epilogue(bits, group, sym, K, runs, cpu, rng):
     """The whole kernel (float32 epilogue, 16 rows a vector) against act_quant.int8_linear (float64 epilogue)."""
     target, dev = cpu
@@ -87,7 +109,7 @@ def test_kernel_matches_the_exact_epilogue(bits, group, sym, K, runs, cpu, rng):
     s = (rng.random((N, K // g)) * 0.02 + 1e-3).astype(np.float16)
     z = None if sym else rng.integers(0, 256, (N, K // g)).astype(np.uint8)
     arr = layout.pack_slice(q, s, z, bits, "round", group)
-    tiled = [tiles.tile(arr[n]).reshape(arr[n].shape) for n in "PSZ"]
+    tiled = [tiles.arrange(arr[n], n, bits) for n in "PSZ"]
     for m, bucket in runs:
         key = layout.KernelKey(N, K, bits, group, bucket)
         ex = build_main(int8_tiles.int8_tile_func(key, "main"), target)
@@ -101,18 +123,24 @@ def test_kernel_matches_the_exact_epilogue(bits, group, sym, K, runs, cpu, rng):
 @pytest.mark.parametrize("bits", tiles.WIDTHS)
 def test_one_and_per_dot_product_and_none_at_r8(bits, cpu):
     """The decode is one vpand per vpdpbusd (none at r = 8, whose words are the codes: the dot product reads them
-    from memory), every dot product of a 576-code row straight-line: 9 groups x 2 r words x 8 / r fields."""
+    from memory; at r = 3 one vpternlogd per vpdpbusd, one vpand per two and one rotate per eight), every dot
+    product of a 576-code row straight-line: 9 groups x 64 codes / 4 codes a lane."""
     target, _ = cpu
     key = layout.KernelKey(64, 576, bits, 64, 1)
     asm = build_main(int8_tiles.int8_tile_func(key, "main"), target).mod.inspect_source("asm")
     dots = len(re.findall(r"\bvpdpbusd\b", asm))
-    assert dots == 9 * 2 * bits * (8 // bits)
+    assert dots == 9 * 64 // 4
     ands = len(re.findall(r"\bvpand[dq]?\b", asm))
-    assert (ands == 0) if bits == 8 else (dots <= ands <= dots + 4)
+    if bits == 3:
+        assert len(re.findall(r"\bvpternlogd\b", asm)) == dots
+        assert dots // 2 <= ands <= dots // 2 + 4
+        assert len(re.findall(r"\bvpro[rl]d\b", asm)) == dots // 8
+    else:
+        assert (ands == 0) if bits == 8 else (dots <= ands <= dots + 4)
 
 
 def test_refuses_what_it_cannot_serve():
     with pytest.raises(ValueError, match="tile kernel needs"):
-        int8_tiles.int8_tile_func(layout.KernelKey(48, 256, 3, 64, 1))
+        int8_tiles.int8_tile_func(layout.KernelKey(48, 256, 5, 64, 1))
     with pytest.raises(ValueError, match="tile kernel needs"):
         int8_tiles.int8_tile_func(layout.KernelKey(40, 256, 4, 64, 1))

@@ -66,6 +66,27 @@ def test_odd_width_silu_mul_is_scalar_and_exact():
     np.testing.assert_allclose(y.numpy(), g / (1 + np.exp(-g.astype(np.float64))), rtol=1e-5, atol=1e-30)
 
 
+def test_rope_table_and_rope_match_numpy():
+    """The RoPE table of positions pos.. (angle (pos + i) theta^(-2d/D)) and the rotation of every head by it (HF
+    rotate_half) against numpy in float64; the GPU graph runs these two (the CPU graph's fused qkv_rope_write
+    shares `rotate`)."""
+    from matq_compile.lower import llama_kernels as lk
+
+    n, heads, theta, pos = 5, 3, 10000.0, 37
+    cos, sin = _t(np.zeros((n, D // 2), np.float32)), _t(np.zeros((n, D // 2), np.float32))
+    _build(lk.rope_table_func(D, theta))(pos, cos, sin)
+    angle = (pos + np.arange(n))[:, None] * theta ** (-2 * np.arange(D // 2) / D)
+    np.testing.assert_allclose(cos.numpy(), np.cos(angle), rtol=0, atol=2e-5)
+    np.testing.assert_allclose(sin.numpy(), np.sin(angle), rtol=0, atol=2e-5)
+    x = np.random.default_rng(3).standard_normal((n, heads, D)).astype(np.float32)
+    y = _t(np.zeros_like(x))
+    _build(lk.rope_func(D))(_t(x), cos, sin, y)
+    c, s = cos.numpy().astype(np.float64)[:, None], sin.numpy().astype(np.float64)[:, None]
+    lo, hi = x[..., :D // 2].astype(np.float64), x[..., D // 2:].astype(np.float64)
+    np.testing.assert_allclose(y.numpy(), np.concatenate([lo * c - hi * s, hi * c + lo * s], axis=-1),
+                               rtol=1e-6, atol=1e-6)
+
+
 def _kt_tiled(k_plane: np.ndarray) -> np.ndarray:
     """[L, KVH, D, S] keys -> the K^T cache layout [L, KVH, S / TILE, D, TILE]."""
     from matq_compile.lower.kv_cache import TILE
