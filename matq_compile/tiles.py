@@ -16,77 +16,120 @@ into the order (word, field, byte) (act_order) and keeps one int32 sum per field
 every term is a multiple of 2^(r f)) before they are added. An and per operand: the decode costs one op per
 vpdpbusd at every width, and a group's float work is shared by 16 rows, so the time follows the bytes read.
 
-r = 3 has words of its own (`pack3`, from layout.pack's by `words`; still 3 words per 32-code block, r / 8 bytes
-per weight): two crumb words A and B (codes 0..15 and 16..31 of the block, byte j field f holding a 2-bit part of
-code 4 j + f, as at r = 2) and a bit word H with each code's third bit. An operand (A or B, field f) is one
-vpternlogd, a bit select: its crumb from the word, everything else from an and-ed H (`R3_OPERANDS`), which holds
-that code's third bit right beside the crumb and, inside the crumb's own bits, the bit of a partner operand that
-and-ed H also serves. So every byte of the operand holds its code at bit `shift`, contiguous, and zeros elsewhere:
-fields 0 and 2 as crumb = low bits and the third bit above them, 1 and 3 as crumb = high bits and the third bit
-below (field 3's crumb fills the byte's top). Per block and 16 rows: 3 loads, 1 rotate, 4 ands, 8 vpternlogd for
-8 vpdpbusd (21 ops against 16 at r = 2 and 4, for 3/4 of r = 4's bytes).
+r = 3 has words of its own (`pack_merged`, made from layout.pack's by `words`; still r words per 32-code block,
+r / 8 bytes per weight): a main plane as a one-plane width's words (crumbs: byte j field f holds part of the same
+code as at r = 2) and a minor plane (bits) with the rest of each code. An operand (main word, field f) is one
+vpternlogd, a bit select: the field's bits from the main word, every other bit from a minor word rotated and and-ed
+(a `Merged.variants` entry), which holds that code's minor part right beside the field and, inside the field's own
+bits, the minor part of a partner operand that the same and-ed word serves. So every byte of an operand holds its
+code contiguous at bit `shift` and zeros elsewhere: the minor part above the field (the field holds the code's low
+bits) or below it (the field holds its high bits). Per block and 16 rows: r loads, one and per two operands, a
+rotate or shift per rotated variant, 8 vpternlogd for 8 vpdpbusd (22 ops at r = 3 against 16 at r = 2 and 4, for
+3/4 of r = 4's bytes).
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
 from matq_compile import layout
 
 TILE: int = 16  # output rows per tile: the 32-bit lanes of one 512-bit vector
-WIDTHS: tuple[int, ...] = (2, 3, 4, 8)  # one-plane widths (whole codes per byte) and r = 3 (pack3)
-R3_WORDS = 3  # words of a 32-code block at r = 3: A, B, H
-# the and-ed H words at r = 3: (rotate right by, byte mask); each serves two operands
-R3_HMASKS: tuple[tuple[int, int], ...] = ((0, 0x06), (2, 0x06), (0, 0x60), (2, 0x60))
-# operand o = 4 w + f (w: word A = 0, B = 1; f: the crumb field): (crumb byte mask, R3_HMASKS index, shift of the code)
-R3_OPERANDS: tuple[tuple[int, int, int], ...] = (
-    (0x03, 0, 0), (0x0C, 1, 1), (0x30, 2, 4), (0xC0, 3, 5),   # A
-    (0x03, 1, 0), (0x0C, 0, 1), (0x30, 3, 4), (0xC0, 2, 5))   # B
-# the bit of H holding the third bit of operand o's code in byte j: R3_HBIT[o] + 8 j (mod 32 after the operand's
-# rotate, so B field 2's sits in the next byte)
-R3_HBIT: tuple[int, ...] = (2, 3, 6, 7, 4, 1, 8, 5)
 
 
-def pack3(codes: np.ndarray) -> np.ndarray:
-    """[..., K] 3-bit codes (K a multiple of 32) -> [..., 3 K / 32] uint32: per block the words A, B, H of the
-    r = 3 tile operands (module doc): crumb (code & 3 for even fields, code >> 1 for odd ones) at bit 8 j + 2 f
-    of A (code 4 j + f) or B (code 16 + 4 j + f), the remaining bit at H bit R3_HBIT[o] + 8 j (mod 32)."""
+@dataclass(frozen=True)
+class Merged:
+    """A width whose operands merge a main and a minor plane (module doc). A block's words: `main` main words,
+    then the minor words. Operand o: main word o // F, field f = o % F (F = 8 / main fields a byte)."""
+
+    main: int  # width of the main plane
+    variants: tuple[tuple[int, int, int], ...]  # the and-ed minor words: (minor word, rotate left by, byte mask)
+    operands: tuple[tuple[int, int], ...]  # per operand: (variant, shift of its code in every byte)
+
+    @property
+    def fields(self) -> int:
+        return 8 // self.main
+
+    def field_mask(self, o: int) -> int:
+        """Operand o's field in every byte's bits (one byte)."""
+        return ((1 << self.main) - 1) << (self.main * (o % self.fields))
+
+    @property
+    def shifts(self) -> tuple[int, ...]:
+        """The distinct code shifts: one int32 sum each in the kernel."""
+        return tuple(sorted({sh for _, sh in self.operands}))
+
+
+MERGED: dict[int, Merged] = {
+    # crumb words A, B and a bit word; fields 0, 2 as crumb = low bits (third bit above), 1, 3 as crumb = high bits
+    3: Merged(2, ((0, 0, 0x06), (0, 30, 0x06), (0, 0, 0x60), (0, 30, 0x60)),
+              ((0, 0), (1, 1), (2, 4), (3, 5), (1, 0), (0, 1), (3, 4), (2, 5))),
+}
+# r = 5 and 6 take the same scheme (nibble words and a bit or crumb word, 22-23 ops per 8 vpdpbusd); measured on a
+# 2-core Zen 4 (4096^2, cold) they ran M = 16 2.1-2.4x faster than the row kernels but M = 1 5-25 % slower (the row
+# kernels read at the stream rate there), so they keep the row layout
+WIDTHS: tuple[int, ...] = (2, 3, 4, 8)  # one-plane widths (whole codes per byte) and the merged one
+
+
+def _place(m: Merged, o: int, j: int, code: np.ndarray, bits: int):
+    """Operand o, byte j: (main part at its field, minor part, the minor's lowest bit in the rotated byte)."""
+    f, minor_w = o % m.fields, bits - m.main
+    shift = m.operands[o][1]
+    if shift == m.main * f:  # minor above the field: the field holds the code's low bits
+        return code & ((1 << m.main) - 1), code >> m.main, shift + m.main
+    return code >> minor_w, code & ((1 << minor_w) - 1), shift
+
+
+def pack_merged(codes: np.ndarray, bits: int) -> np.ndarray:
+    """[..., K] r-bit codes of a merged width (K a multiple of 32) -> [..., r K / 32] uint32, per block the main
+    words then the minor words: operand o's code of byte j is code w (32 / main) + j F + f of the block (w, f of
+    o), its main part at bit 8 j + main f of main word w, its minor part where the operand's variant, rotated
+    left, brings it to the bits beside the field."""
+    m = MERGED[bits]
     codes = np.asarray(codes)
     K = codes.shape[-1]
-    if K % 32 or (codes.size and (codes.min() < 0 or codes.max() > 7)):
-        raise ValueError(f"pack3: expected 3-bit codes [..., K] with K a multiple of 32, got shape {codes.shape}")
-    c = codes.astype(np.uint32).reshape(codes.shape[:-1] + (K // 32, 2, 4, 4))  # block, word, byte j, field f
-    odd = (np.arange(4) % 2).astype(np.uint32)  # per field f
-    crumb = np.where(odd == 1, c >> 1, c & 3)
-    third = np.where(odd == 1, c & 1, c >> 2)
-    j, f = np.arange(4)[:, None], np.arange(4)[None, :]
-    out = np.zeros(codes.shape[:-1] + (K // 32, R3_WORDS), np.uint32)
-    out[..., :2] = (crumb << (8 * j + 2 * f).astype(np.uint32)).sum(axis=(-2, -1), dtype=np.uint32)
-    hbit = (np.asarray(R3_HBIT).reshape(2, 1, 4) + 8 * j[None]) % 32  # [word, j, f]
-    out[..., 2] = (third << hbit.astype(np.uint32)).sum(axis=(-3, -2, -1), dtype=np.uint32)
-    return out.reshape(codes.shape[:-1] + (K // 32 * R3_WORDS,))
+    if K % 32 or (codes.size and (codes.min() < 0 or codes.max() >= 1 << bits)):
+        raise ValueError(f"pack_merged: expected {bits}-bit codes [..., K] with K a multiple of 32, "
+                         f"got shape {codes.shape}")
+    c = codes.astype(np.uint32).reshape(codes.shape[:-1] + (K // 32, 32))
+    out = np.zeros(codes.shape[:-1] + (K // 32, bits), np.uint32)
+    per = 32 // m.main  # codes per main word
+    for o, (k, _) in enumerate(m.operands):
+        w, f = divmod(o, m.fields)
+        mw, rot, _ = m.variants[k]
+        for j in range(4):
+            main, minor, at = _place(m, o, j, c[..., w * per + j * m.fields + f], bits)
+            out[..., w] |= main << np.uint32(8 * j + m.main * f)
+            for b in range(bits - m.main):
+                out[..., m.main + mw] |= ((minor >> np.uint32(b)) & np.uint32(1)) << np.uint32(
+                    (8 * j + at + b - rot) % 32)
+    return out.reshape(codes.shape[:-1] + (K // 32 * bits,))
 
 
-def operands3(words: np.ndarray) -> np.ndarray:
-    """The kernel's r = 3 decode in numpy: [..., 3 B] words (pack3) -> uint8 [..., B, 8, 4], byte j of operand
-    o of each block, R3_OPERANDS' bit select of the crumb word and the and-ed H."""
-    w = np.asarray(words, np.uint32).reshape(words.shape[:-1] + (-1, R3_WORDS))
+def operands_merged(words: np.ndarray, bits: int) -> np.ndarray:
+    """The kernel's decode of a merged width in numpy: [..., r B] words (pack_merged) -> uint8 [..., B, 8, 4],
+    byte j of operand o of each block: the bit select of its field from the main word and the rest from its
+    variant's minor word, rotated left and and-ed."""
+    m = MERGED[bits]
+    w = np.asarray(words, np.uint32).reshape(words.shape[:-1] + (-1, bits))
     bytes4 = lambda v: (v[..., None] >> np.arange(0, 32, 8, dtype=np.uint32)) & np.uint32(0xFF)  # noqa: E731
-    H = w[..., 2]
-    hm = []
-    for rot, mask in R3_HMASKS:
-        h = (H >> np.uint32(rot)) | (H << np.uint32(32 - rot)) if rot else H
-        hm.append(bytes4(h) & np.uint32(mask))
-    ops = [(bytes4(w[..., o // 4]) & np.uint32(c)) | (hm[k] & np.uint32(~c & 0xFF))
-           for o, (c, k, _) in enumerate(R3_OPERANDS)]
+    ops = []
+    for o, (k, _) in enumerate(m.operands):
+        mw, rot, mask = m.variants[k]
+        h = w[..., m.main + mw]
+        h = (h << np.uint32(rot)) | (h >> np.uint32(32 - rot)) if rot else h
+        c = m.field_mask(o)
+        ops.append((bytes4(w[..., o // m.fields]) & np.uint32(c)) | (bytes4(h) & np.uint32(mask & ~c & 0xFF)))
     return np.stack(ops, axis=-2).astype(np.uint8)
 
 
 def words(P: np.ndarray, bits: int) -> np.ndarray:
     """The words the tile kernel of width `bits` reads, row-major, from layout.pack's P [N, words_per_row]: P
-    itself for the one-plane widths, pack3 of its codes at r = 3 (same shape)."""
-    if bits != 3:
+    itself for the one-plane widths, pack_merged of its codes at r = 3, 5, 6 (same shape)."""
+    if bits not in MERGED:
         return P
-    return pack3(layout.unpack(P, 3, P.shape[-1] // 3 * 32))
+    return pack_merged(layout.unpack(P, bits, P.shape[-1] // bits * 32), bits)
 
 
 def arrange(a: np.ndarray, part: str, bits: int) -> np.ndarray:
@@ -121,7 +164,7 @@ def chunk_order(bits: int) -> list[int]:
     activation order: p = word-in-chunk c + 4 f + j holds code word-in-chunk c + j F + f."""
     if bits not in WIDTHS:
         raise ValueError(f"the tile arrangement serves r in {WIDTHS}, got {bits}")
-    bits = 2 if bits == 3 else bits  # r = 3's words A and B hold their codes as r = 2's words do
+    bits = MERGED[bits].main if bits in MERGED else bits  # main words hold their codes as that width's words do
     c, F = 32 // bits, 8 // bits
     return [p // c * c + p % c % 4 * F + p % c // 4 for p in range(16)]
 

@@ -14,9 +14,10 @@ term applied to all 16 rows by three vector ops. With several activation rows ea
 decoded (one sum per row), and blocks of ROW_BLOCK rows share each decoded word. Weights are prefetched
 PREFETCH_LINES cache lines ahead into L2 (a decode step reads them once, from beyond the L2).
 
-At r = 3 a unit of work is a block's three words (tiles.pack3): each of its 8 operands is one vpternlogd (bit
-select) of a crumb word and the bit word rotated and and-ed (each and-ed word serves two operands), its codes at
-bit 0, 1, 4 or 5 of every byte: one int32 sum per shift, shifted into place as the fields' sums are.
+At the merged widths (r = 3: tiles.MERGED) a unit of work is a block's r words (tiles.pack_merged): each of
+its 8 operands is one vpternlogd (bit select) of a main word and a minor word rotated and and-ed (each and-ed word
+serves two operands), its codes at the operand's shift in every byte: one int32 sum per shift, shifted into place
+as the fields' sums are.
 
 Widths: tiles.WIDTHS. Groups of whole 32-code blocks (g a multiple of 32; the quantization works on 16 lanes).
 """
@@ -50,21 +51,22 @@ def _func(key: layout.KernelKey, with_epilogue: bool):
                          f"activations and groups of whole {layout.BLOCK}-code blocks of the dense layout")
     N, K, r, g, G = key.N, key.K, key.bits, key.group_size, key.n_groups
     NT, WPR = N // LANES, key.words_per_row
-    # a unit: the words one set of operands is decoded from (one word, or an r = 3 block's A, B, H)
-    UW, UO = (tiles.R3_WORDS, 8) if r == 3 else (1, 8 // r)  # words and operands per unit
+    # a unit: the words one set of operands is decoded from (one word, or a merged width's block of r words)
+    merged = tiles.MERGED.get(r)
+    UW, UO = (r, 8) if merged else (1, 8 // r)  # words and operands per unit
     UG = g * r // 32 // UW  # units per group
     order = tiles.chunk_order(r)
     field = ((1 << r) - 1) * 0x01010101  # field 0's mask in every byte of a lane (one-plane widths)
     qmax = float(act_quant.QMAX)
     unit_loop = T.unroll if UG * UW <= UNROLL_WORDS else T.serial
     group_loop = T.unroll if G <= UNROLL_GROUPS else T.serial
-    op_loop = T.unroll if r == 3 else T.serial  # r = 3's per-operand constants fold once unrolled
+    op_loop = T.unroll if merged else T.serial  # a merged width's per-operand constants fold once unrolled
     # one activation row: each operand's code left where it lies, one sum per shift (no shift in the loop);
     # several: each operand shifted down as well, so one sum per row (4 per row for 4 rows spilled at r = 2), the
     # decode shared by MR rows
     SH = int(key.m_bucket != 1)
     MR = min(ROW_BLOCK, key.m_bucket or ROW_BLOCK) if SH else 1
-    SF = 1 if SH else (4 if r == 3 else UO)  # int32 sums per activation row
+    SF = 1 if SH else (len(merged.shifts) if merged else UO)  # int32 sums per activation row
     M = key.m_bucket if key.m_bucket is not None else tirx.Var("m", "int64")
 
     # Helpers build expressions, not assignments: a name bound in the function body becomes a 1-element "local"
@@ -81,29 +83,36 @@ def _func(key: layout.KernelKey, with_epilogue: bool):
         return T.Cast("int32x16", T.max(T.min(T.nearbyint(X.vload([m, k], "float32x16") * T.Broadcast(inv, 16)),
                                               T.Broadcast(T.float32(qmax), 16)), T.Broadcast(T.float32(-qmax), 16)))
 
-    def sum_of(o):  # the shift class (M = 1 sum) of operand o: its field, at r = 3 its code's shift
-        return o % 4 if r == 3 else o
+    def pick(values, i):  # values[i] for a loop variable i (a constant once the loop is unrolled)
+        out = values[-1]
+        for n in range(len(values) - 2, -1, -1) if len(set(values)) > 1 else ():
+            out = T.Select(i == n, values[n], out)
+        return out
 
-    def shift(c):  # the bit at which the codes of shift class c lie
-        return c + 2 * (c // 2) if r == 3 else r * c
+    def sum_of(o):  # the M = 1 sum of operand o: its field, at a merged width its code's shift
+        return pick([merged.shifts.index(sh) for _, sh in merged.operands], o) if merged else o
+
+    def shift(c):  # the bit at which the codes of sum c lie
+        return pick(list(merged.shifts), c) if merged else r * c
 
     def bytes4(v):  # a byte mask in every byte of a lane
         return T.Broadcast(T.Cast("uint32", v) * T.uint32(0x01010101), 16)
 
     def operand(P, t, u, o):  # uint32x16: operand o of unit u of tile t, its codes at shift(sum_of(o)) (SH: at 0)
-        if r != 3:
+        if not merged:
             return (P.vload([t, u, 0], "uint32x16") >> T.Broadcast(T.Cast("uint32", r * o * SH), 16)) & T.Broadcast(
                 T.uint32(field) << T.Cast("uint32", r * o * (1 - SH)), 16)
-        # tiles.R3_OPERANDS / R3_HMASKS as arithmetic of o: crumb field f of word o // 4, H rotated and and-ed
-        f, k = o % 4, (o % 4) ^ (o // 4)
-        h = P.vload([t, u * UW + 2, 0], "uint32x16")
-        h = T.call_llvm_pure_intrin("uint32x16", "llvm.fshr", h, h,
-                                    T.Broadcast(T.Cast("uint32", 2 * (k % 2)), 16)) & bytes4(6 << (4 * (k // 2)))
+        # tiles.Merged: the field of main word o // F, the rest from the operand's variant of a minor word
+        var = [merged.variants[k] for k, _ in merged.operands]
+        h = P.vload([t, u * UW + merged.main + pick([v[0] for v in var], o), 0], "uint32x16")
+        h = T.call_llvm_pure_intrin("uint32x16", "llvm.fshl", h, h, T.Broadcast(
+            T.Cast("uint32", pick([v[1] for v in var], o)), 16)) & bytes4(pick([v[2] for v in var], o))
         v = T.reinterpret("uint32x16", T.call_llvm_pure_intrin(
-            "int32x16", "llvm.x86.avx512.pternlog.d.512", T.reinterpret("int32x16", bytes4(3 << (2 * f))),
-            T.reinterpret("int32x16", P.vload([t, u * UW + o // 4, 0], "uint32x16")), T.reinterpret("int32x16", h),
-            T.int32(0xCA)))  # bit select: the crumb where the mask is set, and-ed H elsewhere
-        return v >> T.Broadcast(T.Cast("uint32", shift(f) * SH), 16)
+            "int32x16", "llvm.x86.avx512.pternlog.d.512",
+            T.reinterpret("int32x16", bytes4(pick([merged.field_mask(n) for n in range(UO)], o))),
+            T.reinterpret("int32x16", P.vload([t, u * UW + o // merged.fields, 0], "uint32x16")),
+            T.reinterpret("int32x16", h), T.int32(0xCA)))  # bit select: the field where the mask is set, h elsewhere
+        return v >> T.Broadcast(T.Cast("uint32", pick([sh for _, sh in merged.operands], o) * SH), 16)
 
     @T.prim_func
     def main(x_h: T.handle, p_h: T.handle, s_h: T.handle, z_h: T.handle, y_h: T.handle):

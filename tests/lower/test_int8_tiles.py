@@ -51,24 +51,26 @@ def test_act_order_pairs_each_field_with_its_codes(bits, rng):
                 assert field == codes[0, order[4 * (w * F + f) + j]]
 
 
-def test_r3_operands_hold_each_code_contiguous_at_its_shift(rng):
-    """pack3's words decoded as the kernel does (operands3: R3_OPERANDS' bit select of a crumb word and an and-ed,
-    rotated H) give, in operand o byte j, exactly the code act_order puts at dword o, byte j, at bit `shift`, and
-    zeros elsewhere: every code of every block, all 8 code values, bit for bit; words() reaches the same words
-    from layout.pack's."""
-    K = 128
-    codes = rng.integers(0, 8, (6, K)).astype(np.uint8)
-    codes[0, :8] = np.arange(8)
-    words = tiles.pack3(codes)
-    assert words.shape == (6, K // 32 * 3) and words.dtype == np.uint32
-    np.testing.assert_array_equal(tiles.words(layout.pack(codes, 3), 3), words)
-    ops = tiles.operands3(words).astype(np.int64)  # [6, blocks, 8, 4]
-    want = codes[:, tiles.act_order(K, 3)].reshape(6, K // 32, 8, 4)
-    for o, (_, _, sh) in enumerate(tiles.R3_OPERANDS):
-        assert not (ops[:, :, o] & ~(7 << sh)).any(), o
+@pytest.mark.parametrize("bits", sorted(tiles.MERGED))
+def test_merged_operands_hold_each_code_contiguous_at_its_shift(bits, rng):
+    """pack_merged's words decoded as the kernel does (operands_merged: the bit select of a main word's field and a
+    rotated, and-ed minor word) give, in operand o byte j, exactly the code act_order puts at dword o, byte j, at
+    bit `shift`, and zeros elsewhere: every code of every block, every code value; all-ones codes set every bit
+    of every word once; words() reaches the same words from layout.pack's."""
+    K, m = 128, tiles.MERGED[bits]
+    codes = rng.integers(0, 1 << bits, (6, K)).astype(np.uint8)
+    codes[0, :1 << bits] = np.arange(1 << bits)[:K]
+    words = tiles.pack_merged(codes, bits)
+    assert words.shape == (6, K // 32 * bits) and words.dtype == np.uint32
+    np.testing.assert_array_equal(tiles.words(layout.pack(codes, bits), bits), words)
+    assert (tiles.pack_merged(np.full((1, K), (1 << bits) - 1), bits) == 0xFFFFFFFF).all()
+    ops = tiles.operands_merged(words, bits).astype(np.int64)  # [6, blocks, 8, 4]
+    want = codes[:, tiles.act_order(K, bits)].reshape(6, K // 32, 8, 4)
+    for o, (_, sh) in enumerate(m.operands):
+        assert not (ops[:, :, o] & ~(((1 << bits) - 1) << sh)).any(), o
         np.testing.assert_array_equal(ops[:, :, o] >> sh, want[:, :, o])
     with pytest.raises(ValueError, match="multiple of 32"):
-        tiles.pack3(codes[:, :40])
+        tiles.pack_merged(codes[:, :40], bits)
 
 
 CASES = [(b, g, m) for b in tiles.WIDTHS for g, m in zip((32, 64, 128), ((1, 3, 16), (16, 1, 3), (3, 16, 1))[b % 3])]
@@ -123,24 +125,28 @@ def test_kernel_matches_the_exact_epilogue(bits, group, sym, K, runs, cpu, rng):
 @pytest.mark.parametrize("bits", tiles.WIDTHS)
 def test_one_and_per_dot_product_and_none_at_r8(bits, cpu):
     """The decode is one vpand per vpdpbusd (none at r = 8, whose words are the codes: the dot product reads them
-    from memory; at r = 3 one vpternlogd per vpdpbusd, one vpand per two and one rotate per eight), every dot
-    product of a 576-code row straight-line: 9 groups x 64 codes / 4 codes a lane."""
+    from memory; at a merged width one vpternlogd per vpdpbusd, one vpand per two and per 8 a rotate for each
+    rotated minor word, at most one more shift), every dot product of a 576-code row straight-line: 9 groups x 64
+    codes / 4 a lane."""
     target, _ = cpu
     key = layout.KernelKey(64, 576, bits, 64, 1)
     asm = build_main(int8_tiles.int8_tile_func(key, "main"), target).mod.inspect_source("asm")
     dots = len(re.findall(r"\bvpdpbusd\b", asm))
     assert dots == 9 * 64 // 4
     ands = len(re.findall(r"\bvpand[dq]?\b", asm))
-    if bits == 3:
+    if bits in tiles.MERGED:
         assert len(re.findall(r"\bvpternlogd\b", asm)) == dots
         assert dots // 2 <= ands <= dots // 2 + 4
-        assert len(re.findall(r"\bvpro[rl]d\b", asm)) == dots // 8
+        # a rotate per rotated minor word; LLVM may also shift (not rotate) for a mask whose bits do not wrap
+        rotated = {(w, rot) for w, rot, _ in tiles.MERGED[bits].variants if rot}
+        moves = len(re.findall(r"\b(?:vpro[rl]d|vpsrld|vpslld)\b", asm))
+        assert dots // 8 * len(rotated) <= moves <= dots // 8 * (len(rotated) + 1)
     else:
         assert (ands == 0) if bits == 8 else (dots <= ands <= dots + 4)
 
 
 def test_refuses_what_it_cannot_serve():
     with pytest.raises(ValueError, match="tile kernel needs"):
-        int8_tiles.int8_tile_func(layout.KernelKey(48, 256, 5, 64, 1))
+        int8_tiles.int8_tile_func(layout.KernelKey(48, 256, 7, 64, 1))
     with pytest.raises(ValueError, match="tile kernel needs"):
         int8_tiles.int8_tile_func(layout.KernelKey(40, 256, 4, 64, 1))
