@@ -25,8 +25,9 @@ from matq_compile.search.latency import LatencyTable, load_latency_table
 
 log = logging.getLogger(__name__)
 
-# lower/: what the int8 kernels are made of
-INT8_SOURCES = ("int8_kernels.py", "int8_decode.py", "int8_intrin.py", "int8_amx.py", "int8_tiles.py")
+# what the int8 kernels are made of, relative to the package (tiles.py: the tile kernels' words and operand tables)
+INT8_SOURCES = ("lower/int8_kernels.py", "lower/int8_decode.py", "lower/int8_intrin.py", "lower/int8_amx.py",
+                "lower/int8_tiles.py", "tiles.py")
 # copies of a kernel a new CPU latency table times back to back: a kernel alone after a flush pays its start-up
 # (scales, first lines, the call) once per few microseconds of SmolLM2-sized work and streams its weights faster
 # than a decode step's sequence of layers does, which priced 8-bit kernels near 4-bit ones
@@ -45,8 +46,8 @@ def kernels_hash(db_dir: str | Path, act: str = "float") -> str:
     h = database_hash(db_dir)
     if act == "float":
         return h
-    lower = Path(int8_kernels.__file__).parent
-    return hashlib.sha256(h.encode() + b"".join((lower / name).read_bytes() for name in INT8_SOURCES)).hexdigest()
+    package = Path(int8_kernels.__file__).parent.parent
+    return hashlib.sha256(h.encode() + b"".join((package / name).read_bytes() for name in INT8_SOURCES)).hexdigest()
 
 
 def load_table(path: str | Path, spec, db_dir: str | Path | None = None, act: str = "float") -> LatencyTable:

@@ -72,8 +72,8 @@ MERGED: dict[int, Merged] = {
 WIDTHS: tuple[int, ...] = (2, 3, 4, 8)  # one-plane widths (whole codes per byte) and the merged one
 
 
-def _place(m: Merged, o: int, j: int, code: np.ndarray, bits: int):
-    """Operand o, byte j: (main part at its field, minor part, the minor's lowest bit in the rotated byte)."""
+def _place(m: Merged, o: int, code: np.ndarray, bits: int):
+    """Operand o's codes split: (main part, minor part, the minor's lowest bit in the operand's byte)."""
     f, minor_w = o % m.fields, bits - m.main
     shift = m.operands[o][1]
     if shift == m.main * f:  # minor above the field: the field holds the code's low bits
@@ -99,7 +99,7 @@ def pack_merged(codes: np.ndarray, bits: int) -> np.ndarray:
         w, f = divmod(o, m.fields)
         mw, rot, _ = m.variants[k]
         for j in range(4):
-            main, minor, at = _place(m, o, j, c[..., w * per + j * m.fields + f], bits)
+            main, minor, at = _place(m, o, c[..., w * per + j * m.fields + f], bits)
             out[..., w] |= main << np.uint32(8 * j + m.main * f)
             for b in range(bits - m.main):
                 out[..., m.main + mw] |= ((minor >> np.uint32(b)) & np.uint32(1)) << np.uint32(
@@ -126,7 +126,7 @@ def operands_merged(words: np.ndarray, bits: int) -> np.ndarray:
 
 def words(P: np.ndarray, bits: int) -> np.ndarray:
     """The words the tile kernel of width `bits` reads, row-major, from layout.pack's P [N, words_per_row]: P
-    itself for the one-plane widths, pack_merged of its codes at r = 3, 5, 6 (same shape)."""
+    itself for the one-plane widths, pack_merged of its codes at the merged widths (same shape)."""
     if bits not in MERGED:
         return P
     return pack_merged(layout.unpack(P, bits, P.shape[-1] // bits * 32), bits)

@@ -87,16 +87,20 @@ def test_int8_tables_are_tied_to_the_int8_kernel_source(tmp_path, host, monkeypa
     db = tmp_path / host.name
     tune.check_database(db, host, create=True)
     assert bench.kernels_hash(db) == tune.database_hash(db) != bench.kernels_hash(db, "int8")
-    src = tmp_path / "lower"
-    src.mkdir()
+    src = tmp_path / "pkg"
     for name in bench.INT8_SOURCES:
-        shutil.copy(Path(int8_kernels.__file__).parent / name, src / name)
-    monkeypatch.setattr(int8_kernels, "__file__", str(src / "int8_kernels.py"))
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(Path(int8_kernels.__file__).parent.parent / name, src / name)
+    monkeypatch.setattr(int8_kernels, "__file__", str(src / "lower" / "int8_kernels.py"))
     key = layout.KernelKey(64, 128, 4, 64, 1)
     path = tmp_path / "latency_m1_int8.json"
     LatencyTable(host.name, "tvm", bench.kernels_hash(db, "int8"), {key: 1e-5}).save(path)
     assert bench.load_table(path, host, db, "int8").entries == {key: 1e-5}
-    with open(src / "int8_decode.py", "a") as f:
+    before = bench.kernels_hash(db, "int8")
+    with open(src / "tiles.py", "a") as f:  # the tile kernels' operand tables are part of the kernels too
+        f.write("# changed\n")
+    assert bench.kernels_hash(db, "int8") != before
+    with open(src / "lower" / "int8_decode.py", "a") as f:
         f.write("# changed\n")
     with pytest.raises(ValueError, match="older int8 kernel source"):
         bench.load_table(path, host, db, "int8")

@@ -84,8 +84,10 @@ def _func(key: layout.KernelKey, with_epilogue: bool):
                                               T.Broadcast(T.float32(qmax), 16)), T.Broadcast(T.float32(-qmax), 16)))
 
     def pick(values, i):  # values[i] for a loop variable i (a constant once the loop is unrolled)
+        if len(set(values)) == 1:
+            return values[0]
         out = values[-1]
-        for n in range(len(values) - 2, -1, -1) if len(set(values)) > 1 else ():
+        for n in range(len(values) - 2, -1, -1):
             out = T.Select(i == n, values[n], out)
         return out
 
